@@ -1,0 +1,3 @@
+from etbridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""The Redis key layout, owned in one place.
+
+Every key starts with ``etb:``. Keys that one atomic step touches share a
+hash tag, so the layout also runs on Redis Cluster: all of one org's state
+lives under ``{org:ID}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "etb"
+
+
+def digest(*parts: str) -> str:
+    """A short, stable hash of the parts: keys never carry secrets or raw URLs."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def org_tag(org_id: str) -> str:
+    return f"{{org:{org_id}}}"
+
+
+# --- auth (one token per token URL + client id + scope) ---------------------
+
+
+def token(cache_id: str) -> str:
+    return f"{PREFIX}:token:{cache_id}"
+
+
+def token_lock(cache_id: str) -> str:
+    return f"{PREFIX}:token:{cache_id}:lock"
+
+
+def token_failure(cache_id: str) -> str:
+    return f"{PREFIX}:token:{cache_id}:failure"
+
+
+# --- the fleet's request budget ---------------------------------------------
+
+
+def budget(app_id: str) -> str:
+    return f"{PREFIX}:budget:{{{app_id}}}"
+
+
+def budget_pause(app_id: str) -> str:
+    return f"{PREFIX}:budget:{{{app_id}}}:pause"
+
+
+# --- per org state ------------------------------------------------------------
+
+
+def snapshots(org_id: str, resource: str) -> str:
+    """Hash: resource id -> compressed canonical JSON of the last stored version."""
+    return f"{PREFIX}:{org_tag(org_id)}:snap:{resource}"
+
+
+def fingerprints(org_id: str, resource: str) -> str:
+    """Hash: resource id -> fingerprint (the diff's check that nothing moved)."""
+    return f"{PREFIX}:{org_tag(org_id)}:fp:{resource}"
+
+
+def org_meta(org_id: str, resource: str) -> str:
+    """Hash: watermark, last poll/sweep, errors, sweep cursor."""
+    return f"{PREFIX}:{org_tag(org_id)}:meta:{resource}"
+
+
+def sweep_seen(org_id: str, resource: str) -> str:
+    """Set: ids seen by the sweep in progress (deletions = stored - seen)."""
+    return f"{PREFIX}:{org_tag(org_id)}:seen:{resource}"
+
+
+def lease(org_id: str) -> str:
+    return f"{PREFIX}:{org_tag(org_id)}:lease"
+
+
+def fence(org_id: str) -> str:
+    """Counter: the fencing token of the newest lease."""
+    return f"{PREFIX}:{org_tag(org_id)}:fence"
+
+
+def outbox(org_id: str) -> str:
+    """Stream: the org's committed change events, field ``event`` = envelope JSON."""
+    return f"{PREFIX}:{org_tag(org_id)}:outbox"
+
+
+# --- fleet-wide registries ----------------------------------------------------
+
+ORGS = f"{PREFIX}:orgs"  # Hash: org id -> JSON (name, discovered_at, removed_at)
+"""Hash: the org ids etbridge polls, with their discovery facts."""
+
+
+def sink_state(sink_name: str) -> str:
+    """Hash: a sink's disabled flag and last error."""
+    return f"{PREFIX}:sink:{sink_name}"
+
+
+def dead_letters(sink_name: str) -> str:
+    """Stream: events a sink gave up on, with their last error."""
+    return f"{PREFIX}:sink:{sink_name}:dlq"
