@@ -1,0 +1,422 @@
+"""One poll of one org: list, diff against the stored state, commit page by page.
+
+The poller holds the org's lease for the whole poll, so one org is polled by
+one worker at a time fleet-wide; every page commit re-checks the lease's
+fencing token, so a worker that lost its lease (a long GC pause, a network
+partition) cannot write behind its successor's back.
+
+Modes:
+
+- *incremental*: ``filter[updated_at][gt] = watermark - lookback``. The
+  watermark is the newest ``updated_at`` seen (the API's clock) and moves only
+  after a complete scan. Overlap costs nothing: unchanged records produce no
+  event.
+- *sweep*: a complete listing, sorted by id. Updates are committed page by
+  page; ids seen are collected in Redis, and only a sweep that reached its
+  last page declares the stored records it did not see deleted. The cursor is
+  saved with every page, so a sweep cut short resumes where it stopped.
+
+The first poll of an org is a sweep that sets the baseline (silently, or as
+``snapshot`` events with ``ETBRIDGE_EMIT_BASELINE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis
+
+from etbridge import changes, events
+from etbridge.client import EventTempleClient
+from etbridge.errors import FatalError, FilterRejected, MalformedResponse
+from etbridge.settings import Settings
+from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
+
+log = logging.getLogger("etbridge.poller")
+
+Mode = Literal["incremental", "sweep"]
+
+# Deleted records are committed in chunks so one Lua call stays short.
+_DELETE_CHUNK = 200
+# A page whose records keep moving under us (another writer) is re-read this often.
+_MAX_CONFLICTS = 5
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """Digest of a whole canonical record, ignored fields included."""
+    return hashlib.blake2b(changes.canonical_json(record), digest_size=16).hexdigest()
+
+
+@dataclass
+class PollResult:
+    """What one poll of one org and resource did (logged, and returned by the task)."""
+
+    org_id: str
+    resource: str
+    mode: Mode
+    pages: int = 0
+    records: int = 0
+    events: int = 0
+    deleted: int = 0
+    complete: bool = False
+    skipped: str = ""
+    ms: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "org_id": self.org_id,
+            "resource": self.resource,
+            "mode": self.mode,
+            "pages": self.pages,
+            "records": self.records,
+            "events": self.events,
+            "deleted": self.deleted,
+            "complete": self.complete,
+            "skipped": self.skipped,
+            "ms": round(self.ms, 1),
+            "counts": dict(self.counts),
+        }
+
+
+def _iso(dt: datetime) -> str:
+    return events.rfc3339(dt)
+
+
+class Poller:
+    """Polls orgs with an :class:`EventTempleClient` and records changes in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        api: EventTempleClient,
+        *,
+        lease_ttl: float = 120.0,
+        on_events: Callable[[str], None] | None = None,
+        on_started: Callable[[], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.api = api
+        self.lease_ttl = lease_ttl
+        self.on_events = on_events
+        self.on_started = on_started
+        self.now = now
+        self.ignore = frozenset(settings.ignore_fields)
+
+    # --- entry point -------------------------------------------------------------
+
+    def poll(self, org_id: str, mode: Mode = "incremental") -> list[PollResult]:
+        """Poll every configured resource of one org; skip if another worker holds it."""
+        first = OrgState(self.redis, org_id, self.settings.resources[0])
+        lease = first.acquire_lease(self.lease_ttl)
+        if lease is None:
+            return [
+                PollResult(org_id, res, mode, skipped="leased") for res in self.settings.resources
+            ]
+        if self.on_started is not None:
+            self.on_started()
+        try:
+            return [
+                self._poll_resource(OrgState(self.redis, org_id, res), lease, mode)
+                for res in self.settings.resources
+            ]
+        finally:
+            first.release_lease(lease)
+
+    # --- one resource --------------------------------------------------------------
+
+    def _poll_resource(self, state: OrgState, lease: Lease, mode: Mode) -> PollResult:
+        started = time.monotonic()
+        meta = state.meta()
+        baseline = meta.get("baselined") != "1"
+        if baseline or meta.get("filter_unsupported") == "1" or meta.get("resync") == "1":
+            mode = "sweep"
+        result = PollResult(state.org_id, state.resource, mode)
+        try:
+            if mode == "incremental":
+                try:
+                    self._scan(state, lease, meta, result, baseline=False, sweep=False)
+                except FilterRejected as exc:
+                    log.warning(
+                        "incremental filter rejected org_id=%s resource=%s: %s; polling by sweeps",
+                        state.org_id,
+                        state.resource,
+                        exc,
+                    )
+                    state.set_meta(filter_unsupported="1")
+                    result.mode = "sweep"
+                    self._scan(state, lease, state.meta(), result, baseline=False, sweep=True)
+            else:
+                self._scan(state, lease, meta, result, baseline=baseline, sweep=True)
+        except Exception as exc:
+            state.set_meta(
+                last_error=f"{type(exc).__name__}: {exc}"[:500],
+                last_error_at=str(time.time()),
+                errors=str(int(meta.get("errors", "0")) + 1),
+            )
+            raise
+        result.ms = (time.monotonic() - started) * 1000
+        log.info(
+            "poll done org_id=%s resource=%s mode=%s pages=%d records=%d changes=%d "
+            "deleted=%d ms=%.0f",
+            result.org_id,
+            result.resource,
+            result.mode,
+            result.pages,
+            result.records,
+            result.events,
+            result.deleted,
+            result.ms,
+        )
+        return result
+
+    def _scan(
+        self,
+        state: OrgState,
+        lease: Lease,
+        meta: dict[str, str],
+        result: PollResult,
+        *,
+        baseline: bool,
+        sweep: bool,
+    ) -> None:
+        resume: str | None = None
+        since: datetime | None = None
+        if sweep:
+            if meta.get("sweep_active") == "1" and meta.get("sweep_cursor"):
+                resume = meta["sweep_cursor"]
+            else:
+                state.reset_sweep()
+                state.set_meta(sweep_active="1", sweep_started_at=str(time.time()))
+        else:
+            watermark = events.parse_timestamp(meta.get("watermark"))
+            if watermark is not None:
+                since = watermark - timedelta(seconds=self.settings.lookback)
+        sweep_active = sweep or meta.get("sweep_active") == "1"
+        scan_max = events.parse_timestamp(meta.get("scan_max")) if resume else None
+        known = set(json.loads(meta.get("attrs", "[]")))
+        absorbed = set(json.loads(meta.get("absorbed", "[]")))
+
+        try:
+            paginator = self.api.pages(
+                state.org_id,
+                state.resource,
+                updated_after=since,
+                after=resume,
+                page_size=self.settings.page_size,
+            )
+            for page in paginator:
+                state.extend_lease(lease)
+                records = self._canonical_page(state, page.data)
+                page_max = max(
+                    (
+                        ts
+                        for ts in (
+                            events.parse_timestamp(r["attributes"].get("updated_at"))
+                            for r in records
+                        )
+                        if ts is not None
+                    ),
+                    default=None,
+                )
+                if page_max is not None and (scan_max is None or page_max > scan_max):
+                    scan_max = page_max
+                meta_updates: dict[str, str] = {}
+                if sweep:
+                    meta_updates["sweep_cursor"] = page.next_cursor or ""
+                    if scan_max is not None:
+                        meta_updates["scan_max"] = _iso(scan_max)
+                known, absorbed = self._commit_page(
+                    state,
+                    lease,
+                    records,
+                    result,
+                    baseline=baseline,
+                    seen=sweep_active,
+                    known=known,
+                    absorbed=absorbed,
+                    meta_updates=meta_updates,
+                )
+                result.pages += 1
+                result.records += len(records)
+        except FatalError as exc:
+            if resume is not None and not isinstance(exc, FilterRejected):
+                # A saved cursor the API no longer accepts: start the sweep over next time.
+                state.set_meta(sweep_active="", sweep_cursor="")
+            raise
+
+        now = self.now()
+        final = {
+            "last_poll_at": str(now.timestamp()),
+            "last_poll_mode": result.mode,
+            "last_error": "",
+        }
+        old_wm = events.parse_timestamp(meta.get("watermark"))
+        if scan_max is not None and (old_wm is None or scan_max > old_wm):
+            final["watermark"] = _iso(scan_max)
+        if sweep:
+            self._finish_sweep(state, lease, result, final, now)
+        else:
+            state.commit(lease, CommitPlan(meta=final))
+        result.complete = True
+
+    def _canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
+        try:
+            records = [changes.canonical(item) for item in data]
+        except changes.MalformedRecord as exc:
+            raise MalformedResponse(
+                f"org {state.org_id} {state.resource}: malformed record: {exc}"
+            ) from None
+        ids = [r["id"] for r in records]
+        if len(set(ids)) != len(ids):
+            raise MalformedResponse(f"org {state.org_id} {state.resource}: duplicate id in page")
+        return records
+
+    def _commit_page(
+        self,
+        state: OrgState,
+        lease: Lease,
+        records: list[dict[str, Any]],
+        result: PollResult,
+        *,
+        baseline: bool,
+        seen: bool,
+        known: set[str],
+        absorbed: set[str],
+        meta_updates: dict[str, str],
+    ) -> tuple[set[str], set[str]]:
+        ids = [r["id"] for r in records]
+        digests = {r["id"]: record_digest(r) for r in records}
+        for _attempt in range(_MAX_CONFLICTS):
+            stored_digests = state.digests(ids)
+            moved = [i for i in ids if stored_digests[i] != digests[i]]
+            plan = CommitPlan(
+                checks=stored_digests, seen=ids if seen else [], meta=dict(meta_updates)
+            )
+            new_known, new_absorbed = known, absorbed
+            detected_at = self.now()
+            if moved:
+                page_attrs = set().union(*(r["attributes"].keys() for r in records))
+                drift = None
+                if not known:
+                    new_known = page_attrs
+                else:
+                    drift = changes.schema_drift(state.resource, known, records)
+                    new_known = (known | page_attrs) - (set(drift.removed) if drift else set())
+                if drift is not None:
+                    new_absorbed = absorbed | set(drift.added) | set(drift.removed)
+                    plan.events.append(
+                        _dumps(events.schema_envelope(state.org_id, drift, detected_at=detected_at))
+                    )
+                elif baseline and new_known != known:
+                    new_known = known | page_attrs
+                stored_records = state.records([i for i in moved if stored_digests[i]])
+                stored = {
+                    i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
+                    for i, rec in stored_records.items()
+                }
+                moved_records = [r for r in records if r["id"] in set(moved)]
+                diff = changes.diff_records(
+                    state.resource,
+                    {i: stored.get(i) for i in moved},
+                    moved_records,
+                    self.ignore,
+                    baseline=baseline,
+                    emit_baseline=self.settings.emit_baseline,
+                    absorb=new_absorbed,
+                )
+                for change in diff.changes:
+                    plan.events.append(
+                        _dumps(
+                            events.envelope(
+                                state.org_id,
+                                change,
+                                detected_at=detected_at,
+                                ignore_fields=self.ignore,
+                            )
+                        )
+                    )
+                    result.counts[change.op] = result.counts.get(change.op, 0) + 1
+                by_id = {r["id"]: r for r in moved_records}
+                for rid in moved:
+                    # Every moved record is rewritten, so the stored digest matches the API's
+                    # record and the next poll takes the fast path.
+                    plan.writes[rid] = (digests[rid], by_id[rid])
+                if new_known != known:
+                    plan.meta["attrs"] = json.dumps(sorted(new_known))
+                if new_absorbed != absorbed:
+                    plan.meta["absorbed"] = json.dumps(sorted(new_absorbed))
+                if diff.changes:
+                    plan.meta["last_change_at"] = str(time.time())
+            try:
+                appended = state.commit(lease, plan)
+            except CommitConflict:
+                continue
+            result.events += appended
+            if appended and self.on_events is not None:
+                self.on_events(state.org_id)
+            return new_known, new_absorbed
+        raise MalformedResponse(
+            f"org {state.org_id} {state.resource}: records kept moving during the commit"
+        )
+
+    def _finish_sweep(
+        self,
+        state: OrgState,
+        lease: Lease,
+        result: PollResult,
+        final: dict[str, str],
+        now: datetime,
+    ) -> None:
+        unseen = sorted(state.unseen_ids())
+        for start in range(0, len(unseen), _DELETE_CHUNK):
+            chunk = unseen[start : start + _DELETE_CHUNK]
+            stored_digests = state.digests(chunk)
+            recs = state.records(chunk)
+            stored = {
+                i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
+                for i, rec in recs.items()
+            }
+            gone = changes.deletions(state.resource, stored, ())
+            plan = CommitPlan(checks={i: stored_digests[i] for i in recs}, deletes=list(recs))
+            for change in gone:
+                plan.events.append(
+                    _dumps(
+                        events.envelope(
+                            state.org_id, change, detected_at=now, ignore_fields=self.ignore
+                        )
+                    )
+                )
+            if gone:
+                plan.meta["last_change_at"] = str(time.time())
+            appended = state.commit(lease, plan)
+            result.events += appended
+            result.deleted += len(gone)
+            result.counts["deleted"] = result.counts.get("deleted", 0) + len(gone)
+            if appended and self.on_events is not None:
+                self.on_events(state.org_id)
+        done = dict(final)
+        done.update(
+            last_sweep_at=str(now.timestamp()),
+            baselined="1",
+            sweep_active="",
+            sweep_cursor="",
+            scan_max="",
+            resync="",
+        )
+        state.commit(lease, CommitPlan(meta=done))
+        state.reset_sweep()
+
+
+def _dumps(envelope: dict[str, Any]) -> str:
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)

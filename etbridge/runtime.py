@@ -1,0 +1,61 @@
+"""The object graph of one process, built once from the settings.
+
+Celery's prefork children each build their own (sockets do not survive a
+fork), lazily, on their first task.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+import redis
+import requests
+
+from etbridge import keys
+from etbridge.auth import BearerAuth, TokenCache
+from etbridge.client import EventTempleClient
+from etbridge.poller import Poller
+from etbridge.ratelimit import RequestBudget
+from etbridge.settings import Settings
+
+
+class Runtime:
+    """Redis client, HTTP session, shared token, fleet budget and API client of one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        self.session = requests.Session()
+        self.tokens = TokenCache(self.redis, settings, session=self.session)
+        self.budget = RequestBudget(
+            self.redis, keys.digest(settings.client_id), settings.rate_limit
+        )
+        self.api = EventTempleClient(
+            settings, auth=BearerAuth(self.tokens), budget=self.budget, session=self.session
+        )
+
+    def poller(self, on_started: Callable[[], None] | None = None) -> Poller:
+        return Poller(self.redis, self.settings, self.api, on_started=on_started)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_pid = 0
+
+
+def get(settings: Settings) -> Runtime:
+    """This process's runtime (rebuilt in a forked child)."""
+    global _runtime, _pid
+    with _lock:
+        if _runtime is None or _pid != os.getpid():
+            _runtime = Runtime(settings)
+            _pid = os.getpid()
+        return _runtime

@@ -1,0 +1,86 @@
+"""Sentry, set up in one place (on when ``SENTRY_DSN`` is set).
+
+What reaches Sentry:
+
+- errors: exceptions that escape a task (a bug, or a fatal API answer);
+- not errors: expected, retried conditions (429s, a 5xx that a retry fixes,
+  timeouts) are logged at WARNING, which the logging integration keeps as
+  breadcrumbs only;
+- beat's ``plan`` task as a cron monitor (CeleryIntegration's beat check-ins),
+  so a dead scheduler pages someone.
+
+``before_send`` scrubs secrets wherever they appear: known values (client
+secret, webhook key, cached tokens registered with :func:`logs.add_secret`),
+Authorization / signature headers, and any key that names a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.integrations.redis import RedisIntegration
+
+from etbridge import __version__, logs
+from etbridge.settings import Settings
+
+FILTERED = "[Filtered]"
+_SECRET_KEY = re.compile(
+    r"(secret|token|password|passwd|authorization|api[-_]?key|dsn|signature|cookie|whsec)",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_WHSEC = re.compile(r"whsec_[A-Za-z0-9+/=]+")
+
+
+def _scrub_value(value: Any, key: str | None = None) -> Any:
+    if key is not None and _SECRET_KEY.search(key) and isinstance(value, (str, bytes)):
+        return FILTERED
+    if isinstance(value, str):
+        value = logs.scrub(value)
+        value = _BEARER.sub(r"\1" + FILTERED, value)
+        return _WHSEC.sub(FILTERED, value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        # Header lists come as [name, value] pairs.
+        if len(value) == 2 and isinstance(value[0], str) and _SECRET_KEY.search(value[0]):
+            return [value[0], FILTERED]
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub_value(v) for v in value)
+    return value
+
+
+def scrub_event(event: dict[str, Any], _hint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``before_send``/``before_breadcrumb``: the event with every secret replaced."""
+    scrubbed: dict[str, Any] = _scrub_value(event)
+    return scrubbed
+
+
+def init(settings: Settings) -> None:
+    if settings.sentry_dsn is None:
+        return
+    logs.add_secret(settings.client_secret.get_secret_value())
+    if settings.webhook_secret is not None:
+        logs.add_secret(settings.webhook_secret.get_secret_value())
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        release=f"etbridge@{__version__}",
+        environment=settings.environment,
+        send_default_pii=False,
+        # Local variables of a frame may hold a secret or token.
+        include_local_variables=False,
+        integrations=[
+            CeleryIntegration(monitor_beat_tasks=True),
+            RedisIntegration(),
+            LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
+        ],
+        before_send=scrub_event,  # type: ignore[arg-type]
+        before_breadcrumb=scrub_event,
+        traces_sample_rate=0.0,
+    )

@@ -1,0 +1,335 @@
+"""What etbridge remembers of each org, in Redis, and the atomic page commit.
+
+Per org and resource (all keys under the hash tag ``{org:ID}``, see keys.py):
+
+- ``fp``   hash  record id -> digest of the whole stored record, ignored fields
+  included (equal digest = nothing to do: the fast path of an unchanged page);
+- ``snap`` hash  record id -> the record's canonical JSON, zlib-compressed with a
+  preset dictionary of JSON:API and booking vocabulary (records are small, and a
+  preset dictionary is what lets zlib compress a 700-byte object well);
+- ``meta`` hash  watermark, poll and sweep marks, errors, known attributes;
+- ``seen`` set   ids seen by the sweep in progress (stored - seen = deleted);
+- ``lease`` / ``fence``  the org's poll lease and its fencing counter;
+- ``outbox`` stream  the org's committed change events.
+
+:meth:`OrgState.commit` is the one atomic step of DESIGN.md: a Lua script that
+checks the lease's fencing token and that every fingerprint the diff read is
+still there, then writes snapshots, appends the events to the outbox and moves
+the progress marks, all or nothing. A crash leaves both undone or both done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from etbridge import keys
+from etbridge.errors import LeaseLost
+
+# A preset dictionary: the words every stored record repeats. zlib looks back
+# into it, so even the first occurrence of a key costs a few bits. Changing it
+# requires a new FORMAT byte (old blobs keep decoding with the old dictionary).
+_ZDICT = (
+    b'"lead""tentative""definite""lost""EUR""USD""GBP"'
+    b'{"type":"accounts","id":""}{"type":"contacts","id":""}{"type":"users","id":""}'
+    b'"relationships":{"account":{"data":'
+    b'"contact":{"data":null}"owner":{"data":'
+    b'"referral_source_id":"stage_id":"start_time":"end_time":"total_amount":'
+    b'"guest_count":"notes":"name":"currency":"start_date":"2026-'
+    b'"end_date":"2026-'
+    b'"status":"created_at":"2026-11-27T'
+    b'"updated_at":"2026-11-27T'
+    b'{"attributes":{"created_at":"2026-'
+    b'"id":"bookings","type":"bookings"}'
+)
+_FORMAT_ZLIB_V1 = b"\x01"
+
+
+def pack_record(record: Mapping[str, Any]) -> bytes:
+    """Compact, compressed canonical JSON of one record."""
+    raw = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    comp = zlib.compressobj(level=6, wbits=-15, zdict=_ZDICT)
+    return _FORMAT_ZLIB_V1 + comp.compress(raw) + comp.flush()
+
+
+def unpack_record(blob: bytes | str) -> dict[str, Any]:
+    if isinstance(blob, str):
+        raise ValueError("snapshot read from a decoding Redis client")
+    if blob[:1] != _FORMAT_ZLIB_V1:
+        raise ValueError("unknown snapshot format")
+    decomp = zlib.decompressobj(wbits=-15, zdict=_ZDICT)
+    raw = decomp.decompress(blob[1:]) + decomp.flush()
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("snapshot is not an object")
+    return value
+
+
+# KEYS[1] lease  KEYS[2] fp  KEYS[3] snap  KEYS[4] meta  KEYS[5] seen  KEYS[6] outbox
+# ARGV[1] lease token   ARGV[2] lease ttl ms
+# ARGV[3] n checks, then n pairs (id, expected fingerprint or "" for absent)
+# then    n writes, then n triples (id, fingerprint, snapshot blob)
+# then    n deletes, then n ids
+# then    n events, then n envelope JSON strings (appended to the outbox in order)
+# then    n seen ids, then n ids (added to the sweep's seen set)
+# then    n meta fields, then n pairs (field, value); value "" deletes the field
+# Returns {1, n_events} on success, {0, reason, detail} when a check failed.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0, 'lease', ''}
+end
+local i = 3
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local current = redis.call('HGET', KEYS[2], ARGV[i])
+  if not current then current = '' end
+  if current ~= ARGV[i + 1] then
+    return {0, 'moved', ARGV[i]}
+  end
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  i = i + 1
+end
+local events = tonumber(ARGV[i]); i = i + 1
+for _ = 1, events do
+  redis.call('XADD', KEYS[6], '*', 'event', ARGV[i])
+  i = i + 1
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('SADD', KEYS[5], ARGV[i])
+  i = i + 1
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[4], ARGV[i])
+  else
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, events}
+"""
+
+# KEYS[1] lease  KEYS[2] fence
+# ARGV[1] ttl ms
+# Returns the new fencing token, or false when another poll holds the lease.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+return token
+"""
+
+# KEYS[1] lease   ARGV[1] token   ARGV[2] ttl ms   (ttl 0 = release)
+_EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """An HGETALL reply as a str -> str dict."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to poll one org, fenced: a write with a stale token is refused."""
+
+    org_id: str
+    token: str
+    ttl_ms: int
+
+
+@dataclass
+class CommitPlan:
+    """Everything one page commit writes; built by the poller from a diff."""
+
+    checks: dict[str, str] = field(default_factory=dict)  # id -> expected digest ("" = absent)
+    writes: dict[str, tuple[str, dict[str, Any]]] = field(
+        default_factory=dict
+    )  # id -> (digest, record)
+    deletes: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # envelope JSON, in commit order
+    seen: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class CommitConflict(Exception):
+    """A fingerprint the diff read has moved since: re-read and re-diff the page."""
+
+
+class OrgState:
+    """Redis access for one org's state. Thin: decisions live in the poller and changes.py."""
+
+    def __init__(self, client: redis.Redis, org_id: str, resource: str) -> None:
+        self.redis = client
+        self.org_id = org_id
+        self.resource = resource
+        self.k_fp = keys.fingerprints(org_id, resource)
+        self.k_snap = keys.snapshots(org_id, resource)
+        self.k_meta = keys.org_meta(org_id, resource)
+        self.k_seen = keys.sweep_seen(org_id, resource)
+        self.k_lease = keys.lease(org_id)
+        self.k_fence = keys.fence(org_id)
+        self.k_outbox = keys.outbox(org_id)
+        self._commit = client.register_script(_COMMIT)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND)
+
+    # --- lease -----------------------------------------------------------------
+
+    def acquire_lease(self, ttl: float) -> Lease | None:
+        ttl_ms = max(1, int(ttl * 1000))
+        token = self._acquire(keys=[self.k_lease, self.k_fence], args=[ttl_ms])
+        if token is None:
+            return None
+        return Lease(self.org_id, str(int(token)), ttl_ms)
+
+    def extend_lease(self, lease: Lease) -> None:
+        if not self._extend(keys=[self.k_lease], args=[lease.token, lease.ttl_ms]):
+            raise LeaseLost(f"org {self.org_id}: lease lost (another poll took over)")
+
+    def release_lease(self, lease: Lease) -> None:
+        self._extend(keys=[self.k_lease], args=[lease.token, 0])
+
+    # --- reads -----------------------------------------------------------------
+
+    def digests(self, ids: Sequence[str]) -> dict[str, str]:
+        """Stored digests of these ids ("" for records never stored)."""
+        if not ids:
+            return {}
+        values = self.redis.hmget(self.k_fp, list(ids))
+        return {i: (text(v) if v else "") for i, v in zip(ids, values, strict=True)}
+
+    def records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored canonical records of these ids (absent ids are left out)."""
+        if not ids:
+            return {}
+        blobs = self.redis.hmget(self.k_snap, list(ids))
+        return {i: unpack_record(b) for i, b in zip(ids, blobs, strict=True) if b}
+
+    def stored_ids(self) -> set[str]:
+        return {text(k) for k in self.redis.hkeys(self.k_fp)}
+
+    def unseen_ids(self) -> set[str]:
+        """Stored ids the current sweep has not seen."""
+        seen = {text(m) for m in self.redis.smembers(self.k_seen)}
+        return self.stored_ids() - seen
+
+    def count(self) -> int:
+        return int(self.redis.hlen(self.k_fp))
+
+    def meta(self) -> dict[str, str]:
+        return text_hash(self.redis.hgetall(self.k_meta))
+
+    def set_meta(self, **values: str) -> None:
+        mapping: dict[Any, Any] = dict(values)
+        self.redis.hset(self.k_meta, mapping=mapping)
+
+    # --- writes ----------------------------------------------------------------
+
+    def reset_sweep(self) -> None:
+        self.redis.delete(self.k_seen)
+
+    def commit(self, lease: Lease, plan: CommitPlan) -> int:
+        """Apply the plan atomically; return the number of events appended.
+
+        Raises :class:`LeaseLost` when the lease is no longer ours and
+        :class:`CommitConflict` when a checked fingerprint moved.
+        """
+        args: list[Any] = [lease.token, lease.ttl_ms, len(plan.checks)]
+        for rid, fp in plan.checks.items():
+            args += [rid, fp]
+        args.append(len(plan.writes))
+        for rid, (digest, record) in plan.writes.items():
+            args += [rid, digest, pack_record(record)]
+        args.append(len(plan.deletes))
+        args += plan.deletes
+        args.append(len(plan.events))
+        args += plan.events
+        args.append(len(plan.seen))
+        args += plan.seen
+        args.append(len(plan.meta))
+        for name, value in plan.meta.items():
+            args += [name, value]
+        result = self._commit(
+            keys=[self.k_lease, self.k_fp, self.k_snap, self.k_meta, self.k_seen, self.k_outbox],
+            args=args,
+        )
+        if int(result[0]) == 1:
+            return int(result[1])
+        reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        if reason == "lease":
+            raise LeaseLost(f"org {self.org_id}: lease lost before commit")
+        raise CommitConflict(f"org {self.org_id}: record moved during the diff")
+
+
+def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
+    """Record an org in the fleet's registry (idempotent; keeps the first discovery time)."""
+    raw = client.hget(keys.ORGS, org_id)
+    current: dict[str, Any] = json.loads(raw) if raw else {}
+    current.setdefault("discovered_at", time.time())
+    current.pop("removed_at", None)
+    current.update(facts)
+    client.hset(keys.ORGS, org_id, json.dumps(current, sort_keys=True))
+
+
+def mark_removed(client: redis.Redis, org_id: str) -> None:
+    """An org the organizations endpoint no longer lists: stop polling, keep its state."""
+    raw = client.hget(keys.ORGS, org_id)
+    facts: dict[str, Any] = json.loads(raw) if raw else {}
+    facts["removed_at"] = time.time()
+    client.hset(keys.ORGS, org_id, json.dumps(facts, sort_keys=True))
+
+
+def known_orgs(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every org in the registry with its facts (``removed_at`` set for vanished orgs)."""
+    return {text(k): json.loads(v) for k, v in sorted(client.hgetall(keys.ORGS).items())}
+
+
+def iter_meta(
+    client: redis.Redis, org_ids: Iterable[str], resource: str
+) -> dict[str, dict[str, str]]:
+    """Meta of many orgs in one round trip (for status and the planner)."""
+    ids = list(org_ids)
+    pipe = client.pipeline(transaction=False)
+    for org_id in ids:
+        pipe.hgetall(keys.org_meta(org_id, resource))
+    out: dict[str, dict[str, str]] = {}
+    for org_id, raw in zip(ids, pipe.execute(), strict=True):
+        out[org_id] = text_hash(raw)
+    return out

@@ -1,0 +1,129 @@
+"""Thin Celery tasks: they take ids, load what they need, and call into the modules.
+
+- ``etbridge.plan``      beat's tick: discover orgs, decide polls, enqueue due deliveries;
+- ``etbridge.poll_org``  one poll of one org (queue ``poll``);
+- ``etbridge.deliver``   relay one org's outbox to one sink (queue ``deliver``).
+
+Failures are not retried by Celery: a failed poll backs its org off in Redis
+and the planner plans it again when the backoff has passed, so a poll is
+never queued twice and a retry never holds a worker slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+
+from etbridge import logs, planstore, runtime, scheduler, state
+from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
+from etbridge.worker import PLAN_TICK, app, settings
+
+log = logging.getLogger("etbridge.tasks")
+
+DISCOVERY_EVERY = 3600.0
+# A poll message that waited longer than this in the queue is dropped: the
+# planner has planned the org again by then.
+POLL_EXPIRES = 120.0
+
+
+def plan_config() -> scheduler.PlanConfig:
+    return scheduler.PlanConfig(
+        poll_interval=settings.poll_interval,
+        sweep_interval=settings.sweep_interval,
+        tick=PLAN_TICK,
+    )
+
+
+def org_ids(rt: runtime.Runtime) -> list[str]:
+    """The orgs to poll: the configured ones, or those discovered and not gone."""
+    if settings.orgs:
+        return list(settings.orgs)
+    if planstore.discovery_due(rt.redis, DISCOVERY_EVERY):
+        discover(rt)
+    return [org for org, facts in state.known_orgs(rt.redis).items() if "removed_at" not in facts]
+
+
+def discover(rt: runtime.Runtime) -> list[str]:
+    """Read the organizations endpoint; register new orgs, mark vanished ones."""
+    try:
+        found = rt.api.organizations()
+    except Exception as exc:
+        rt.redis.delete(planstore.DISCOVERY)  # try again on a later tick
+        log.warning("org discovery failed: %s", exc)
+        return []
+    ids = [o.org_id for o in found]
+    for org in found:
+        state.register_org(rt.redis, org.org_id, name=org.name)
+    for org_id, facts in state.known_orgs(rt.redis).items():
+        if org_id not in ids and "removed_at" not in facts:
+            state.mark_removed(rt.redis, org_id)
+    log.info("orgs discovered count=%d", len(ids))
+    return ids
+
+
+@app.task(name="etbridge.plan")
+def plan() -> dict[str, Any]:
+    rt = runtime.get(settings)
+    if not planstore.take_tick(rt.redis, PLAN_TICK):
+        return {"skipped": "another beat planned this tick"}
+    now = time.time()
+    ids = org_ids(rt)
+    if settings.orgs:
+        registered = state.known_orgs(rt.redis)
+        for org_id in ids:
+            if org_id not in registered:
+                state.register_org(rt.redis, org_id)
+    views = planstore.gather(rt.redis, ids, settings.resources[0], now)
+    budget = rt.budget.status()
+    paused_until = budget.get("paused_until_epoch") or 0.0
+    decisions = scheduler.plan(
+        now,
+        views,
+        scheduler.Budget(
+            limit=settings.rate_limit,
+            used=int(budget.get("used", 0)),
+            inflight=int(sum(v.poll_pages for v in views if v.busy)),
+            paused_for=max(0.0, float(paused_until) - now),
+        ),
+        plan_config(),
+    )
+    planstore.mark_queued(rt.redis, decisions, now)
+    for d in decisions:
+        poll_org.apply_async((d.org_id, d.mode), expires=POLL_EXPIRES)
+    return {"polls": len(decisions)}
+
+
+@app.task(name="etbridge.poll_org", bind=True)
+def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[str, Any]]:
+    rt = runtime.get(settings)
+    with logs.bind(org_id=org_id, task_id=self.request.id or ""):
+        poller = rt.poller(on_started=lambda: planstore.mark_started(rt.redis, org_id))
+        try:
+            results = poller.poll(org_id, "sweep" if mode == "sweep" else "incremental")
+        except LeaseLost as exc:
+            log.warning("poll stopped: %s", exc)
+            return []
+        except RetriableError as exc:
+            delay = planstore.record_failure(rt.redis, org_id, str(exc), exc.retry_after)
+            log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
+            return []
+        except AuthenticationError as exc:
+            delay = planstore.record_failure(rt.redis, org_id, str(exc), 60.0)
+            log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
+            return []
+        except Exception as exc:
+            planstore.record_failure(rt.redis, org_id, f"{type(exc).__name__}: {exc}")
+            raise
+        if all(r.skipped for r in results):
+            return [r.as_dict() for r in results]
+        planstore.record_success(
+            rt.redis,
+            org_id,
+            events=sum(r.events for r in results),
+            pages=sum(r.pages for r in results),
+            mode=results[0].mode,
+        )
+        return [r.as_dict() for r in results]

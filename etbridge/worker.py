@@ -1,0 +1,96 @@
+"""The Celery app: ``celery -A etbridge.worker worker`` and ``celery -A etbridge.worker beat``.
+
+This module only builds the app: configuration, queues, routes and the beat
+schedule. The tasks live in tasks.py; what they call lives in the modules.
+A configuration mistake stops the process here, with one line and no
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+from celery import Celery, signals
+from kombu.entity import Queue
+
+from etbridge import logs
+from etbridge.settings import Settings, SettingsError, load_settings
+
+# Seconds between two planner ticks of beat.
+PLAN_TICK = 2.0
+# The longest a task may run: a sweep of thousands of pages is split into
+# resumable polls long before this (the poll task stops after POLL_MAX_SECONDS).
+TASK_SOFT_LIMIT = 600
+TASK_HARD_LIMIT = 660
+
+
+def _load() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"etbridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+settings = _load()
+
+app = Celery("etbridge", broker=settings.broker_url, include=["etbridge.tasks"])
+app.conf.update(
+    # JSON only: a task message is data, never code (pickle would run it).
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    # Tasks report through Redis state and logs; no result backend to fill up.
+    task_ignore_result=True,
+    # Ack after the task ran, and give a task back to the queue when its worker
+    # dies, so a SIGKILLed poll or delivery is not lost with the worker...
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # ...and take one task at a time, so a busy worker does not sit on others' work.
+    worker_prefetch_multiplier=1,
+    # A stuck call ends: the soft limit raises inside the task, the hard one kills it.
+    task_soft_time_limit=TASK_SOFT_LIMIT,
+    task_time_limit=TASK_HARD_LIMIT,
+    # Longer than any task and any countdown, or the Redis broker would hand a
+    # running task to a second worker. Lost polls do not wait for it: the planner
+    # re-plans an org as soon as its lease expires.
+    broker_transport_options={"visibility_timeout": 3600},
+    # Recycle children now and then: a slow leak never becomes an OOM kill.
+    worker_max_tasks_per_child=1000,
+    # Separate queues, so slow webhook receivers never starve polling and a
+    # long poll backlog never delays the planner's tick.
+    task_queues=(Queue("plan"), Queue("poll"), Queue("deliver")),
+    task_default_queue="poll",
+    task_routes={
+        "etbridge.plan": {"queue": "plan"},
+        "etbridge.poll_org": {"queue": "poll"},
+        "etbridge.deliver": {"queue": "deliver"},
+    },
+    # Beat keeps no state worth persisting (the planner's state is in Redis);
+    # keep its schedule file out of the working directory.
+    beat_schedule_filename=os.path.join(tempfile.gettempdir(), f"etbridge-beat-{os.getuid()}"),
+    beat_schedule={
+        "plan": {"task": "etbridge.plan", "schedule": PLAN_TICK, "options": {"expires": 10}},
+    },
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """etbridge's key=value (or JSON) lines for Celery's own logs too."""
+    logs.configure(settings.log_format, settings.log_level)
+    logs.add_secret(settings.client_secret.get_secret_value())
+    if settings.webhook_secret is not None:
+        logs.add_secret(settings.webhook_secret.get_secret_value())
+
+
+if settings.sentry_dsn is not None:
+    from etbridge import sentry
+
+    sentry.init(settings)

@@ -1,0 +1,38 @@
+"""Build etbridge's real object graph against a sandbox and a test Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from etbridge import keys
+from etbridge.runtime import Runtime
+from etbridge.settings import Settings, load_settings
+from tests.support.sandbox import Sandbox
+
+
+def settings_for(sandbox: Sandbox, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "client_id": sandbox.client_id,
+        "client_secret": sandbox.client_secret,
+        "api_url": sandbox.url,
+        "redis_url": redis_url,
+        "rate_limit": 10_000,
+        "orgs": [],
+        "sinks": "redis-stream:test:events",
+        "webhook_secret": None,
+        "sentry_dsn": None,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def runtime_for(sandbox: Sandbox, redis_url: str, **overrides: Any) -> Runtime:
+    return Runtime(settings_for(sandbox, redis_url, **overrides))
+
+
+def outbox_events(client: redis.Redis, org_id: str) -> list[dict[str, Any]]:
+    """Every envelope in an org's outbox, in commit order."""
+    return [json.loads(fields[b"event"]) for _id, fields in client.xrange(keys.outbox(org_id))]
