@@ -1,0 +1,44 @@
+"""What the sandbox has seen and served, for tests to assert on (``GET /_admin/counters``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Counters:
+    """Running totals since start-up or the last admin reset."""
+
+    token_requests: int = 0
+    token_requests_ok: int = 0
+    api_requests: int = 0
+    requests_per_window: Counter[int] = field(default_factory=Counter)
+    served_429: int = 0
+    forced_429: int = 0
+    expired_token_requests: int = 0
+    unauthorized: int = 0
+    unauthorized_by_reason: Counter[str] = field(default_factory=Counter)
+    list_requests_by_org: Counter[str] = field(default_factory=Counter)
+    get_requests_by_org: Counter[str] = field(default_factory=Counter)
+    faults_served: Counter[str] = field(default_factory=Counter)
+    status_codes: Counter[int] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy (window starts become string keys)."""
+        return {
+            "token_requests": self.token_requests,
+            "token_requests_ok": self.token_requests_ok,
+            "api_requests": self.api_requests,
+            "requests_per_window": {str(k): v for k, v in sorted(self.requests_per_window.items())},
+            "served_429": self.served_429,
+            "forced_429": self.forced_429,
+            "expired_token_requests": self.expired_token_requests,
+            "unauthorized": self.unauthorized,
+            "unauthorized_by_reason": dict(self.unauthorized_by_reason),
+            "list_requests_by_org": dict(self.list_requests_by_org),
+            "get_requests_by_org": dict(self.get_requests_by_org),
+            "faults_served": dict(self.faults_served),
+            "status_codes": {str(k): v for k, v in sorted(self.status_codes.items())},
+        }

@@ -1,0 +1,59 @@
+"""The one mutable object a sandbox process serves from."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from etbridge.sandbox.auth import TokenRegistry
+from etbridge.sandbox.churn import Churn
+from etbridge.sandbox.config import SandboxConfig
+from etbridge.sandbox.counters import Counters
+from etbridge.sandbox.faults import Faults
+from etbridge.sandbox.ratelimit import FixedWindowLimiter
+from etbridge.sandbox.store import Store
+
+
+@dataclass(eq=False)
+class SandboxState:
+    """Data, tokens, limiter, faults, counters and churn of one sandbox."""
+
+    config: SandboxConfig
+    clock: Callable[[], float]
+    store: Store
+    tokens: TokenRegistry
+    limiter: FixedWindowLimiter
+    faults: Faults
+    counters: Counters
+    churn: Churn
+    #: Lifetime of tokens issued from now on (the admin config call may change it).
+    token_ttl: int
+
+    @classmethod
+    def create(cls, config: SandboxConfig, clock: Callable[[], float] = time.time) -> SandboxState:
+        """Generate the data and set every knob from the start-up config."""
+        store = Store(orgs=config.orgs, bookings=config.bookings, seed=config.seed, clock=clock)
+        return cls(
+            config=config,
+            clock=clock,
+            store=store,
+            tokens=TokenRegistry(config.client_id, config.client_secret),
+            limiter=FixedWindowLimiter(config.rate_limit),
+            faults=Faults(config.seed),
+            counters=Counters(),
+            churn=Churn(store),
+            token_ttl=config.token_ttl,
+        )
+
+    def reset(self) -> None:
+        """Counters to zero, faults and churn off, rate-limit windows and knobs as at start.
+
+        Data, tokens and the log stay: tests sharing a sandbox read them relative to now.
+        """
+        self.counters = Counters()
+        self.faults.reset()
+        self.churn.set_rate(0.0)
+        self.limiter.reset()
+        self.limiter.limit = self.config.rate_limit
+        self.token_ttl = self.config.token_ttl

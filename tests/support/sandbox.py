@@ -1,0 +1,297 @@
+"""Start a real sandbox process for a test and steer it through its admin API.
+
+with Sandbox.start(orgs=2, bookings=20) as sb:
+    token = sb.token()
+    sb.mutate(5, org="1001")
+    assert sb.counters()["token_requests"] == 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import requests
+
+#: A loaded CI machine can take a while to import uvicorn and generate data.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+HTTP_TIMEOUT = 30.0
+
+_LISTENING = re.compile(r"sandbox listening on (http://\S+)")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox process failed to start, died, or refused an admin call."""
+
+
+class Sandbox:
+    """A sandbox subprocess (``python -m etbridge.sandbox --port 0``) and its admin API."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        client_id: str,
+        client_secret: str,
+        output: deque[str],
+        reader: threading.Thread,
+    ) -> None:
+        self.process = process
+        self._reader = reader
+        self.url = url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_url = f"{url}/oauth/token"
+        self._output = output
+        self._session = requests.Session()
+        # requests.Session is not thread-safe; tests may call the helper from threads.
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        orgs: int = 3,
+        bookings: int = 50,
+        seed: int = 1,
+        token_ttl: int = 7200,
+        rate_limit: int = 100,
+        churn: float = 0.0,
+        client_id: str = "sandbox-client",
+        client_secret: str = "sandbox-secret",
+        extra_args: Sequence[str] = (),
+    ) -> Sandbox:
+        """Start a sandbox on a free loopback port and wait until it accepts connections."""
+        command = [
+            sys.executable,
+            "-m",
+            "etbridge.sandbox",
+            "--port",
+            "0",
+            "--orgs",
+            str(orgs),
+            "--bookings",
+            str(bookings),
+            "--seed",
+            str(seed),
+            "--token-ttl",
+            str(token_ttl),
+            "--rate-limit",
+            str(rate_limit),
+            "--churn",
+            str(churn),
+            "--client-id",
+            client_id,
+            "--client-secret",
+            client_secret,
+            *extra_args,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+        )
+        output: deque[str] = deque(maxlen=200)
+        lines: queue.Queue[str | None] = queue.Queue()
+        # A reader thread keeps draining the pipe for the process's whole life, so a
+        # chatty sandbox can never block on a full pipe.
+        reader = threading.Thread(
+            target=_drain, args=(process, output, lines), name="sandbox-output", daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _terminate(process, reader)
+                raise SandboxError(
+                    f"sandbox did not start within {START_TIMEOUT:.0f}s:\n" + "".join(output)
+                )
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                _terminate(process, reader)
+                raise SandboxError(
+                    f"sandbox exited with status {process.returncode} before listening:\n"
+                    + "".join(output)
+                )
+            match = _LISTENING.search(line)
+            if match:
+                return cls(process, match.group(1), client_id, client_secret, output, reader)
+
+    def stop(self) -> None:
+        """Terminate the process (SIGTERM), then kill it if it lingers."""
+        self._session.close()
+        _terminate(self.process, self._reader)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def output(self) -> str:
+        """The last lines the process printed (for failure messages)."""
+        return "".join(self._output)
+
+    # --------------------------------------------------------------- admin API
+
+    def admin(self, method: str, path: str, json: Any = None) -> Any:
+        """Call ``/_admin/<path>``; returns the decoded JSON, raises SandboxError on non-2xx."""
+        if self.process.poll() is not None:
+            raise SandboxError(
+                f"sandbox exited with status {self.process.returncode}:\n{self.output}"
+            )
+        url = f"{self.url}/_admin/{path.lstrip('/')}"
+        with self._lock:
+            resp = self._session.request(method, url, json=json, timeout=HTTP_TIMEOUT)
+        if not resp.ok:
+            raise SandboxError(f"{method} {url} -> {resp.status_code}: {resp.text}")
+        return resp.json() if resp.content else None
+
+    def mutate(
+        self, count: int, org: str | None = None, kinds: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Apply ``count`` mutations now; returns their log entries."""
+        body: dict[str, Any] = {"count": count}
+        if org is not None:
+            body["org"] = org
+        if kinds is not None:
+            body["kinds"] = list(kinds)
+        mutations: list[dict[str, Any]] = self.admin("POST", "mutate", body)["mutations"]
+        return mutations
+
+    def churn(self, rate: float) -> None:
+        """Steady background churn of ``rate`` mutations/s (0 stops)."""
+        self.admin("POST", "churn", {"rate": rate})
+
+    def faults(self, **rates: float) -> None:
+        """Set fault knobs, e.g. ``faults(error_500=0.2, slow=0.1, slow_seconds=2)``."""
+        self.admin("POST", "faults", rates)
+
+    def force_429(self, count: int, retry_after: int) -> None:
+        """The next ``count`` API calls get 429 with ``Retry-After: retry_after``."""
+        self.admin("POST", "force_429", {"count": count, "retry_after": retry_after})
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far becomes invalid."""
+        self.admin("POST", "revoke_tokens")
+
+    def counters(self) -> dict[str, Any]:
+        """``GET /_admin/counters``."""
+        counters: dict[str, Any] = self.admin("GET", "counters")
+        return counters
+
+    def reset(self) -> None:
+        """Counters to zero, faults off, churn off, limiter and knobs as at start."""
+        self.admin("POST", "reset")
+
+    def truth(self, org: str | None = None) -> dict[str, Any]:
+        """``{"orgs": {org: {"bookings": {id: resource}, "deleted": [ids]}}, ...}``."""
+        path = "truth" if org is None else f"truth?org={org}"
+        truth: dict[str, Any] = self.admin("GET", path)
+        return truth
+
+    def log(self, since: int = 0) -> list[dict[str, Any]]:
+        """Mutation log entries with ``seq`` > ``since``."""
+        entries: list[dict[str, Any]] = self.admin("GET", f"log?since={since}")["log"]
+        return entries
+
+    def add_org(self, bookings: int = 10) -> str:
+        """Add an organization; returns its id."""
+        return str(self.admin("POST", "orgs", {"bookings": bookings})["org_id"])
+
+    def remove_org(self, org_id: str) -> None:
+        """Remove an organization."""
+        self.admin("DELETE", f"orgs/{org_id}")
+
+    def schema(self, add: str | None = None, value: Any = None, remove: str | None = None) -> None:
+        """Every booking gains attribute ``add`` (= ``value``) or loses ``remove``."""
+        if (add is None) == (remove is None):
+            raise ValueError("give exactly one of add= and remove=")
+        body = {"add": add, "value": value} if add is not None else {"remove": remove}
+        self.admin("POST", "schema", body)
+
+    def config(self, **settings: int) -> dict[str, int]:
+        """Change ``rate_limit`` / ``token_ttl`` until the next reset; returns both."""
+        current: dict[str, int] = self.admin("POST", "config", settings)
+        return current
+
+    # ----------------------------------------------------------------- public API
+
+    def token(self, scope: str = "crm_read crm_manage") -> str:
+        """Fetch an access token with the client credentials."""
+        resp = requests.post(
+            self.token_url,
+            json={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "scope": scope,
+            },
+            timeout=HTTP_TIMEOUT,
+        )
+        if resp.status_code != 200:
+            raise SandboxError(f"token request -> {resp.status_code}: {resp.text}")
+        return str(resp.json()["access_token"])
+
+    def api_session(self, org: str | None = None, token: str | None = None) -> requests.Session:
+        """A keep-alive session sending a fresh (or the given) bearer token and ``X-API-ORG``."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token or self.token()}"
+        session.headers["Accept"] = "application/vnd.api+json"
+        if org is not None:
+            session.headers["X-API-ORG"] = org
+        return session
+
+
+def _drain(
+    process: subprocess.Popen[str], output: deque[str], lines: queue.Queue[str | None]
+) -> None:
+    assert process.stdout is not None
+    with contextlib.suppress(ValueError, OSError):  # the pipe closed under us at shutdown
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+    lines.put(None)
+
+
+def _terminate(process: subprocess.Popen[str], reader: threading.Thread) -> None:
+    """SIGTERM, wait, SIGKILL after the deadline; then close the pipe (no ResourceWarning)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+    reader.join(timeout=STOP_TIMEOUT)
+    if process.stdout is not None:
+        process.stdout.close()
