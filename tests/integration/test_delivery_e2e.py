@@ -1,0 +1,301 @@
+"""Delivery end to end: real consumers of every sink, relay worker processes, crashes.
+
+Events are committed to the outbox as the poller does; relays run as real
+processes (``multiprocessing``, spawn) or in the test process; consumers are a
+Redis consumer group, a real ``celery worker`` subprocess and a loopback HTTP
+receiver that verifies signatures with the ``standardwebhooks`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from etbridge import outbox
+from etbridge.outbox import Relay
+from tests.support import celery_sink_app
+from tests.support.delivery import (
+    SECRET,
+    commit_events,
+    drive,
+    make_settings,
+    relay_loop,
+    wait_for,
+)
+from tests.support.receiver import Receiver, Reply
+
+REPO = Path(__file__).resolve().parents[2]
+STREAM = "redis-stream:etb-test:events"
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def rx() -> Iterator[Receiver]:
+    with Receiver(SECRET) as receiver:
+        yield receiver
+
+
+class RelayProcesses:
+    """Relay worker processes running due/deliver loops until stopped."""
+
+    def __init__(self, redis_url: str, sinks: list[str], **overrides: Any) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.stop_key = f"etb-test:stop:{os.getpid()}:{time.monotonic_ns()}"
+        self.claim_margin = float(overrides.pop("claim_margin", 1.0))
+        self.args = (redis_url, sinks, self.stop_key, overrides, self.claim_margin)
+        self.procs: list[Any] = []
+
+    def start(self, count: int) -> RelayProcesses:
+        for _ in range(count):
+            proc = SPAWN.Process(target=relay_loop, args=self.args, daemon=True)
+            proc.start()
+            self.procs.append(proc)
+        return self
+
+    def stop(self) -> None:
+        self.client.set(self.stop_key, "1")
+        for proc in self.procs:
+            proc.join(20)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self.client.close()
+
+
+def per_org_first_arrivals(envelopes: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Event ids per org in order of first arrival (later copies ignored)."""
+    seen: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for env in envelopes:
+        if env["id"] in seen:
+            continue
+        seen.add(env["id"])
+        out.setdefault(env["orgid"], []).append(env["id"])
+    return out
+
+
+def commit_many(client: redis.Redis, orgs: list[str], per_org: int) -> list[dict[str, Any]]:
+    committed: list[dict[str, Any]] = []
+    for round_no in range(2):  # interleaved commits across orgs
+        for org in orgs:
+            committed += commit_events(client, org, per_org // 2, start=round_no * per_org)
+    return committed
+
+
+# --- each sink with a real consumer -------------------------------------------------
+
+
+def test_redis_stream_sink_feeds_a_consumer_group(r: redis.Redis, redis_url: str) -> None:
+    orgs = ["1001", "1002", "1003"]
+    committed = commit_many(r, orgs, 100)
+    relays = RelayProcesses(redis_url, [STREAM]).start(2)
+    received: list[dict[str, Any]] = []
+    try:
+        r.xgroup_create("etb-test:events", "consumers", id="0", mkstream=True)
+        deadline = time.monotonic() + 60
+        while len(received) < len(committed):
+            assert time.monotonic() < deadline, f"only {len(received)} events consumed"
+            answer = r.xreadgroup("consumers", "c1", {"etb-test:events": ">"}, count=100, block=200)
+            for _stream, rows in answer or []:
+                for entry_id, fields in rows:
+                    received.append(json.loads(fields[b"event"]))
+                    r.xack("etb-test:events", "consumers", entry_id)
+    finally:
+        relays.stop()
+    assert per_org_first_arrivals(received) == per_org_first_arrivals(committed)
+    assert len(received) == len(committed)  # no crash here: each event exactly once
+
+
+@pytest.mark.slow
+def test_celery_sink_feeds_a_real_worker(r: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    queue = "etb-test-deliveries"
+    settings = make_settings(redis_url, [f"celery://{queue}/{celery_sink_app.TASK}"])
+    log_file = (tmp_path / "celery.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.support.celery_sink_app",
+            "worker",
+            "-Q",
+            queue,
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--hostname",
+            f"etb-test-{os.getpid()}@localhost",
+        ],
+        cwd=REPO,
+        env={**os.environ, "ETB_TEST_BROKER": redis_url},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    relay = Relay(r, settings)
+    try:
+        committed = commit_many(r, ["1001", "1002"], 40)
+        drive(
+            relay,
+            lambda: outbox.status(r, settings)["outbox"]["pending"] == 0,
+            notify=["1001", "1002"],
+        )
+
+        def received() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in r.lrange(celery_sink_app.RECEIVED, 0, -1)]
+
+        try:
+            wait_for(lambda: len(received()) >= len(committed), timeout=90)
+        except TimeoutError:
+            log_file.flush()
+            pytest.fail(
+                "celery worker did not record the events:\n"
+                + (tmp_path / "celery.log").read_text()[-3000:]
+            )
+        assert per_org_first_arrivals(received()) == per_org_first_arrivals(committed)
+        assert received()[0] == committed[0]  # the envelope arrives as the dict it was
+    finally:
+        relay.close()
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        log_file.close()
+
+
+# --- webhooks: failures, recovery, dead letters, crashes ---------------------------------
+
+
+@pytest.mark.slow
+def test_flaky_receiver_then_recovery_loses_nothing(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    # Enough attempts that the failures below never exhaust one event's schedule.
+    schedule = [0, 0.05, 0.1, 0.2, 0.3, 0.5] + [0.5] * 10
+    rx.reply_next(
+        Reply.error(500),
+        Reply.error(500),
+        Reply.timeout(3.0),
+        Reply.too_many(retry_after=1),
+        Reply.error(502),
+        Reply.unavailable(retry_after=1),
+        Reply.timeout(3.0),
+        Reply.error(500),
+        Reply.error(404),
+        Reply.error(500),
+    )
+    committed = commit_many(r, ["1001", "1002", "1003"], 20)
+    for org in ("1001", "1002", "1003"):
+        Relay(r, make_settings(redis_url, [rx.url])).notify(org)
+    r.delete(outbox.DUE)  # let the processes' own ticks (and sweep) find the work
+    relays = RelayProcesses(
+        redis_url, [rx.url], retry_schedule=schedule, webhook_timeout=1.0
+    ).start(2)
+    try:
+        rx.wait_for(lambda: set(rx.delivered_ids()) >= {e["id"] for e in committed}, timeout=90)
+    finally:
+        relays.stop()
+    assert all(a.verified for a in rx.arrivals)
+    assert all(a.webhook_id == (a.envelope or {}).get("id") for a in rx.arrivals)
+    delivered = [a.envelope or {} for a in rx.delivered()]
+    assert per_org_first_arrivals(delivered) == per_org_first_arrivals(committed)
+    settings = make_settings(redis_url, [rx.url])
+    assert outbox.dlq_list(r, settings) == []
+    assert outbox.status(r, settings)["outbox"]["pending"] == 0
+
+
+def test_never_recovering_receiver_dead_letters_then_redeliver(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    settings = make_settings(redis_url, [rx.url], retry_schedule=[0, 0.2, 0.5])
+    relay = Relay(r, settings)
+    committed = commit_events(r, "1001", 3) + commit_events(r, "1002", 2)
+    rx.reply_default(Reply.error(503))
+    drive(
+        relay,
+        lambda: len(outbox.dlq_list(r, settings)) == len(committed),
+        notify=["1001", "1002"],
+    )
+    assert len(rx.arrivals) == 3 * len(committed)  # three attempts each
+    assert rx.delivered_ids() == []
+    lines = [d.line() for d in outbox.dlq_list(r, settings)]
+    assert sorted(line.split()[0] for line in lines) == sorted(e["id"] for e in committed)
+    rx.reply_default(Reply.ok())
+    assert outbox.dlq_redeliver(r, settings, None) == len(committed)
+    delivered = [a.envelope or {} for a in rx.delivered()]
+    assert per_org_first_arrivals(delivered) == per_org_first_arrivals(committed)
+    assert outbox.status(r, settings)["outbox"]["dead_lettered"] == 0
+
+
+def test_dead_webhook_does_not_hold_up_the_stream_sink(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    rx.reply_default(Reply.timeout(5.0))
+    committed = commit_many(r, ["1001", "1002"], 50)
+    relays = RelayProcesses(
+        redis_url, [rx.url, STREAM], retry_schedule=[0, 5, 60], webhook_timeout=1.0
+    ).start(2)
+    try:
+        wait_for(lambda: r.xlen("etb-test:events") >= len(committed), timeout=60)
+    finally:
+        relays.stop()
+    assert rx.delivered_ids() == []
+    settings = make_settings(redis_url, [rx.url, STREAM])
+    state = outbox.status(r, settings)["sinks"]
+    assert state[STREAM]["pending"] == 0
+    assert state[rx.url]["pending"] == len(committed)
+
+
+@pytest.mark.slow
+def test_relay_killed_mid_delivery_is_reclaimed(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    webhook_timeout, margin = 2.0, 1.0
+    committed = commit_events(r, "1001", 6)
+    rx.reply_next(Reply.ok(), Reply.held())  # the second event's request hangs
+    relays = RelayProcesses(
+        redis_url, [rx.url], webhook_timeout=webhook_timeout, claim_margin=margin
+    )
+    settings = make_settings(redis_url, [rx.url], webhook_timeout=webhook_timeout)
+    Relay(r, settings).notify("1001")
+    r.zadd(outbox.DUE, {outbox.due_member("1001", settings.sinks[0].name): 0})
+    relays.start(1)
+    proc = relays.procs[0]
+    assert rx.in_flight.wait(60), "the relay process never reached the receiver"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    rx.release()  # the held request is answered (200) to a dead socket
+    relays.stop()
+    # Celery hands the task of a lost worker process back to the queue (acks_late,
+    # reject_on_worker_lost): the partition is asked for again at once.
+    r.zadd(outbox.DUE, {outbox.due_member("1001", settings.sinks[0].name): 0})
+    relay = Relay(r, settings, claim_margin=margin)
+    drive(relay, lambda: set(rx.delivered_ids()) >= {e["id"] for e in committed}, timeout=60)
+    ids = rx.delivered_ids()
+    held = committed[1]["id"]
+    assert ids.count(held) == 2  # processed by the receiver, unknown to the killed relay
+    copies = [a for a in rx.arrivals if a.webhook_id == held]
+    assert all(a.envelope and a.envelope["id"] == held for a in copies)
+    # Re-sent only once the killed attempt was certainly over.
+    assert copies[1].received_at - copies[0].received_at >= webhook_timeout + margin - 0.1
+    assert per_org_first_arrivals([a.envelope or {} for a in rx.delivered()]) == (
+        per_org_first_arrivals(committed)
+    )
+    assert outbox.status(r, settings)["outbox"]["pending"] == 0

@@ -1,0 +1,37 @@
+"""A Celery app for the ``celery://`` sink test: a real worker that records what it receives.
+
+Started as ``celery -A tests.support.celery_sink_app worker -Q QUEUE`` with
+``ETB_TEST_BROKER`` set to the test Redis; the task appends each envelope it
+receives (as JSON) to the Redis list :data:`RECEIVED`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+
+BROKER = os.environ.get("ETB_TEST_BROKER", "redis://127.0.0.1:6379/0")
+RECEIVED = "etb-test:celery:received"
+TASK = "etb_test.record"
+
+app = Celery("etb_test_sink", broker=BROKER)
+app.conf.update(
+    accept_content=["json"],
+    task_serializer="json",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+_client: redis.Redis | None = None
+
+
+@app.task(name=TASK)
+def record(envelope: dict[str, Any]) -> None:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(BROKER)
+    _client.rpush(RECEIVED, json.dumps(envelope))
