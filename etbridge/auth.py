@@ -265,6 +265,97 @@ class _Snapshot:
 # --- the cache --------------------------------------------------------------------
 
 
+class TokenEndpoint:
+    """The OAuth token endpoint: one client-credentials request, every failure typed.
+
+    Used by :class:`TokenCache` (through the fleet's single-flight lock) and by
+    ``etbridge check``, which asks for one token without touching Redis.
+    """
+
+    def __init__(
+        self, settings: Settings, *, session: requests.Session | None = None, timeout: float
+    ) -> None:
+        self._token_url = settings.token_url
+        self._client_id = settings.client_id
+        self._scope = settings.scope
+        self._secret = settings.client_secret
+        self._session = session if session is not None else requests.Session()
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"TokenEndpoint(url={mask_url(self._token_url)!r}, client_id={self._client_id!r})"
+
+    def request(self) -> TokenResponse:
+        """POST the client-credentials grant; map every failure to a typed error."""
+        try:
+            resp = self._session.post(
+                self._token_url,
+                json=self._grant(),
+                headers={"Accept": "application/json"},
+                timeout=self.timeout,
+                auth=_NoAuth(),
+            )
+        except requests.Timeout:
+            raise TransportError(
+                f"token request to {mask_url(self._token_url)} timed out after {self.timeout:g}s"
+            ) from None
+        except requests.RequestException as exc:
+            # ``from None``: the chained exception's frames hold the request body.
+            raise TransportError(
+                f"token request to {mask_url(self._token_url)} failed: {type(exc).__name__}"
+            ) from None
+        status = resp.status_code
+        if status == 200:
+            try:
+                body = resp.json()
+            except ValueError:
+                raise MalformedResponse(
+                    "token endpoint answered 200 with a non-JSON body"
+                ) from None
+            return parse_token_response(body)
+        if status == 429:
+            raise RateLimited("token endpoint answered 429", retry_after=_retry_after(resp.headers))
+        if status >= 500 or status == 408:
+            raise ServerError(f"token endpoint answered {status}")
+        code, description = self._error_details(resp)
+        raise AuthenticationError(
+            f"token endpoint refused the credentials ({code}): {description}", code=code
+        )
+
+    def _grant(self) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._secret.get_secret_value(),
+            "scope": self._scope,
+        }
+
+    def _error_details(self, resp: requests.Response) -> tuple[str, str]:
+        """The RFC 6749 §5.2 ``error`` and ``error_description``, scrubbed of the secret."""
+        code, description = f"http_{resp.status_code}", ""
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            if isinstance(body.get("error"), str) and body["error"]:
+                code = body["error"]
+            if isinstance(body.get("error_description"), str):
+                description = body["error_description"]
+        if not description:
+            description = f"HTTP {resp.status_code} from the token endpoint"
+        return self._scrub(code)[:64], self._scrub(description)[:_ERROR_DESCRIPTION_MAX]
+
+    def _scrub(self, text: str) -> str:
+        secret = self._secret.get_secret_value()
+        return text.replace(secret, "***") if secret else text
+
+
+def fetch_token(settings: Settings, session: requests.Session | None = None) -> TokenResponse:
+    """One token request, outside the shared cache (``etbridge check``)."""
+    return TokenEndpoint(settings, session=session, timeout=settings.http_timeout).request()
+
+
 class TokenCache:
     """The fleet's shared client-credentials token for one (token URL, client id, scope).
 
@@ -317,6 +408,7 @@ class TokenCache:
         self.transient_backoff = transient_backoff
         self.transient_backoff_cap = transient_backoff_cap
         self.leeway = leeway
+        self._endpoint = TokenEndpoint(settings, session=self._session, timeout=self.timeout)
         self._cache_id = keys.digest(self._token_url, self._client_id, self._scope)
         self._key = keys.token(self._cache_id)
         self._lock_key = keys.token_lock(self._cache_id)
@@ -585,72 +677,9 @@ class TokenCache:
             return response.access_token
 
     def _request_token(self) -> TokenResponse:
-        """POST the client-credentials grant; map every failure to a typed error.
-
-        A hook for tests: subclasses may block here to play a slow or dead holder.
-        """
-        try:
-            resp = self._session.post(
-                self._token_url,
-                json=self._grant(),
-                headers={"Accept": "application/json"},
-                timeout=self.timeout,
-                auth=_NoAuth(),
-            )
-        except requests.Timeout:
-            raise TransportError(
-                f"token request to {mask_url(self._token_url)} timed out after {self.timeout:g}s"
-            ) from None
-        except requests.RequestException as exc:
-            # ``from None``: the chained exception's frames hold the request body.
-            raise TransportError(
-                f"token request to {mask_url(self._token_url)} failed: {type(exc).__name__}"
-            ) from None
-        status = resp.status_code
-        if status == 200:
-            try:
-                body = resp.json()
-            except ValueError:
-                raise MalformedResponse(
-                    "token endpoint answered 200 with a non-JSON body"
-                ) from None
-            return parse_token_response(body)
-        if status == 429:
-            raise RateLimited("token endpoint answered 429", retry_after=_retry_after(resp.headers))
-        if status >= 500 or status == 408:
-            raise ServerError(f"token endpoint answered {status}")
-        code, description = self._error_details(resp)
-        raise AuthenticationError(
-            f"token endpoint refused the credentials ({code}): {description}", code=code
-        )
-
-    def _grant(self) -> dict[str, str]:
-        return {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._secret.get_secret_value(),
-            "scope": self._scope,
-        }
-
-    def _error_details(self, resp: requests.Response) -> tuple[str, str]:
-        """The RFC 6749 §5.2 ``error`` and ``error_description``, scrubbed of the secret."""
-        code, description = f"http_{resp.status_code}", ""
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            if isinstance(body.get("error"), str) and body["error"]:
-                code = body["error"]
-            if isinstance(body.get("error_description"), str):
-                description = body["error_description"]
-        if not description:
-            description = f"HTTP {resp.status_code} from the token endpoint"
-        return self._scrub(code)[:64], self._scrub(description)[:_ERROR_DESCRIPTION_MAX]
-
-    def _scrub(self, text: str) -> str:
-        secret = self._secret.get_secret_value()
-        return text.replace(secret, "***") if secret else text
+        """One token request (a hook for tests: subclasses may block here to play a
+        slow or dead lock holder)."""
+        return self._endpoint.request()
 
     def _store(self, response: TokenResponse, started_ms: int) -> None:
         lifetime_ms = int(response.expires_in * 1000)

@@ -22,9 +22,9 @@ The first poll of an org is a sweep that sets the baseline (silently, or as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ import redis
 
 from etbridge import changes, events
 from etbridge.client import EventTempleClient
-from etbridge.errors import FatalError, FilterRejected, MalformedResponse
+from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse
 from etbridge.settings import Settings
 from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
 
@@ -43,15 +43,13 @@ log = logging.getLogger("etbridge.poller")
 
 Mode = Literal["incremental", "sweep"]
 
+# A poll's lease lives this long unless its heartbeat extends it, so a poll
+# lost with its worker (SIGKILL, OOM, host loss) frees its org this soon.
+LEASE_TTL = 20.0
 # Deleted records are committed in chunks so one Lua call stays short.
 _DELETE_CHUNK = 200
 # A page whose records keep moving under us (another writer) is re-read this often.
 _MAX_CONFLICTS = 5
-
-
-def record_digest(record: dict[str, Any]) -> str:
-    """Digest of a whole canonical record, ignored fields included."""
-    return hashlib.blake2b(changes.canonical_json(record), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -90,6 +88,36 @@ def _iso(dt: datetime) -> str:
     return events.rfc3339(dt)
 
 
+class _Heartbeat(threading.Thread):
+    """Extends a poll's lease every third of its lifetime while the poll runs.
+
+    A page fetch may wait on the budget, a slow API or retries for longer than
+    the lease lives; the heartbeat keeps the lease while this process is alive,
+    and a dead process stops extending it, so its org is free again within one
+    lease lifetime. The commits re-check the fencing token in any case.
+    """
+
+    def __init__(self, state: OrgState, lease: Lease) -> None:
+        super().__init__(name=f"lease-heartbeat-{lease.org_id}", daemon=True)
+        self.state = state
+        self.lease = lease
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = self.lease.ttl_ms / 3000
+        while not self._stopped.wait(interval):
+            try:
+                self.state.extend_lease(self.lease)
+            except LeaseLost:
+                return
+            except redis.exceptions.RedisError as exc:
+                log.warning("lease heartbeat failed org_id=%s: %s", self.lease.org_id, exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(5)
+
+
 class Poller:
     """Polls orgs with an :class:`EventTempleClient` and records changes in Redis."""
 
@@ -99,7 +127,7 @@ class Poller:
         settings: Settings,
         api: EventTempleClient,
         *,
-        lease_ttl: float = 120.0,
+        lease_ttl: float = LEASE_TTL,
         on_events: Callable[[str], None] | None = None,
         on_started: Callable[[], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -123,14 +151,17 @@ class Poller:
             return [
                 PollResult(org_id, res, mode, skipped="leased") for res in self.settings.resources
             ]
-        if self.on_started is not None:
-            self.on_started()
+        heartbeat = _Heartbeat(first, lease)
+        heartbeat.start()
         try:
+            if self.on_started is not None:
+                self.on_started()
             return [
                 self._poll_resource(OrgState(self.redis, org_id, res), lease, mode)
                 for res in self.settings.resources
             ]
         finally:
+            heartbeat.stop()
             first.release_lease(lease)
 
     # --- one resource --------------------------------------------------------------
@@ -296,7 +327,7 @@ class Poller:
         meta_updates: dict[str, str],
     ) -> tuple[set[str], set[str]]:
         ids = [r["id"] for r in records]
-        digests = {r["id"]: record_digest(r) for r in records}
+        digests = {r["id"]: changes.record_digest(r) for r in records}
         for _attempt in range(_MAX_CONFLICTS):
             stored_digests = state.digests(ids)
             moved = [i for i in ids if stored_digests[i] != digests[i]]
@@ -306,7 +337,7 @@ class Poller:
             new_known, new_absorbed = known, absorbed
             detected_at = self.now()
             if moved:
-                page_attrs = set().union(*(r["attributes"].keys() for r in records))
+                page_attrs = changes.page_fields(records)
                 drift = None
                 if not known:
                     new_known = page_attrs
@@ -419,4 +450,4 @@ class Poller:
 
 
 def _dumps(envelope: dict[str, Any]) -> str:
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    return events.to_json(envelope)

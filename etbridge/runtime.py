@@ -13,9 +13,10 @@ from collections.abc import Callable
 import redis
 import requests
 
-from etbridge import keys
+from etbridge import keys, logs, metrics
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient
+from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
@@ -34,6 +35,10 @@ class Runtime:
             retry_on_timeout=True,
         )
         self.session = requests.Session()
+        # API calls and token requests share this session: one hook counts both,
+        # and one registers every token it carries as a secret for logs and Sentry.
+        self.session.hooks["response"].append(metrics.response_hook(settings.token_url))
+        self.session.hooks["response"].append(logs.secret_hook)
         self.tokens = TokenCache(self.redis, settings, session=self.session)
         self.budget = RequestBudget(
             self.redis, keys.digest(settings.client_id), settings.rate_limit
@@ -42,8 +47,25 @@ class Runtime:
             settings, auth=BearerAuth(self.tokens), budget=self.budget, session=self.session
         )
 
-    def poller(self, on_started: Callable[[], None] | None = None) -> Poller:
-        return Poller(self.redis, self.settings, self.api, on_started=on_started)
+        self._relay: Relay | None = None
+
+    def poller(
+        self,
+        *,
+        on_started: Callable[[], None] | None = None,
+        on_events: Callable[[str], None] | None = None,
+    ) -> Poller:
+        return Poller(
+            self.redis, self.settings, self.api, on_started=on_started, on_events=on_events
+        )
+
+    @property
+    def relay(self) -> Relay:
+        """The outbox relay (built on first use: a poll-only worker never opens sinks)."""
+        if self._relay is None:
+            # Webhooks get their own session: slow receivers never hold API connections.
+            self._relay = Relay(self.redis, self.settings, session=requests.Session())
+        return self._relay
 
 
 _lock = threading.Lock()

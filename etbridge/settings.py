@@ -9,6 +9,7 @@ entry points print without a traceback before exiting non-zero.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -87,17 +88,26 @@ class SinkSpec:
 _FILTER_KEYS = ("types", "fields", "orgs")
 
 
+_SECRET_PARAM = re.compile(r"(token|secret|key|sig|signature|pass|auth|code)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of a URL (``scheme://user:pw@host``) by ``***``."""
+    """The URL with its password and secret-looking query values replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{netloc}"
+    query = parts.query
+    if query:
+        pairs = parse_qs(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if _SECRET_PARAM.search(k) else v) for k, vs in pairs.items() for v in vs],
+            safe="*,",
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _split_filter(query: str) -> tuple[SinkFilter, str]:
@@ -169,6 +179,23 @@ def _split_csv(value: Any) -> Any:
 
 CsvList = Annotated[list[str], NoDecode]
 
+_SINK_START = re.compile(r"^\s*(redis-streams?:|celery://|https?://)", re.IGNORECASE)
+
+
+def split_sink_list(value: str) -> list[str]:
+    """Split ``ETBRIDGE_SINKS`` on the commas that start a new sink URL.
+
+    Routing filters hold commas of their own (``?types=updated,created``), so a
+    piece that does not start with a sink scheme continues the previous URL.
+    """
+    urls: list[str] = []
+    for piece in value.split(","):
+        if urls and not _SINK_START.match(piece):
+            urls[-1] += "," + piece
+        elif piece.strip():
+            urls.append(piece.strip())
+    return urls
+
 
 class Settings(BaseSettings):
     """etbridge's configuration (environment variables ``ETBRIDGE_*`` or a ``.env`` file)."""
@@ -226,7 +253,7 @@ class Settings(BaseSettings):
     @classmethod
     def _sinks(cls, value: Any) -> Any:
         if isinstance(value, str):
-            items = _split_csv(value)
+            items = split_sink_list(value)
             if not items:
                 raise ValueError("at least one sink URL is needed")
             return [parse_sink(item) for item in items]
@@ -258,7 +285,9 @@ class Settings(BaseSettings):
             "redis_url": ("redis", "rediss", "unix"),
             "broker_url": ("redis", "rediss", "unix", "amqp", "amqps", "sentinel", "memory"),
         }[info.field_name]
-        if parts.scheme not in allowed or (parts.scheme not in ("unix", "memory") and not parts.hostname):
+        if parts.scheme not in allowed or (
+            parts.scheme not in ("unix", "memory") and not parts.hostname
+        ):
             raise ValueError(f"expected a {' or '.join(allowed)} URL")
         return value.rstrip("/") if info.field_name == "api_url" else value
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Task
 
-from etbridge import logs, planstore, runtime, scheduler, state
+from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, state
 from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
@@ -93,30 +93,48 @@ def plan() -> dict[str, Any]:
     planstore.mark_queued(rt.redis, decisions, now)
     for d in decisions:
         poll_org.apply_async((d.org_id, d.mode), expires=POLL_EXPIRES)
-    return {"polls": len(decisions)}
+    # Deliveries whose retry time has come, and partitions a lost task left behind.
+    partitions = rt.relay.due(now)
+    for org_id, sink_name in partitions:
+        deliver.apply_async((org_id, sink_name))
+    return {"polls": len(decisions), "deliveries": len(partitions)}
+
+
+def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:
+    """Right after a commit with events: enqueue the org's deliveries (no tick's wait)."""
+    for part_org, sink_name in rt.relay.notify(org_id):
+        deliver.apply_async((part_org, sink_name))
 
 
 @app.task(name="etbridge.poll_org", bind=True)
 def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[str, Any]]:
     rt = runtime.get(settings)
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
-        poller = rt.poller(on_started=lambda: planstore.mark_started(rt.redis, org_id))
+        poller = rt.poller(
+            on_started=lambda: planstore.mark_started(rt.redis, org_id),
+            on_events=lambda org: _deliver_soon(rt, org),
+        )
         try:
             results = poller.poll(org_id, "sweep" if mode == "sweep" else "incremental")
         except LeaseLost as exc:
+            metrics.record_poll_failure(mode, "lease_lost")
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
+            metrics.record_poll_failure(mode, "retriable_error")
             delay = planstore.record_failure(rt.redis, org_id, str(exc), exc.retry_after)
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
+            metrics.record_poll_failure(mode, "auth_error")
             delay = planstore.record_failure(rt.redis, org_id, str(exc), 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except Exception as exc:
+            metrics.record_poll_failure(mode, "error")
             planstore.record_failure(rt.redis, org_id, f"{type(exc).__name__}: {exc}")
             raise
+        metrics.record_polls(results)
         if all(r.skipped for r in results):
             return [r.as_dict() for r in results]
         planstore.record_success(
@@ -127,3 +145,33 @@ def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[st
             mode=results[0].mode,
         )
         return [r.as_dict() for r in results]
+
+
+@app.task(name="etbridge.deliver", bind=True)
+def deliver(self: Task, org_id: str, sink_name: str) -> dict[str, Any]:
+    rt = runtime.get(settings)
+    with logs.bind(org_id=org_id, task_id=self.request.id or ""):
+        try:
+            result = rt.relay.deliver(org_id, sink_name)
+        except KeyError:
+            # A sink removed from ETBRIDGE_SINKS since the task was queued.
+            log.warning("deliver skipped: sink %s is not configured", sink_name)
+            return {"outcome": "unknown_sink"}
+        metrics.record_delivery(result, settings)
+        if result.outcome == outbox.BUDGET:
+            # A backlog: go on at once rather than wait for the next tick.
+            deliver.apply_async((org_id, sink_name))
+        return {
+            "outcome": result.outcome,
+            "delivered": result.delivered,
+            "dead_lettered": result.dead_lettered,
+        }
+
+
+@app.task(name="etbridge.trim")
+def trim() -> dict[str, Any]:
+    """Drop outbox entries older than the retention that every sink has acknowledged."""
+    rt = runtime.get(settings)
+    removed = outbox.trim(rt.redis, settings)
+    log.info("outbox trimmed removed=%d", removed)
+    return {"removed": removed}

@@ -66,6 +66,7 @@ app.conf.update(
     task_default_queue="poll",
     task_routes={
         "etbridge.plan": {"queue": "plan"},
+        "etbridge.trim": {"queue": "plan"},
         "etbridge.poll_org": {"queue": "poll"},
         "etbridge.deliver": {"queue": "deliver"},
     },
@@ -74,6 +75,8 @@ app.conf.update(
     beat_schedule_filename=os.path.join(tempfile.gettempdir(), f"etbridge-beat-{os.getuid()}"),
     beat_schedule={
         "plan": {"task": "etbridge.plan", "schedule": PLAN_TICK, "options": {"expires": 10}},
+        # Outbox retention (ETBRIDGE_OUTBOX_RETENTION); idempotent, so a second beat is harmless.
+        "trim": {"task": "etbridge.trim", "schedule": 3600.0, "options": {"expires": 600}},
     },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
@@ -94,3 +97,9 @@ if settings.sentry_dsn is not None:
     from etbridge import sentry
 
     sentry.init(settings)
+
+if settings.metrics_port is not None:
+    from etbridge import metrics
+
+    # Served by the worker's main process (worker_init); beat never sends that signal.
+    metrics.connect_worker_signals(settings)

@@ -99,7 +99,7 @@ def test_each_kind_of_change(rt: Runtime, sandbox: Sandbox) -> None:
     for name, change in up["data"]["changes"].items():
         if name.startswith("relationships."):
             rel = name.split(".", 1)[1]
-            assert change["to"] == truth[updated["id"]]["relationships"][rel]
+            assert change["to"] == truth[updated["id"]]["relationships"][rel]["data"]
         else:
             assert change["from"] == before_update["attributes"].get(name)
             assert change["to"] == truth[updated["id"]]["attributes"].get(name)

@@ -125,6 +125,7 @@ def test_parse_sinks() -> None:
     with pytest.raises(ValueError, match="unknown event type"):
         parse_sink("redis-stream:k?types=exploded")
     assert mask_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert mask_url("https://h/hook?token=abc&x=1") == "https://h/hook?token=***&x=1"
 
 
 @pytest.mark.parametrize(
@@ -143,3 +144,16 @@ def test_entry_points_exit_with_one_line(argv: list[str]) -> None:
     assert 1 <= len(err) <= 3, proc.stderr
     assert "ETBRIDGE_RATE_LIMIT" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sink_list_keeps_filter_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "ETBRIDGE_SINKS",
+        "redis-stream:a?types=updated,created&orgs=12,34, celery://q/t.x,"
+        "https://h.example/hook?fields=status,name",
+    )
+    monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    a, b, c = load_settings().sinks
+    assert (a.key, a.filter.types, a.filter.orgs) == ("a", ("updated", "created"), ("12", "34"))
+    assert (b.queue, b.task) == ("q", "t.x")
+    assert c.filter.fields == ("status", "name")
