@@ -75,7 +75,11 @@ def gather(
                 retry_at=_f(plan, "retry_at") or 0.0,
                 activity=scheduler.decay(activity, now - activity_at),
                 baselined=meta.get("baselined") == "1",
-                needs_sweep=meta.get("filter_unsupported") == "1" or meta.get("resync") == "1",
+                # Resyncs, orgs without the incremental filter, and sweeps that paused
+                # (or failed) half-way and resume from their saved cursor.
+                needs_sweep=meta.get("filter_unsupported") == "1"
+                or meta.get("resync") == "1"
+                or meta.get("sweep_active") == "1",
                 poll_pages=max(1.0, _f(plan, "poll_pages") or 1.0),
             )
         )

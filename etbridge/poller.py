@@ -46,6 +46,9 @@ Mode = Literal["incremental", "sweep"]
 # A poll's lease lives this long unless its heartbeat extends it, so a poll
 # lost with its worker (SIGKILL, OOM, host loss) frees its org this soon.
 LEASE_TTL = 20.0
+# A sweep pauses after this long (its cursor saved) so one org's thousands of
+# pages never hold a worker for long; the planner resumes it.
+SWEEP_SLICE = 120.0
 # Deleted records are committed in chunks so one Lua call stays short.
 _DELETE_CHUNK = 200
 # A page whose records keep moving under us (another writer) is re-read this often.
@@ -130,6 +133,7 @@ class Poller:
         lease_ttl: float = LEASE_TTL,
         on_events: Callable[[str], None] | None = None,
         on_started: Callable[[], None] | None = None,
+        slice_seconds: float = SWEEP_SLICE,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.redis = client
@@ -138,6 +142,7 @@ class Poller:
         self.lease_ttl = lease_ttl
         self.on_events = on_events
         self.on_started = on_started
+        self.slice = slice_seconds
         self.now = now
         self.ignore = frozenset(settings.ignore_fields)
 
@@ -238,6 +243,8 @@ class Poller:
         known = set(json.loads(meta.get("attrs", "[]")))
         absorbed = set(json.loads(meta.get("absorbed", "[]")))
 
+        scan_started = time.monotonic()
+        paused = False
         try:
             paginator = self.api.pages(
                 state.org_id,
@@ -280,6 +287,10 @@ class Poller:
                 )
                 result.pages += 1
                 result.records += len(records)
+                if sweep and page.next_cursor and time.monotonic() - scan_started > self.slice:
+                    # A long sweep yields its worker; the planner resumes it from the cursor.
+                    paused = True
+                    break
         except FatalError as exc:
             if resume is not None and not isinstance(exc, FilterRejected):
                 # A saved cursor the API no longer accepts: start the sweep over next time.
@@ -287,6 +298,15 @@ class Poller:
             raise
 
         now = self.now()
+        if paused:
+            state.commit(lease, CommitPlan(meta={"last_poll_at": str(now.timestamp())}))
+            log.info(
+                "sweep paused org_id=%s resource=%s pages=%d (resumes from its cursor)",
+                state.org_id,
+                state.resource,
+                result.pages,
+            )
+            return
         final = {
             "last_poll_at": str(now.timestamp()),
             "last_poll_mode": result.mode,

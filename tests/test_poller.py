@@ -306,3 +306,45 @@ def test_outbox_holds_redis_bytes(r: redis.Redis) -> None:
         keys.outbox(ORG),
     ):
         assert tag in key
+
+
+def test_long_sweep_resumes_from_its_cursor(rt: Runtime, sandbox: Sandbox) -> None:
+    rt2 = runtime_for(sandbox, rt.settings.redis_url, page_size=10)
+    poller(rt2).poll(ORG)
+    deleted = sandbox.mutate(1, org=ORG, kinds=["delete"])[0]
+    n_pages = -(-len(truth_records(sandbox)) // 10)
+    before = sandbox.counters()["list_requests_by_org"].get(ORG, 0)
+    sliced = poller(rt2, slice_seconds=0)  # every poll pauses after one page
+    polls = 0
+    while True:
+        (result,) = sliced.poll(ORG, "sweep")
+        polls += 1
+        if result.complete:
+            break
+        assert result.pages == 1 and result.deleted == 0
+        assert OrgState(rt2.redis, ORG, "bookings").meta()["sweep_cursor"]
+        assert polls <= n_pages + 1
+    assert result.deleted == 1
+    requests = sandbox.counters()["list_requests_by_org"].get(ORG, 0) - before
+    assert requests <= n_pages + 1  # resumed, never started over
+    gone = [e for e in outbox_events(rt2.redis, ORG) if e["type"].endswith("deleted")]
+    assert [e["subject"] for e in gone] == [deleted["id"]]
+
+
+def test_rejected_filter_falls_back_to_sweeps(rt: Runtime, sandbox: Sandbox) -> None:
+    p = poller(rt)
+    p.poll(ORG)
+    sandbox.faults(no_updated_filter=1)
+    try:
+        deleted = sandbox.mutate(1, org=ORG, kinds=["delete"])[0]
+        (result,) = p.poll(ORG)  # asked for incremental, falls back at once
+        assert result.mode == "sweep"
+        assert result.deleted == 1
+        meta = OrgState(rt.redis, ORG, "bookings").meta()
+        assert meta["filter_unsupported"] == "1"
+        (again,) = p.poll(ORG)
+        assert again.mode == "sweep"
+    finally:
+        sandbox.faults(no_updated_filter=0)
+    gone = [e["subject"] for e in outbox_events(rt.redis, ORG) if e["type"].endswith("deleted")]
+    assert gone == [deleted["id"]]

@@ -216,7 +216,8 @@ class PublicApi:
     def _bookings(self, org: Org, query: QueryParams) -> bytes:
         state = self.state
         state.counters.list_requests_by_org[org.id] += 1
-        params = _list_params(query, BOOKING_SORTS, filterable=True, includable=_INCLUDABLE)
+        filterable = not state.faults.settings.no_updated_filter
+        params = _list_params(query, BOOKING_SORTS, filterable=filterable, includable=_INCLUDABLE)
         mutations = state.faults.settings.mutate_between_pages
         if mutations and (params.after or params.before):
             state.counters.faults_served["mutate_between_pages"] += 1

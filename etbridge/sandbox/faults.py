@@ -34,6 +34,9 @@ class FaultSettings:
     storm_429: float = 0.0
     storm_retry_after: int = 1
     mutate_between_pages: int = 0
+    # 1: the bookings endpoint rejects filter[updated_at] with 400, as an API
+    # without the (inferred) incremental filter would.
+    no_updated_filter: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -66,7 +69,7 @@ class Faults:
                 raise ValueError(f"{name} is a probability: 0..1")
             if name == "slow_seconds" and not 0.0 <= value <= 600.0:
                 raise ValueError("slow_seconds must be within 0..600")
-            if name in ("mutate_between_pages", "storm_retry_after"):
+            if name in ("mutate_between_pages", "storm_retry_after", "no_updated_filter"):
                 if value != int(value) or value < 0:
                     raise ValueError(f"{name} must be a whole number >= 0")
                 value = int(value)
