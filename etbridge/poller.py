@@ -35,7 +35,8 @@ import redis
 
 from etbridge import changes, events
 from etbridge.client import EventTempleClient
-from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse
+from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse, RateLimited
+from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
 
@@ -49,6 +50,10 @@ LEASE_TTL = 20.0
 # A sweep pauses after this long (its cursor saved) so one org's thousands of
 # pages never hold a worker for long; the planner resumes it.
 SWEEP_SLICE = 120.0
+# Sweep pages also draw from a smaller budget (SWEEP_SHARE of the fleet's), so
+# sweeps never take more than that share; a page waits this long for a slot.
+SWEEP_SHARE = 0.2
+SWEEP_BUDGET_WAIT = 10.0
 # Deleted records are committed in chunks so one Lua call stays short.
 _DELETE_CHUNK = 200
 # A page whose records keep moving under us (another writer) is re-read this often.
@@ -134,6 +139,7 @@ class Poller:
         on_events: Callable[[str], None] | None = None,
         on_started: Callable[[], None] | None = None,
         slice_seconds: float = SWEEP_SLICE,
+        sweep_budget: RequestBudget | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.redis = client
@@ -143,6 +149,7 @@ class Poller:
         self.on_events = on_events
         self.on_started = on_started
         self.slice = slice_seconds
+        self.sweep_budget = sweep_budget
         self.now = now
         self.ignore = frozenset(settings.ignore_fields)
 
@@ -253,7 +260,18 @@ class Poller:
                 after=resume,
                 page_size=self.settings.page_size,
             )
-            for page in paginator:
+            pages = iter(paginator)
+            while True:
+                if sweep and self.sweep_budget is not None:
+                    try:
+                        self.sweep_budget.acquire(SWEEP_BUDGET_WAIT)
+                    except RateLimited:
+                        # The sweep share of the budget is spent for now: yield, resume later.
+                        paused = True
+                        break
+                page = next(pages, None)
+                if page is None:
+                    break
                 state.extend_lease(lease)
                 records = self._canonical_page(state, page.data)
                 page_max = max(

@@ -348,3 +348,16 @@ def test_rejected_filter_falls_back_to_sweeps(rt: Runtime, sandbox: Sandbox) -> 
         sandbox.faults(no_updated_filter=0)
     gone = [e["subject"] for e in outbox_events(rt.redis, ORG) if e["type"].endswith("deleted")]
     assert gone == [deleted["id"]]
+
+
+def test_sweeps_keep_to_their_share_of_the_budget(rt: Runtime, sandbox: Sandbox) -> None:
+    from etbridge.ratelimit import RequestBudget
+
+    rt2 = runtime_for(sandbox, rt.settings.redis_url, page_size=10)
+    poller(rt2).poll(ORG)
+    share = RequestBudget(rt2.redis, "test.sweeps", 3, burst=3)
+    (result,) = poller(rt2, sweep_budget=share).poll(ORG, "sweep")
+    # Three slots, then the next page would wait 20 s: the sweep yields with its cursor.
+    assert result.pages == 3
+    assert not result.complete
+    assert OrgState(rt2.redis, ORG, "bookings").meta()["sweep_active"] == "1"
