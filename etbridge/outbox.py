@@ -1338,7 +1338,8 @@ def replay(
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     start = f"{int(since.timestamp() * 1000)}-0"
-    orgs = [org_id] if org_id else sorted(_text(o) for o in client.hkeys(keys.ORGS))
+    known = {_text(o) for o in client.hkeys(keys.ORGS)} | set(settings.orgs)
+    orgs = [org_id] if org_id else sorted(known)
     relay = Relay(client, settings, broker_app=broker_app, session=session)
     target = relay.sink(spec)
     sent = 0

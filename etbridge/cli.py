@@ -1,0 +1,257 @@
+"""The ``etbridge`` command.
+
+Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``orgs``,
+``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
+``replay --sink SINK_URL --since TIME [--org ORG_ID]``.
+
+Operator mistakes (settings, bad arguments) print one line and exit non-zero,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from etbridge.errors import AuthenticationError, EtbridgeError
+from etbridge.settings import Settings, SettingsError, load_settings, parse_sink
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def _parse_time(text: str) -> datetime:
+    """ISO 8601 (``2026-11-27T10:00:00Z``) or a relative age (``90m``, ``2h``, ``7d``)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since: expected ISO 8601 or an age like 2h, got {text!r}"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_sandbox(argv: Sequence[str]) -> int:
+    from etbridge.sandbox import main as sandbox_main
+
+    return sandbox_main(list(argv))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etbridge import demo
+
+    return demo.run(
+        duration=args.duration,
+        orgs=args.orgs,
+        bookings=args.bookings,
+        churn=args.churn,
+        poll_interval=args.poll_interval,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import requests
+
+    from etbridge.auth import fetch_token
+    from etbridge.client import EventTempleClient
+
+    settings = _settings()
+    session = requests.Session()
+    limits: dict[str, str] = {}
+
+    def _remember_limits(resp: requests.Response, *_: object, **__: object) -> None:
+        for name in ("X-Api-Request-Limit", "X-Api-Request-Remaining"):
+            if name in resp.headers:
+                limits[name] = resp.headers[name]
+
+    session.hooks["response"].append(_remember_limits)
+    print(f"api       {settings.api_url}")
+    print(f"token url {settings.token_url}")
+    print(f"client id {settings.client_id}  secret ***")
+    try:
+        token = fetch_token(settings, session)
+    except AuthenticationError as exc:
+        print(f"check failed: token request refused: {exc}", file=sys.stderr)
+        return 1
+    except EtbridgeError as exc:
+        print(f"check failed: token endpoint unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(f"token     ok, expires in {token.expires_in:.0f}s (value not shown)")
+
+    class _Fixed(requests.auth.AuthBase):
+        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+            r.headers["Authorization"] = f"Bearer {token.access_token}"
+            return r
+
+    api = EventTempleClient(settings, auth=_Fixed(), session=session)
+    try:
+        orgs = api.organizations()
+    except EtbridgeError as exc:
+        print(f"check failed: organizations endpoint: {exc}", file=sys.stderr)
+        return 1
+    print(f"orgs      {len(orgs)}: " + ", ".join(f"{o.org_id} ({o.name})" for o in orgs))
+    if limits:
+        print(
+            f"rate      limit {limits.get('X-Api-Request-Limit', '?')} per minute, "
+            f"remaining {limits.get('X-Api-Request-Remaining', '?')}"
+        )
+    if settings.orgs:
+        missing = sorted(set(settings.orgs) - {o.org_id for o in orgs})
+        if missing:
+            print(f"warning   ETBRIDGE_ORGS lists unknown orgs: {', '.join(missing)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from etbridge import status
+
+    settings = _settings()
+    client = _redis(settings)
+    doc = status.collect(client, settings)
+    print(
+        json.dumps(doc, indent=None if args.json else 2, sort_keys=True)
+        if args.json
+        else status.render(doc)
+    )
+    return 0
+
+
+def cmd_orgs(args: argparse.Namespace) -> int:
+    from etbridge import state
+
+    settings = _settings()
+    registry = state.known_orgs(_redis(settings))
+    if settings.orgs:
+        print("configured (ETBRIDGE_ORGS):")
+        for org_id in settings.orgs:
+            print(f"  {org_id}")
+        return 0
+    print("discovered:" if registry else "none discovered yet (the planner discovers them)")
+    for org_id, facts in registry.items():
+        gone = "  (gone from the organizations endpoint)" if "removed_at" in facts else ""
+        print(f"  {org_id}  {facts.get('name', '')}{gone}")
+    return 0
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    from etbridge import planstore
+
+    settings = _settings()
+    client = _redis(settings)
+    for resource in settings.resources:
+        planstore.request_resync(client, args.org_id, resource)
+    print(f"org {args.org_id}: the next poll is a full sweep")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from etbridge import outbox
+
+    settings = _settings()
+    client = _redis(settings)
+    if args.dlq_command == "list":
+        for line in outbox.dlq_lines(client, settings):
+            print(line)
+        return 0
+    if not args.ids and not args.all:
+        print("dlq redeliver: name event ids, or --all", file=sys.stderr)
+        return 2
+    count = outbox.dlq_redeliver(client, settings, None if args.all else list(args.ids))
+    print(f"redelivered {count} event(s)")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from etbridge import outbox
+
+    settings = _settings()
+    try:
+        sink = parse_sink(args.sink)
+    except ValueError as exc:
+        print(f"replay: --sink: {exc}", file=sys.stderr)
+        return 2
+    count = outbox.replay(_redis(settings), settings, sink, args.since, args.org)
+    print(f"replayed {count} event(s) to {sink.display}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="etbridge", description="Event Temple change events over Celery and Redis."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline against the sandbox, live")
+    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--orgs", type=int, default=3)
+    demo.add_argument("--bookings", type=int, default=40)
+    demo.add_argument("--churn", type=float, default=0.5, help="sandbox mutations per second")
+    demo.add_argument("--poll-interval", type=float, default=5.0)
+    demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser("sandbox", help="serve the local Event Temple (see --help)", add_help=False)
+
+    check = sub.add_parser("check", help="fetch a token and list the organizations")
+    check.set_defaults(func=cmd_check)
+
+    st = sub.add_parser("status", help="orgs, token, budget, outbox and sinks (reads Redis)")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.set_defaults(func=cmd_status)
+
+    orgs = sub.add_parser("orgs", help="configured or discovered orgs")
+    orgs.set_defaults(func=cmd_orgs)
+
+    resync = sub.add_parser("resync", help="make the next poll of an org a full sweep")
+    resync.add_argument("org_id")
+    resync.set_defaults(func=cmd_resync)
+
+    dlq = sub.add_parser("dlq", help="dead-lettered events")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_sub.add_parser("list", help="one line per dead-lettered event, id first")
+    redeliver = dlq_sub.add_parser("redeliver", help="send dead-lettered events again")
+    redeliver.add_argument("ids", nargs="*")
+    redeliver.add_argument("--all", action="store_true")
+    dlq.set_defaults(func=cmd_dlq)
+
+    replay = sub.add_parser("replay", help="re-send retained events to a sink (same ids)")
+    replay.add_argument("--sink", required=True, help="a sink URL, e.g. redis-stream:KEY")
+    replay.add_argument("--since", required=True, type=_parse_time, help="ISO 8601 or 2h, 7d")
+    replay.add_argument("--org", default=None)
+    replay.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        # The sandbox reads no settings: it is the API, not a client of it.
+        return cmd_sandbox(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"etbridge: {exc}", file=sys.stderr)
+        return 2
+    except redis.exceptions.ConnectionError as exc:
+        print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
