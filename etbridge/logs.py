@@ -21,19 +21,61 @@ _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar
     "etbridge_log_context", default=None
 )
 _secrets: set[str] = set()
+# Access tokens come and go (one every ~2 h per process): keep the newest few,
+# in insertion order, so a long-lived worker's set does not grow for ever.
+_transient: dict[str, None] = {}
+MAX_TRANSIENT = 32
+_BEARER_PREFIX = "bearer "
 
 
-def add_secret(value: str | None) -> None:
-    """Register a value that must never appear in a log line (8 chars or more)."""
-    if value and len(value) >= 8:
+def add_secret(value: str | None, *, transient: bool = False) -> None:
+    """Register a value that must never appear in a log line (8 chars or more).
+
+    ``transient`` values (access tokens) are kept among the newest
+    :data:`MAX_TRANSIENT`; the others (client secret, webhook key) for good.
+    """
+    if not value or len(value) < 8:
+        return
+    if not transient:
         _secrets.add(value)
+        return
+    _transient.pop(value, None)
+    _transient[value] = None
+    while len(_transient) > MAX_TRANSIENT:
+        del _transient[next(iter(_transient))]
 
 
 def scrub(text: str) -> str:
-    for secret in _secrets:
+    """``text`` with every registered secret replaced by ``***``."""
+    # Longest first: a secret that contains another is replaced whole.
+    for secret in sorted((*_secrets, *_transient), key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def secret_hook(response: Any, *_args: Any, **_kwargs: Any) -> None:
+    """A ``requests`` response hook: register the access tokens this session handles.
+
+    It reads the bearer token a request carried, and the ``access_token`` of a
+    token endpoint's answer, so that :func:`scrub` (and Sentry's
+    ``before_send``) know every token this process ever held, even one that
+    shows up in a third party's error message. Never raises.
+    """
+    try:
+        for resp in (*getattr(response, "history", ()), response):
+            header = resp.request.headers.get("Authorization") if resp.request else None
+            if isinstance(header, bytes):
+                header = header.decode("latin-1")
+            if isinstance(header, str) and header.lower().startswith(_BEARER_PREFIX):
+                add_secret(header[len(_BEARER_PREFIX) :].strip(), transient=True)
+            body = resp.content if resp.status_code == 200 else b""
+            if body and len(body) < 16384 and b'"access_token"' in body:
+                token = json.loads(body).get("access_token")
+                if isinstance(token, str):
+                    add_secret(token, transient=True)
+    except Exception:  # a log helper must never break a request
+        return
 
 
 @contextlib.contextmanager
@@ -54,7 +96,8 @@ class ContextFilter(logging.Filter):
 
 def _kv(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "='):
+    # Quote what would break the line apart: spaces, quotes, '=', line breaks.
+    if not text or any(c in text for c in ' "=\n\r\t'):
         return json.dumps(text, ensure_ascii=False)
     return text
 

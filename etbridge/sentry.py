@@ -6,8 +6,12 @@ What reaches Sentry:
 - not errors: expected, retried conditions (429s, a 5xx that a retry fixes,
   timeouts) are logged at WARNING, which the logging integration keeps as
   breadcrumbs only;
-- beat's ``plan`` task as a cron monitor (CeleryIntegration's beat check-ins),
-  so a dead scheduler pages someone.
+- beat's ``plan`` task as a cron monitor (:data:`PLAN_MONITOR`), so a dead
+  scheduler (or a fleet with no worker left to run its ticks) pages someone.
+  CeleryIntegration's own beat check-ins do not fit: Sentry Crons takes no
+  interval under a minute, and the planner ticks every two seconds. So a
+  successful ``plan`` checks in at most once a minute per process instead,
+  against a one-minute interval monitor.
 
 ``before_send`` scrubs secrets wherever they appear: known values (client
 secret, webhook key, cached tokens registered with :func:`logs.add_secret`),
@@ -18,15 +22,21 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 import sentry_sdk
+from sentry_sdk.crons import MonitorStatus, capture_checkin
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.integrations.redis import RedisIntegration
 
 from etbridge import __version__, logs
 from etbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import MonitorConfig
 
 FILTERED = "[Filtered]"
 _SECRET_KEY = re.compile(
@@ -35,6 +45,21 @@ _SECRET_KEY = re.compile(
 )
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _WHSEC = re.compile(r"whsec_[A-Za-z0-9+/=]+")
+
+PLAN_TASK = "etbridge.plan"
+PLAN_MONITOR = "etbridge-plan"
+"""The Sentry Crons monitor slug of the planner."""
+PLAN_MONITOR_CONFIG: MonitorConfig = {
+    "schedule": {"type": "interval", "value": 1, "unit": "minute"},
+    # Minutes of silence before Sentry calls a check-in missed.
+    "checkin_margin": 3,
+    "max_runtime": 5,
+    "failure_issue_threshold": 2,
+    "recovery_threshold": 1,
+}
+CHECKIN_EVERY = 60.0
+_checkin_lock = threading.Lock()
+_last_checkin = [float("-inf")]
 
 
 def _scrub_value(value: Any, key: str | None = None) -> Any:
@@ -62,9 +87,26 @@ def scrub_event(event: dict[str, Any], _hint: dict[str, Any] | None = None) -> d
     return scrubbed
 
 
+def plan_checkin(sender: Any = None, **_: Any) -> None:
+    """``task_success`` receiver: a successful ``plan`` checks in (once a minute at most)."""
+    if getattr(sender, "name", None) != PLAN_TASK:
+        return
+    now = time.monotonic()
+    with _checkin_lock:
+        if now - _last_checkin[0] < CHECKIN_EVERY:
+            return
+        _last_checkin[0] = now
+    capture_checkin(
+        monitor_slug=PLAN_MONITOR, status=MonitorStatus.OK, monitor_config=PLAN_MONITOR_CONFIG
+    )
+
+
 def init(settings: Settings) -> None:
+    """Turn Sentry on (when ``SENTRY_DSN`` is set) for this process."""
     if settings.sentry_dsn is None:
         return
+    from celery import signals
+
     logs.add_secret(settings.client_secret.get_secret_value())
     if settings.webhook_secret is not None:
         logs.add_secret(settings.webhook_secret.get_secret_value())
@@ -76,7 +118,9 @@ def init(settings: Settings) -> None:
         # Local variables of a frame may hold a secret or token.
         include_local_variables=False,
         integrations=[
-            CeleryIntegration(monitor_beat_tasks=True),
+            # Future beat entries of a minute or more are monitored by the
+            # integration; the two-second planner tick is not (see plan_checkin).
+            CeleryIntegration(monitor_beat_tasks=True, exclude_beat_tasks=[r"^plan$"]),
             RedisIntegration(),
             LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
         ],
@@ -84,3 +128,4 @@ def init(settings: Settings) -> None:
         before_breadcrumb=scrub_event,
         traces_sample_rate=0.0,
     )
+    signals.task_success.connect(plan_checkin, weak=False, dispatch_uid="etbridge.sentry.plan")
