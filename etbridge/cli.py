@@ -2,7 +2,7 @@
 
 Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
-``replay --sink SINK_URL --since TIME [--org ORG_ID]``.
+``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``.
 
 Operator mistakes (settings, bad arguments) print one line and exit non-zero,
 never a traceback.
@@ -188,6 +188,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sink(args: argparse.Namespace) -> int:
+    from etbridge import outbox
+
+    settings = _settings()
+    try:
+        outbox.enable_sink(_redis(settings), settings, args.sink)
+    except (KeyError, ValueError) as exc:
+        print(f"sink enable: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    print(f"sink {args.sink}: enabled; delivery resumes with the event that got the 410")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etbridge", description="Event Temple change events over Celery and Redis."
@@ -225,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver.add_argument("ids", nargs="*")
     redeliver.add_argument("--all", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
+
+    sink = sub.add_parser("sink", help="manage sinks")
+    sink_sub = sink.add_subparsers(dest="sink_command", required=True)
+    enable = sink_sub.add_parser("enable", help="re-enable a sink disabled by 410 Gone")
+    enable.add_argument("sink", help="the sink's URL (as in ETBRIDGE_SINKS) or its name")
+    sink.set_defaults(func=cmd_sink)
 
     replay = sub.add_parser("replay", help="re-send retained events to a sink (same ids)")
     replay.add_argument("--sink", required=True, help="a sink URL, e.g. redis-stream:KEY")

@@ -118,3 +118,16 @@ def test_settings_mistake_and_unreachable_redis(sandbox: Sandbox, redis_url: str
     assert proc.returncode == 1
     assert "cannot reach Redis" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    from etbridge.settings import parse_sink
+
+    name = parse_sink("redis-stream:cli:events").name
+    client.hset(keys.sink_state(name), mapping={"disabled": "1", "disabled_reason": "410"})
+    proc = run(sandbox, redis_url, "sink", "enable", "redis-stream:cli:events")
+    assert proc.returncode == 0, proc.stderr
+    assert client.hget(keys.sink_state(name), "disabled") is None
+    proc = run(sandbox, redis_url, "sink", "enable", "gopher://x")
+    assert proc.returncode == 2
