@@ -47,6 +47,11 @@ def budget_pause(app_id: str) -> str:
     return f"{PREFIX}:budget:{{{app_id}}}:pause"
 
 
+def budget_pace(app_id: str) -> str:
+    """String: the pacer's next theoretical arrival time (µs)."""
+    return f"{PREFIX}:budget:{{{app_id}}}:pace"
+
+
 # --- per org state ------------------------------------------------------------
 
 
