@@ -34,7 +34,7 @@ from typing import Any, Literal
 import redis
 
 from etbridge import changes, events
-from etbridge.client import EventTempleClient
+from etbridge.client import EventTempleClient, RepeatedCursor
 from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse, RateLimited
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
@@ -309,9 +309,10 @@ class Poller:
                     # A long sweep yields its worker; the planner resumes it from the cursor.
                     paused = True
                     break
-        except FatalError as exc:
+        except (FatalError, RepeatedCursor) as exc:
             if resume is not None and not isinstance(exc, FilterRejected):
-                # A saved cursor the API no longer accepts: start the sweep over next time.
+                # A saved cursor the API no longer accepts (or walks in a circle from):
+                # start the sweep over next time.
                 state.set_meta(sweep_active="", sweep_cursor="")
             raise
 

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Task
 
 from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, state
@@ -129,6 +130,12 @@ def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[st
             metrics.record_poll_failure(mode, "auth_error")
             delay = planstore.record_failure(rt.redis, org_id, str(exc), 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
+            return []
+        except redis.exceptions.RedisError as exc:
+            # Redis itself is away (a restart, a failover): nothing can be recorded;
+            # the planner plans the org again once Redis answers and the lease is gone.
+            metrics.record_poll_failure(mode, "redis")
+            log.warning("poll stopped: Redis unavailable: %s", exc)
             return []
         except Exception as exc:
             metrics.record_poll_failure(mode, "error")
