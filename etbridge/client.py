@@ -111,6 +111,10 @@ def _where(org_id: str | None, path: str) -> str:
     return f"GET {path} (org {org_id})" if org_id is not None else f"GET {path}"
 
 
+# The longest Retry-After honoured (seconds); the API's windows are one minute.
+MAX_RETRY_AFTER = 900.0
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
     if value is None:
@@ -130,7 +134,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
         return None
-    return max(0.0, seconds)
+    # The API's windows are a minute long; a Retry-After of hours or years is a
+    # broken header, and obeying it would stop the whole fleet for that long.
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _redact(text: str, resp: requests.Response) -> str:
@@ -150,7 +156,7 @@ def _error_detail(resp: requests.Response) -> tuple[str, list[dict[str, Any]]]:
     """A short, safe summary of a JSON:API ``errors`` body, and the error objects."""
     try:
         doc = json.loads(resp.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         media = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
         return f"non-JSON body ({media})", []
     errors = doc.get("errors") if isinstance(doc, dict) else None
@@ -204,7 +210,8 @@ def raise_for_response(resp: requests.Response, *, org_id: str | None, path: str
             raise MalformedResponse(f"{where}: HTTP {status} with a {media} body, not JSON:API")
         try:
             doc = json.loads(resp.content)
-        except (ValueError, UnicodeDecodeError):
+        # RecursionError: a body nested deeper than the parser's stack is malformed too.
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedResponse(
                 f"{where}: HTTP {status} with an invalid or truncated JSON body"
             ) from None

@@ -332,6 +332,15 @@ class Poller:
             "last_error": "",
         }
         old_wm = events.parse_timestamp(meta.get("watermark"))
+        if scan_max is not None:
+            # A record stamped in the future (a bad clock, bad data) must not carry
+            # the watermark past now: the filter would then hide every later change.
+            # Our clock is a safe cap: where the API's runs ahead, the lookback
+            # overlap grows a little, which costs re-reads, never events.
+            scan_max = min(scan_max, now)
+        if old_wm is not None and old_wm > now:
+            old_wm = None  # a watermark from the future (a clock that jumped back): drop it
+            final["watermark"] = _iso(scan_max or now)
         if scan_max is not None and (old_wm is None or scan_max > old_wm):
             final["watermark"] = _iso(scan_max)
         if sweep:

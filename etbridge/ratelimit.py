@@ -191,6 +191,10 @@ return add
 """
 
 
+# The longest fleet-wide pause one answer can cause (seconds).
+MAX_PAUSE = 900.0
+
+
 class RequestBudget:
     """The fleet's shared allowance of API requests (see the module docstring).
 
@@ -300,6 +304,8 @@ class RequestBudget:
         """
         if not math.isfinite(seconds) or seconds <= 0:
             return 0.0
+        # A broken Retry-After of hours must not stop the fleet for hours.
+        seconds = min(seconds, MAX_PAUSE)
         ms = math.ceil((seconds + self.margin) * 1000)
         left = int(self._pause(keys=[self.pause_key], args=[ms]))
         log.warning("budget pause app=%s seconds=%.1f", self.app_id, left / 1000)
