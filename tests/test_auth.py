@@ -13,7 +13,6 @@ import pytest
 import redis
 import requests
 from cryptography.fernet import Fernet
-from support.sandbox import Sandbox
 
 from etbridge import keys
 from etbridge.auth import (
@@ -29,6 +28,7 @@ from etbridge.auth import (
 )
 from etbridge.errors import AuthenticationError, MalformedResponse, TransportError
 from etbridge.settings import Settings, SettingsError
+from tests.support.sandbox import Sandbox
 
 
 def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -24,7 +24,6 @@ import requests
 import requests.auth
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
-from support.sandbox import Sandbox
 
 from etbridge import keys
 from etbridge.client import (
@@ -49,6 +48,7 @@ from etbridge.errors import (
 )
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
+from tests.support.sandbox import Sandbox
 
 TOKEN = "tok-SECRET-0123456789"
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import redis
 import requests
-from support.sandbox import Sandbox
 
 from etbridge.auth import BearerAuth, TokenCache, TokenResponse, max_requests_in
 from etbridge.errors import AuthenticationError
 from etbridge.settings import Settings
+from tests.support.sandbox import Sandbox
 
 ctx = mp.get_context("fork")
 

@@ -11,12 +11,12 @@ import pytest
 import redis
 import requests
 import requests.auth
-from support.sandbox import Sandbox
 
 from etbridge.client import EventTempleClient
 from etbridge.errors import RateLimited, RetriableError
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
+from tests.support.sandbox import Sandbox
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
-from support.sandbox import Sandbox, SandboxError
 
 from etbridge.sandbox import main
 from etbridge.sandbox.admin import is_loopback
@@ -19,6 +18,7 @@ from etbridge.sandbox.cli import parse_config
 from etbridge.sandbox.config import SandboxConfig
 from etbridge.sandbox.pagination import InvalidCursor, id_key, select, updated_cursor, updated_key
 from etbridge.sandbox.store import Store
+from tests.support.sandbox import Sandbox, SandboxError
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import that it prefers httpx2 over httpx; not ours to fix.

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
-from support.sandbox import Sandbox
+
+from tests.support.sandbox import Sandbox
 
 TIMEOUT = 30
 

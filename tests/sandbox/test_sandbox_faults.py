@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import requests
-from support.sandbox import Sandbox, SandboxError
+
+from tests.support.sandbox import Sandbox, SandboxError
 
 TIMEOUT = 30
 ORG = "1001"

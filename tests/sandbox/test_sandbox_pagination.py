@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from support.sandbox import Sandbox
+
+from tests.support.sandbox import Sandbox
 
 TIMEOUT = 30
 ORG = "1001"

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from support.sandbox import Sandbox
+
+from tests.support.sandbox import Sandbox
 
 TIMEOUT = 30
 LIMIT = 5
