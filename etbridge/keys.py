@@ -60,6 +60,11 @@ def snapshots(org_id: str, resource: str) -> str:
     return f"{PREFIX}:{org_tag(org_id)}:snap:{resource}"
 
 
+def snapshot_dict(org_id: str, resource: str) -> str:
+    """String: the org's zlib preset dictionary for its snapshots (written once)."""
+    return f"{PREFIX}:{org_tag(org_id)}:zdict:{resource}"
+
+
 def fingerprints(org_id: str, resource: str) -> str:
     """Hash: resource id -> fingerprint (the diff's check that nothing moved)."""
     return f"{PREFIX}:{org_tag(org_id)}:fp:{resource}"

@@ -9,7 +9,8 @@ planner spends the same budget where changes happen:
   serve now (the limit minus what the last 60 s used minus what is already
   queued), paced to the budget's rate, so no backlog grows in the queue.
 - No org more often than ``poll_interval``; no org starves: an org that has
-  waited ``max_backoff`` round-robin cycles goes first, whatever its activity.
+  waited ``max_backoff`` (1.25) budget cycles of ``60·O/B`` goes first,
+  whatever its activity.
 - Adaptive only while the budget is short: orgs that changed recently weigh
   more (``1 + activity``, capped), quiet ones back off to at most
   ``max_backoff`` cycles. When the budget can poll every due org, it does,
@@ -65,7 +66,9 @@ class PlanConfig:
     poll_interval: float = 30.0
     sweep_interval: float = 3600.0
     sweep_share: float = 0.2
-    max_backoff: float = 4.0
+    # A quiet org waits at most this many budget cycles: enough slack to poll
+    # busy orgs more often, small enough that the worst case stays near the bound.
+    max_backoff: float = 1.25
     max_weight: float = 4.0
     tick: float = 2.0
     max_sweeps: int = 2
@@ -86,23 +89,23 @@ def decay(activity: float, elapsed: float) -> float:
 
 
 def cycle_interval(n_orgs: int, limit: int, config: PlanConfig) -> float:
-    """Seconds between two polls of every org under plain round-robin.
+    """Seconds for one request per org: ``60·O/B``, the bound the budget itself sets.
 
-    The budget left to incremental polls is ``(1 - sweep_share) · limit`` per
-    minute; each costs one request (one page) in the common case.
+    No schedule can poll every org more often than this on average; plain
+    round-robin polls each org exactly this often (or every ``poll_interval``
+    when the budget allows more).
     """
     if n_orgs <= 0:
         return config.poll_interval
-    per_minute = max(1e-9, limit * (1.0 - config.sweep_share))
-    return max(config.poll_interval, 60.0 * n_orgs / per_minute)
+    return max(config.poll_interval, 60.0 * n_orgs / max(1e-9, limit))
 
 
 def latency_bound(n_orgs: int, limit: int, config: PlanConfig) -> float:
-    """The longest an org may wait between polls: what ``status`` promises."""
+    """The longest an org waits between polls while sweeps fit their share: what ``status`` shows."""
     rr = cycle_interval(n_orgs, limit, config)
     if rr <= config.poll_interval:
         return config.poll_interval + config.tick
-    return min(config.max_backoff * rr, rr * config.max_weight) + config.tick
+    return config.max_backoff * rr + config.tick
 
 
 def sweep_affordable(n_orgs: int, sweep_pages: float, limit: int, config: PlanConfig) -> bool:
@@ -116,9 +119,10 @@ def plan(now: float, orgs: Sequence[OrgView], budget: Budget, config: PlanConfig
     if budget.paused_for > 0 or not orgs:
         return []
     available = budget.limit - budget.used - budget.inflight
-    # Pace to the budget's rate (with headroom for one tick's jitter), so a
-    # window's budget is spread over it instead of queued at its start.
-    per_tick = math.ceil(budget.limit * config.tick / 60.0 * 1.5)
+    # Pace to the budget's rate, so a window's budget is spread over it instead
+    # of queued at its start (bursts would make polls due all at once, and the
+    # starving rule would then turn the plan into plain round-robin).
+    per_tick = math.ceil(budget.limit * config.tick / 60.0)
     allowance: float = min(available, per_tick)
     decisions: list[Decision] = []
 

@@ -48,24 +48,55 @@ _ZDICT = (
     b'{"attributes":{"created_at":"2026-'
     b'"id":"bookings","type":"bookings"}'
 )
-_FORMAT_ZLIB_V1 = b"\x01"
+_FORMAT_ZLIB_V1 = b"\x01"  # preset dictionary: _ZDICT
+_FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (keys.snapshot_dict)
+# An org's dictionary: etbridge's vocabulary, then sample records of the org.
+ORG_DICT_SIZE = 8192
 
 
-def pack_record(record: Mapping[str, Any]) -> bytes:
-    """Compact, compressed canonical JSON of one record."""
-    raw = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _json_bytes(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def build_dictionary(records: Sequence[Mapping[str, Any]]) -> bytes:
+    """A preset dictionary for one org's snapshots, from a sample of its records.
+
+    Records of one org repeat each other's keys, enumerations, dates and
+    related ids; a dictionary made of a few of them lets zlib encode a new
+    record as references into it (about 0.3 of the raw JSON instead of 0.7
+    with the generic vocabulary alone). zlib reaches the dictionary's end most
+    cheaply, so the samples come after the generic vocabulary.
+    """
+    sample = b"".join(_json_bytes(r) for r in records[:32])
+    return (_ZDICT + sample)[-ORG_DICT_SIZE:]
+
+
+def pack_record(record: Mapping[str, Any], zdict: bytes | None = None) -> bytes:
+    """Compact, compressed canonical JSON of one record (with the org's dictionary if given)."""
+    raw = _json_bytes(record)
+    if zdict:
+        comp = zlib.compressobj(level=9, wbits=-15, zdict=zdict)
+        return _FORMAT_ORG_DICT + comp.compress(raw) + comp.flush()
     comp = zlib.compressobj(level=6, wbits=-15, zdict=_ZDICT)
     return _FORMAT_ZLIB_V1 + comp.compress(raw) + comp.flush()
 
 
-def unpack_record(blob: bytes | str) -> dict[str, Any]:
+def unpack_record(blob: bytes | str, zdict: bytes | None = None) -> dict[str, Any]:
     if isinstance(blob, str):
         raise ValueError("snapshot read from a decoding Redis client")
-    if blob[:1] != _FORMAT_ZLIB_V1:
+    fmt = blob[:1]
+    if fmt == _FORMAT_ZLIB_V1:
+        decomp = zlib.decompressobj(wbits=-15, zdict=_ZDICT)
+    elif fmt == _FORMAT_ORG_DICT:
+        if not zdict:
+            raise ValueError("snapshot needs the org's dictionary, which is missing")
+        decomp = zlib.decompressobj(wbits=-15, zdict=zdict)
+    else:
         raise ValueError("unknown snapshot format")
-    decomp = zlib.decompressobj(wbits=-15, zdict=_ZDICT)
     raw = decomp.decompress(blob[1:]) + decomp.flush()
-    value = json.loads(raw)
+    value = json.loads(raw.decode("utf-8", "surrogatepass"))
     if not isinstance(value, dict):
         raise ValueError("snapshot is not an object")
     return value
@@ -155,6 +186,12 @@ return 1
 """
 
 
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def text(value: bytes | str) -> str:
     """A Redis reply as text (clients here do not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value
@@ -206,6 +243,9 @@ class OrgState:
         self.k_lease = keys.lease(org_id)
         self.k_fence = keys.fence(org_id)
         self.k_outbox = keys.outbox(org_id)
+        self.k_zdict = keys.snapshot_dict(org_id, resource)
+        # The org's snapshot dictionary: None until read, b"" when there is none yet.
+        self._zdict: bytes | None = None
         self._commit = client.register_script(_COMMIT)
         self._acquire = client.register_script(_ACQUIRE)
         self._extend = client.register_script(_EXTEND)
@@ -239,8 +279,25 @@ class OrgState:
         """Stored canonical records of these ids (absent ids are left out)."""
         if not ids:
             return {}
-        blobs = self.redis.hmget(self.k_snap, list(ids))
-        return {i: unpack_record(b) for i, b in zip(ids, blobs, strict=True) if b}
+        if self._zdict is None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(self.k_zdict)
+            pipe.hmget(self.k_snap, list(ids))
+            zdict, blobs = pipe.execute()
+            self._zdict = _as_bytes(zdict)
+        else:
+            blobs = self.redis.hmget(self.k_snap, list(ids))
+        return {i: unpack_record(b, self._zdict) for i, b in zip(ids, blobs, strict=True) if b}
+
+    def dictionary(self, sample: Sequence[Mapping[str, Any]]) -> bytes:
+        """The org's snapshot dictionary, made from ``sample`` the first time (written once:
+        every stored blob refers to it)."""
+        if self._zdict is None:
+            self._zdict = _as_bytes(self.redis.get(self.k_zdict))
+        if not self._zdict and sample:
+            self.redis.set(self.k_zdict, build_dictionary(sample), nx=True)
+            self._zdict = _as_bytes(self.redis.get(self.k_zdict))
+        return self._zdict
 
     def stored_ids(self) -> set[str]:
         return {text(k) for k in self.redis.hkeys(self.k_fp)}
@@ -275,8 +332,9 @@ class OrgState:
         for rid, fp in plan.checks.items():
             args += [rid, fp]
         args.append(len(plan.writes))
+        zdict = self.dictionary([r for _d, r in plan.writes.values()]) if plan.writes else None
         for rid, (digest, record) in plan.writes.items():
-            args += [rid, digest, pack_record(record)]
+            args += [rid, digest, pack_record(record, zdict)]
         args.append(len(plan.deletes))
         args += plan.deletes
         args.append(len(plan.events))
