@@ -264,9 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"etbridge: {exc}", file=sys.stderr)
         return 2
+    except redis.exceptions.AuthenticationError:
+        print("etbridge: Redis refused the credentials in ETBRIDGE_REDIS_URL", file=sys.stderr)
+        return 1
     except redis.exceptions.ConnectionError as exc:
         print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {exc}", file=sys.stderr)
         return 1
+    except redis.exceptions.ResponseError as exc:
+        if "AUTH" in str(exc).upper():
+            print("etbridge: Redis refused the credentials in ETBRIDGE_REDIS_URL", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
     return code

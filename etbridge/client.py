@@ -111,6 +111,8 @@ def _where(org_id: str | None, path: str) -> str:
     return f"GET {path} (org {org_id})" if org_id is not None else f"GET {path}"
 
 
+# A budget wait longer than this re-applies the auth before sending (seconds).
+_TOKEN_RECHECK_AFTER = 0.2
 # The longest Retry-After honoured (seconds); the API's windows are one minute.
 MAX_RETRY_AFTER = 900.0
 
@@ -555,7 +557,12 @@ class EventTempleClient:
             if self.budget is not None:
                 # A RateLimited here goes straight to the caller: the budget
                 # already waited as long as a worker slot should be held.
+                waited = time.monotonic()
                 self.budget.acquire(self.budget_wait)
+                if time.monotonic() - waited > _TOKEN_RECHECK_AFTER:
+                    # The token put on before the wait may have expired meanwhile
+                    # (short-lived tokens): put the current one on again.
+                    prepared = self._prepare(org_id, path, params)
             try:
                 return self._send(prepared, org_id, path)
             except RetriableError as exc:

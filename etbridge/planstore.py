@@ -21,7 +21,7 @@ PLAN_LOCK = f"{keys.PREFIX}:plan:lock"
 DISCOVERY = f"{keys.PREFIX}:discovery"
 # A queued poll that no worker picked up within this long is planned again
 # (its message may have been lost with a worker that had prefetched it).
-QUEUED_TTL = 45.0
+QUEUED_TTL = 30.0
 # Failure backoff of one org: 5 s doubling to 5 min.
 FAILURE_BACKOFF = (5.0, 300.0)
 

@@ -101,7 +101,7 @@ def cycle_interval(n_orgs: int, limit: int, config: PlanConfig) -> float:
 
 
 def latency_bound(n_orgs: int, limit: int, config: PlanConfig) -> float:
-    """The longest an org waits between polls while sweeps fit their share: what ``status`` shows."""
+    """The longest an org waits between polls (while sweeps fit their share): status shows it."""
     rr = cycle_interval(n_orgs, limit, config)
     if rr <= config.poll_interval:
         return config.poll_interval + config.tick

@@ -79,6 +79,10 @@ app.conf.update(
         "trim": {"task": "etbridge.trim", "schedule": 3600.0, "options": {"expires": 600}},
     },
     broker_connection_retry_on_startup=True,
+    # When the broker connection drops, tasks still running are cancelled and
+    # redelivered at once, instead of an hour later (the visibility timeout);
+    # polls and deliveries are safe to run again.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
 )
