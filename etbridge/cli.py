@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_REDIS_AUTH = "etbridge: Redis refused the password in ETBRIDGE_REDIS_URL (authentication failed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:
@@ -265,14 +268,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"etbridge: {exc}", file=sys.stderr)
         return 2
     except redis.exceptions.AuthenticationError:
-        print("etbridge: Redis refused the credentials in ETBRIDGE_REDIS_URL", file=sys.stderr)
+        print(_REDIS_AUTH, file=sys.stderr)
         return 1
     except redis.exceptions.ConnectionError as exc:
         print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {exc}", file=sys.stderr)
         return 1
     except redis.exceptions.ResponseError as exc:
         if "AUTH" in str(exc).upper():
-            print("etbridge: Redis refused the credentials in ETBRIDGE_REDIS_URL", file=sys.stderr)
+            print(_REDIS_AUTH, file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:

@@ -155,4 +155,5 @@ def plans(client: redis.Redis, org_ids: Sequence[str]) -> dict[str, dict[str, An
 
 def discovery_due(client: redis.Redis, every: float) -> bool:
     """True for one caller per ``every`` seconds, fleet-wide."""
-    return bool(client.set(DISCOVERY, json.dumps({"at": time.time()}), nx=True, ex=int(every)))
+    stamp = json.dumps({"at": time.time()})
+    return bool(client.set(DISCOVERY, stamp, nx=True, px=max(1, int(every * 1000))))

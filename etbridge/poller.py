@@ -262,7 +262,8 @@ class Poller:
             )
             pages = iter(paginator)
             while True:
-                if sweep and self.sweep_budget is not None:
+                # Baselines are exempt: until an org has one, nothing of it is watched.
+                if sweep and not baseline and self.sweep_budget is not None:
                     try:
                         self.sweep_budget.acquire(SWEEP_BUDGET_WAIT)
                     except RateLimited:

@@ -243,6 +243,7 @@ class Settings(BaseSettings):
     page_size: int = Field(default=100, ge=1, le=100)
     http_timeout: float = Field(default=30.0, gt=0)
     environment: str = "production"
+    discovery_interval: float = Field(default=3600.0, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod

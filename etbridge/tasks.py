@@ -24,7 +24,6 @@ from etbridge.worker import PLAN_TICK, app, settings
 
 log = logging.getLogger("etbridge.tasks")
 
-DISCOVERY_EVERY = 3600.0
 # A poll message that waited longer than this in the queue is dropped: the
 # planner has planned the org again by then.
 POLL_EXPIRES = 120.0
@@ -42,7 +41,7 @@ def org_ids(rt: runtime.Runtime) -> list[str]:
     """The orgs to poll: the configured ones, or those discovered and not gone."""
     if settings.orgs:
         return list(settings.orgs)
-    if planstore.discovery_due(rt.redis, DISCOVERY_EVERY):
+    if planstore.discovery_due(rt.redis, settings.discovery_interval):
         discover(rt)
     return [org for org, facts in state.known_orgs(rt.redis).items() if "removed_at" not in facts]
 

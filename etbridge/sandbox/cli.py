@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             port=config.port,
             http=http,
             lifespan="on",
+            # uvicorn closes idle keep-alive connections after 5 s by default, which
+            # races with clients reusing them; API servers keep them far longer.
+            timeout_keep_alive=75,
             log_level=config.log_level,
             access_log=config.access_log,
             # The admin API trusts loopback peers; a forwarded header must not fake one.

@@ -171,7 +171,13 @@ class Sandbox:
             )
         url = f"{self.url}/_admin/{path.lstrip('/')}"
         with self._lock:
-            resp = self._session.request(method, url, json=json, timeout=HTTP_TIMEOUT)
+            try:
+                resp = self._session.request(method, url, json=json, timeout=HTTP_TIMEOUT)
+            except requests.ConnectionError:
+                # A pooled keep-alive connection the server closed meanwhile: the
+                # request never reached the handler, so sending it again is safe.
+                self._session.close()
+                resp = self._session.request(method, url, json=json, timeout=HTTP_TIMEOUT)
         if not resp.ok:
             raise SandboxError(f"{method} {url} -> {resp.status_code}: {resp.text}")
         return resp.json() if resp.content else None
