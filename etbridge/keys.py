@@ -94,6 +94,38 @@ def outbox(org_id: str) -> str:
     return f"{PREFIX}:{org_tag(org_id)}:outbox"
 
 
+# --- planner and delivery -----------------------------------------------------------
+
+
+def plan(org_id: str) -> str:
+    """Hash: the planner's facts of one org (queued_at, last_planned, activity, backoff)."""
+    return f"{PREFIX}:{org_tag(org_id)}:plan"
+
+
+PLAN_LOCK = f"{PREFIX}:plan:lock"
+"""String: one planner tick per tick interval, fleet-wide (a second beat plans nothing)."""
+
+DISCOVERY = f"{PREFIX}:discovery"
+"""String: one read of the organizations endpoint per discovery interval, fleet-wide."""
+
+
+def relay_partition(org_id: str, sink_name: str) -> str:
+    """Hash: one (org, sink) partition's retry state (head, attempts, next_at, error)."""
+    return f"{PREFIX}:{org_tag(org_id)}:relay:{sink_name}"
+
+
+def relay_lock(org_id: str, sink_name: str) -> str:
+    """String: the token of the relay working on the partition."""
+    return f"{relay_partition(org_id, sink_name)}:lock"
+
+
+RELAY_DUE = f"{PREFIX}:relay:due"
+"""Sorted set: "SINK:ORG" partitions scored by when their delivery is due."""
+
+RELAY_SWEEP = f"{PREFIX}:relay:sweep"
+"""String: one sweep of all orgs' consumer groups per interval, fleet-wide."""
+
+
 # --- fleet-wide registries ----------------------------------------------------
 
 ORGS = f"{PREFIX}:orgs"  # Hash: org id -> JSON (name, discovered_at, removed_at)

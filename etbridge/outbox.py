@@ -120,8 +120,8 @@ JITTER: Final = 0.1
 # Consumers with nothing pending and idle this long are removed by trim().
 _CONSUMER_IDLE_MS: Final = 86400 * 1000
 
-DUE: Final = f"{keys.PREFIX}:relay:due"
-SWEEP: Final = f"{keys.PREFIX}:relay:sweep"
+DUE: Final = keys.RELAY_DUE
+SWEEP: Final = keys.RELAY_SWEEP
 
 # Outcomes of one deliver() call.
 CAUGHT_UP: Final = "caught_up"  # nothing left to send
@@ -143,14 +143,8 @@ def group_name(sink_name: str) -> str:
     return f"sink:{sink_name}"
 
 
-def partition_key(org_id: str, sink_name: str) -> str:
-    """Hash: the partition's retry state (head, attempts, next_at, error, error_at)."""
-    return f"{keys.PREFIX}:{keys.org_tag(org_id)}:relay:{sink_name}"
-
-
-def lock_key(org_id: str, sink_name: str) -> str:
-    """String: the token of the relay working on the partition."""
-    return f"{partition_key(org_id, sink_name)}:lock"
+partition_key = keys.relay_partition
+lock_key = keys.relay_lock
 
 
 def due_member(org_id: str, sink_name: str) -> str:

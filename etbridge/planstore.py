@@ -17,8 +17,8 @@ import redis
 from etbridge import keys, scheduler
 from etbridge.state import iter_meta, text_hash
 
-PLAN_LOCK = f"{keys.PREFIX}:plan:lock"
-DISCOVERY = f"{keys.PREFIX}:discovery"
+PLAN_LOCK = keys.PLAN_LOCK
+DISCOVERY = keys.DISCOVERY
 # A queued poll that no worker picked up within this long is planned again
 # (its message may have been lost with a worker that had prefetched it).
 QUEUED_TTL = 30.0
@@ -26,8 +26,7 @@ QUEUED_TTL = 30.0
 FAILURE_BACKOFF = (5.0, 300.0)
 
 
-def plan_key(org_id: str) -> str:
-    return f"{keys.PREFIX}:{keys.org_tag(org_id)}:plan"
+plan_key = keys.plan
 
 
 def take_tick(client: redis.Redis, tick: float) -> bool:
