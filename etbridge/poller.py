@@ -273,7 +273,6 @@ class Poller:
                 page = next(pages, None)
                 if page is None:
                     break
-                state.extend_lease(lease)
                 records = self._canonical_page(state, page.data)
                 page_max = max(
                     (

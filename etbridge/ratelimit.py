@@ -353,24 +353,32 @@ class RequestBudget:
     # -- reading -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """``{"limit", "used", "paused_until"}``: grants in the last 60 s and any pause.
+        """``{"limit", "used", "paused_until", "paused_for"}``: grants and any pause.
 
-        Only reads Redis (for ``etbridge status``); ``paused_until`` is an ISO
-        8601 UTC time or ``None``.
+        ``used`` counts the grants in the window the limiter enforces (60 s
+        plus the margin), so a planner that subtracts it from the limit never
+        plans ahead of the budget. Only reads Redis (for ``etbridge status``);
+        ``paused_until`` is an ISO 8601 UTC time or ``None``, ``paused_for``
+        the seconds left of it.
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         pipe.pttl(self.pause_key)
         (seconds, micros), pttl = pipe.execute()
         now_us = int(seconds) * 1_000_000 + int(micros)
-        since = now_us - int(self.window * 1_000_000)
+        since = now_us - self._window_us
         used = int(self.redis.zcount(self.key, f"({since}", "+inf"))
         pttl = int(pttl)
         paused_until: str | None = None
         if pttl > 0:
             end = datetime.fromtimestamp((now_us / 1_000_000) + pttl / 1000, tz=UTC)
             paused_until = end.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return {"limit": self.limit, "used": used, "paused_until": paused_until}
+        return {
+            "limit": self.limit,
+            "used": used,
+            "paused_until": paused_until,
+            "paused_for": max(0, pttl) / 1000,
+        }
 
     def reset(self) -> None:
         """Forget every grant and pause (tests and ``etbridge`` maintenance only)."""

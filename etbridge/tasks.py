@@ -78,7 +78,6 @@ def plan() -> dict[str, Any]:
                 state.register_org(rt.redis, org_id)
     views = planstore.gather(rt.redis, ids, settings.resources[0], now)
     budget = rt.budget.status()
-    paused_until = budget.get("paused_until_epoch") or 0.0
     decisions = scheduler.plan(
         now,
         views,
@@ -86,7 +85,7 @@ def plan() -> dict[str, Any]:
             limit=settings.rate_limit,
             used=int(budget.get("used", 0)),
             inflight=int(sum(v.poll_pages for v in views if v.busy)),
-            paused_for=max(0.0, float(paused_until) - now),
+            paused_for=float(budget.get("paused_for") or 0.0),
         ),
         plan_config(),
     )

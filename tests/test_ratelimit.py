@@ -127,7 +127,7 @@ def test_record_counts_requests_sent_without_a_slot_even_past_the_limit(r: redis
 
 def test_status_only_reads(r: redis.Redis) -> None:
     budget = _budget(r, limit=7)
-    assert budget.status() == {"limit": 7, "used": 0, "paused_until": None}
+    assert budget.status() == {"limit": 7, "used": 0, "paused_until": None, "paused_for": 0.0}
     assert r.keys("*") == []
 
 
