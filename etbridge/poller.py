@@ -356,10 +356,19 @@ class Poller:
             raise MalformedResponse(
                 f"org {state.org_id} {state.resource}: malformed record: {exc}"
             ) from None
-        ids = [r["id"] for r in records]
-        if len(set(ids)) != len(ids):
-            raise MalformedResponse(f"org {state.org_id} {state.resource}: duplicate id in page")
+        # Duplicate ids were refused by the paginator (client.parse_page) already.
         return records
+
+    def _stored(self, records: dict[str, dict[str, Any]]) -> dict[str, changes.Stored]:
+        return {
+            i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
+            for i, rec in records.items()
+        }
+
+    def _envelope_json(self, org_id: str, change: changes.Change, detected_at: datetime) -> str:
+        return events.to_json(
+            events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
+        )
 
     def _commit_page(
         self,
@@ -395,16 +404,13 @@ class Poller:
                 if drift is not None:
                     new_absorbed = absorbed | set(drift.added) | set(drift.removed)
                     plan.events.append(
-                        _dumps(events.schema_envelope(state.org_id, drift, detected_at=detected_at))
+                        events.to_json(
+                            events.schema_envelope(state.org_id, drift, detected_at=detected_at)
+                        )
                     )
-                elif baseline and new_known != known:
-                    new_known = known | page_attrs
-                stored_records = state.records([i for i in moved if stored_digests[i]])
-                stored = {
-                    i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
-                    for i, rec in stored_records.items()
-                }
-                moved_records = [r for r in records if r["id"] in set(moved)]
+                stored = self._stored(state.records([i for i in moved if stored_digests[i]]))
+                moved_ids = set(moved)
+                moved_records = [r for r in records if r["id"] in moved_ids]
                 diff = changes.diff_records(
                     state.resource,
                     {i: stored.get(i) for i in moved},
@@ -415,16 +421,7 @@ class Poller:
                     absorb=new_absorbed,
                 )
                 for change in diff.changes:
-                    plan.events.append(
-                        _dumps(
-                            events.envelope(
-                                state.org_id,
-                                change,
-                                detected_at=detected_at,
-                                ignore_fields=self.ignore,
-                            )
-                        )
-                    )
+                    plan.events.append(self._envelope_json(state.org_id, change, detected_at))
                     result.counts[change.op] = result.counts.get(change.op, 0) + 1
                 by_id = {r["id"]: r for r in moved_records}
                 for rid in moved:
@@ -462,20 +459,9 @@ class Poller:
             chunk = unseen[start : start + _DELETE_CHUNK]
             stored_digests = state.digests(chunk)
             recs = state.records(chunk)
-            stored = {
-                i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
-                for i, rec in recs.items()
-            }
-            gone = changes.deletions(state.resource, stored, ())
+            gone = changes.deletions(state.resource, self._stored(recs), ())
             plan = CommitPlan(checks={i: stored_digests[i] for i in recs}, deletes=list(recs))
-            for change in gone:
-                plan.events.append(
-                    _dumps(
-                        events.envelope(
-                            state.org_id, change, detected_at=now, ignore_fields=self.ignore
-                        )
-                    )
-                )
+            plan.events.extend(self._envelope_json(state.org_id, c, now) for c in gone)
             if gone:
                 plan.meta["last_change_at"] = str(time.time())
             appended = state.commit(lease, plan)
@@ -495,7 +481,3 @@ class Poller:
         )
         state.commit(lease, CommitPlan(meta=done))
         state.reset_sweep()
-
-
-def _dumps(envelope: dict[str, Any]) -> str:
-    return events.to_json(envelope)
