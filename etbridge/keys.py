@@ -97,9 +97,16 @@ def outbox(org_id: str) -> str:
 # --- planner and delivery -----------------------------------------------------------
 
 
-def plan(org_id: str) -> str:
-    """Hash: the planner's facts of one org (queued_at, last_planned, activity, backoff)."""
-    return f"{PREFIX}:{org_tag(org_id)}:plan"
+def plan(org_id: str, resource: str) -> str:
+    """Hash: the planner's facts of one (org, resource): deadlines, estimates, backoff."""
+    return f"{PREFIX}:{org_tag(org_id)}:plan:{resource}"
+
+
+PLAN_SUMMARY = f"{PREFIX}:plan:summary"
+"""String: JSON of the last allocation's fleet-wide figures and warnings (status reads it)."""
+
+PLAN_DELAYS = f"{PREFIX}:plan:delays"
+"""List: the latest dispatch delays (deadline -> poll started), newest first."""
 
 
 PLAN_LOCK = f"{PREFIX}:plan:lock"

@@ -1,4 +1,4 @@
-"""The planner's facts in Redis: what is queued, when each org was last planned, how active it is.
+"""The planner's facts in Redis: per (org, resource) deadlines, estimates, queue marks, backoff.
 
 scheduler.py decides; this module reads the facts it decides on and records
 what was decided and what came of it. Keys live under each org's hash tag.
@@ -15,16 +15,18 @@ from typing import Any
 import redis
 
 from etbridge import keys, scheduler
-from etbridge.state import iter_meta, text_hash
+from etbridge.scheduler import RateEstimate
+from etbridge.state import text_hash
 
 PLAN_LOCK = keys.PLAN_LOCK
 DISCOVERY = keys.DISCOVERY
-# A queued poll that no worker picked up within this long is planned again
+# A queued poll that no worker started within this long is planned again
 # (its message may have been lost with a worker that had prefetched it).
-QUEUED_TTL = 30.0
-# Failure backoff of one org: 5 s doubling to 5 min.
+QUEUED_TTL = 15.0
+# Failure backoff of one unit: 5 s doubling to 5 min.
 FAILURE_BACKOFF = (5.0, 300.0)
-
+# Dispatch delays (due -> poll started) kept for status and the benchmark.
+DELAYS_KEPT = 2000
 
 plan_key = keys.plan
 
@@ -44,79 +46,123 @@ def _f(values: dict[str, str], name: str) -> float | None:
         return None
 
 
+def _estimate(values: dict[str, str], prefix: str) -> RateEstimate:
+    events = _f(values, f"{prefix}_n") or 0.0
+    seconds = _f(values, f"{prefix}_t") or 0.0
+    return RateEstimate(events, seconds, _f(values, f"{prefix}_at"))
+
+
+def _estimate_fields(prefix: str, est: RateEstimate) -> dict[str, str]:
+    return {
+        f"{prefix}_n": repr(est.events),
+        f"{prefix}_t": repr(est.seconds),
+        f"{prefix}_at": repr(est.at if est.at is not None else time.time()),
+    }
+
+
 def gather(
-    client: redis.Redis, org_ids: Sequence[str], resource: str, now: float
-) -> list[scheduler.OrgView]:
-    """Build the planner's view of every org in three round trips."""
-    metas = iter_meta(client, org_ids, resource)
+    client: redis.Redis, org_ids: Sequence[str], resources: Sequence[str], now: float
+) -> list[scheduler.UnitView]:
+    """The planner's view of every (org, resource) unit, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for org_id in org_ids:
-        pipe.hgetall(plan_key(org_id))
         pipe.exists(keys.lease(org_id))
-    raw = pipe.execute()
+        for res in resources:
+            pipe.hgetall(keys.org_meta(org_id, res))
+            pipe.hgetall(plan_key(org_id, res))
+    raw = iter(pipe.execute())
     views = []
-    for n, org_id in enumerate(org_ids):
-        plan = text_hash(raw[2 * n])
-        leased = bool(raw[2 * n + 1])
-        meta = metas[org_id]
-        queued_at = _f(plan, "queued_at")
-        queued = queued_at is not None and now - queued_at < QUEUED_TTL
-        busy = leased or queued
-        activity = _f(plan, "activity") or 0.0
-        activity_at = _f(plan, "activity_at") or now
-        views.append(
-            scheduler.OrgView(
-                org_id=org_id,
-                last_planned=_f(plan, "last_planned"),
-                last_sweep=_f(meta, "last_sweep_at"),
-                busy=busy,
-                sweeping=busy and plan.get("mode") == "sweep",
-                retry_at=_f(plan, "retry_at") or 0.0,
-                activity=scheduler.decay(activity, now - activity_at),
-                baselined=meta.get("baselined") == "1",
-                # Resyncs, orgs without the incremental filter, and sweeps that paused
-                # (or failed) half-way and resume from their saved cursor.
-                needs_sweep=meta.get("filter_unsupported") == "1"
-                or meta.get("resync") == "1"
-                or meta.get("sweep_active") == "1",
-                poll_pages=max(1.0, _f(plan, "poll_pages") or 1.0),
+    for org_id in org_ids:
+        leased = bool(next(raw))
+        facts = [(res, text_hash(next(raw)), text_hash(next(raw))) for res in resources]
+        queued = any(now - (_f(plan, "queued_at") or -math.inf) < QUEUED_TTL for *_, plan in facts)
+        for res, meta, plan in facts:
+            views.append(
+                scheduler.UnitView(
+                    org_id=org_id,
+                    resource=res,
+                    busy=leased or queued,
+                    retry_at=_f(plan, "retry_at") or 0.0,
+                    baselined=meta.get("baselined") == "1",
+                    urgent_sweep=meta.get("resync") == "1",
+                    sweeps_only=meta.get("filter_unsupported") == "1",
+                    last_poll_due=_f(plan, "poll_due"),
+                    last_sweep_due=_f(plan, "sweep_due"),
+                    changes=_estimate(plan, "chg"),
+                    deletions=_estimate(plan, "del"),
+                    poll_pages=max(1.0, _f(plan, "poll_pages") or 1.0),
+                    sweep_pages=max(1.0, _f(plan, "sweep_pages") or 1.0),
+                )
             )
-        )
     return views
 
 
 def mark_queued(client: redis.Redis, decisions: Sequence[scheduler.Decision], now: float) -> None:
     pipe = client.pipeline(transaction=False)
     for d in decisions:
-        values: dict[Any, Any] = {"queued_at": str(now), "mode": d.mode}
-        if d.mode == "incremental" or d.reason != "baseline":
-            values["last_planned"] = str(now)
-        pipe.hset(plan_key(d.org_id), mapping=values)
+        deadline = "poll_due" if d.mode == "incremental" else "sweep_due"
+        values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode, deadline: repr(d.due)}
+        pipe.hset(plan_key(d.org_id, d.resource), mapping=values)
     pipe.execute()
 
 
-def mark_started(client: redis.Redis, org_id: str) -> None:
-    """The poll holds the lease now: the queued marker has done its job."""
-    client.hdel(plan_key(org_id), "queued_at")
+def record_summary(client: redis.Redis, summary: dict[str, Any]) -> None:
+    """The last allocation's fleet-wide figures and warnings (the planner logs changes once)."""
+    client.set(keys.PLAN_SUMMARY, json.dumps(summary))
 
 
-def record_success(client: redis.Redis, org_id: str, events: int, pages: int, mode: str) -> None:
+def summary(client: redis.Redis) -> dict[str, Any]:
+    raw = client.get(keys.PLAN_SUMMARY)
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def mark_started(client: redis.Redis, org_id: str, resource: str, due: float | None) -> None:
+    """The poll holds the lease now: the queued marker has done its job; note the delay."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hdel(plan_key(org_id, resource), "queued_at")
+    if due is not None:
+        pipe.lpush(keys.PLAN_DELAYS, repr(round(time.time() - due, 4)))
+        pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
+    pipe.execute()
+
+
+def record_success(
+    client: redis.Redis,
+    org_id: str,
+    resource: str,
+    *,
+    mode: str,
+    changes: int,
+    deleted: int,
+    pages: int,
+    complete: bool,
+) -> None:
+    """Feed one poll's outcome into the unit's estimates."""
     now = time.time()
-    key = plan_key(org_id)
+    key = plan_key(org_id, resource)
     current = text_hash(client.hgetall(key))
-    activity = scheduler.decay(
-        _f(current, "activity") or 0.0, now - (_f(current, "activity_at") or now)
-    )
-    values: dict[Any, Any] = {
-        "activity": str(activity + events),
-        "activity_at": str(now),
-        "failures": "0",
-        "retry_at": "0",
-    }
+    values: dict[Any, Any] = {"failures": "0", "retry_at": "0"}
+    values.update(_estimate_fields("chg", _estimate(current, "chg").observe(changes, now)))
     if mode == "incremental":
-        # A running average of pages per incremental poll: the planner's cost estimate.
+        # A running average of pages per incremental poll: the allocation's cost estimate.
         old = _f(current, "poll_pages") or 1.0
-        values["poll_pages"] = str(round(0.7 * old + 0.3 * max(1, pages), 3))
+        values["poll_pages"] = repr(round(0.7 * old + 0.3 * max(1, pages), 3))
+    else:
+        sweep_pages = int(_f(current, "sweep_pages_cur") or 0) + pages
+        sweep_deleted = int(_f(current, "sweep_deleted_cur") or 0) + deleted
+        if complete:
+            deletions = _estimate(current, "del").observe(sweep_deleted, now)
+            values.update(_estimate_fields("del", deletions))
+            values.update(sweep_pages=str(max(1, sweep_pages)), sweep_pages_cur="0")
+            values["sweep_deleted_cur"] = "0"
+        else:
+            values.update(sweep_pages_cur=str(sweep_pages), sweep_deleted_cur=str(sweep_deleted))
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping=values)
     pipe.hdel(key, "queued_at", "last_failure")
@@ -124,20 +170,19 @@ def record_success(client: redis.Redis, org_id: str, events: int, pages: int, mo
 
 
 def record_failure(
-    client: redis.Redis, org_id: str, error: str, retry_after: float | None = None
+    client: redis.Redis, org_id: str, resource: str, error: str, retry_after: float | None = None
 ) -> float:
-    """Back the org off (exponentially, or by the API's Retry-After); return the delay."""
-    key = plan_key(org_id)
+    """Back the unit off (exponentially, or by the API's Retry-After); return the delay."""
+    key = plan_key(org_id, resource)
     failures = int(client.hincrby(key, "failures", 1))
     base, cap = FAILURE_BACKOFF
     delay = min(cap, base * math.pow(2, failures - 1))
     if retry_after is not None:
         delay = max(delay, retry_after)
-    client.hset(
-        key,
-        mapping={"retry_at": str(time.time() + delay), "last_failure": error[:300]},
-    )
-    client.hdel(key, "queued_at")
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, mapping={"retry_at": repr(time.time() + delay), "last_failure": error[:300]})
+    pipe.hdel(key, "queued_at")
+    pipe.execute()
     return delay
 
 
@@ -145,11 +190,19 @@ def request_resync(client: redis.Redis, org_id: str, resource: str) -> None:
     client.hset(keys.org_meta(org_id, resource), "resync", "1")
 
 
-def plans(client: redis.Redis, org_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def plans(
+    client: redis.Redis, org_ids: Sequence[str], resources: Sequence[str]
+) -> dict[tuple[str, str], dict[str, str]]:
     pipe = client.pipeline(transaction=False)
-    for org_id in org_ids:
-        pipe.hgetall(plan_key(org_id))
-    return {org_id: text_hash(raw) for org_id, raw in zip(org_ids, pipe.execute(), strict=True)}
+    units = [(o, r) for o in org_ids for r in resources]
+    for org_id, res in units:
+        pipe.hgetall(plan_key(org_id, res))
+    return {unit: text_hash(raw) for unit, raw in zip(units, pipe.execute(), strict=True)}
+
+
+def delays(client: redis.Redis) -> list[float]:
+    """The latest dispatch delays (seconds from a unit's deadline to its poll's start)."""
+    return [float(v) for v in client.lrange(keys.PLAN_DELAYS, 0, -1)]
 
 
 def discovery_due(client: redis.Redis, every: float) -> bool:

@@ -35,8 +35,7 @@ import redis
 
 from etbridge import changes, events
 from etbridge.client import EventTempleClient, RepeatedCursor
-from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse, RateLimited
-from etbridge.ratelimit import RequestBudget
+from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse
 from etbridge.settings import Settings
 from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
 
@@ -47,13 +46,9 @@ Mode = Literal["incremental", "sweep"]
 # A poll's lease lives this long unless its heartbeat extends it, so a poll
 # lost with its worker (SIGKILL, OOM, host loss) frees its org this soon.
 LEASE_TTL = 20.0
-# A sweep pauses after this long (its cursor saved) so one org's thousands of
-# pages never hold a worker for long; the planner resumes it.
-SWEEP_SLICE = 120.0
-# Sweep pages also draw from a smaller budget (SWEEP_SHARE of the fleet's), so
-# sweeps never take more than that share; a page waits this long for a slot.
-SWEEP_SHARE = 0.2
-SWEEP_BUDGET_WAIT = 10.0
+# A sweep pauses after this long (its cursor saved) even when its page quota
+# is not spent, so one org's thousands of pages never hold a worker for long.
+SWEEP_SLICE = 10.0
 # Deleted records are committed in chunks so one Lua call stays short.
 _DELETE_CHUNK = 200
 # A page whose records keep moving under us (another writer) is re-read this often.
@@ -139,7 +134,6 @@ class Poller:
         on_events: Callable[[str], None] | None = None,
         on_started: Callable[[], None] | None = None,
         slice_seconds: float = SWEEP_SLICE,
-        sweep_budget: RequestBudget | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.redis = client
@@ -149,28 +143,37 @@ class Poller:
         self.on_events = on_events
         self.on_started = on_started
         self.slice = slice_seconds
-        self.sweep_budget = sweep_budget
         self.now = now
         self.ignore = frozenset(settings.ignore_fields)
 
     # --- entry point -------------------------------------------------------------
 
-    def poll(self, org_id: str, mode: Mode = "incremental") -> list[PollResult]:
-        """Poll every configured resource of one org; skip if another worker holds it."""
-        first = OrgState(self.redis, org_id, self.settings.resources[0])
+    def poll(
+        self,
+        org_id: str,
+        mode: Mode = "incremental",
+        *,
+        resources: Sequence[str] | None = None,
+        max_pages: int | None = None,
+    ) -> list[PollResult]:
+        """Poll resources of one org (all configured ones by default); skip if it is leased.
+
+        ``max_pages`` bounds a sweep: it commits that many pages, saves its
+        cursor and returns, and the planner sends its next page when it is due.
+        """
+        chosen = list(resources or self.settings.resources)
+        first = OrgState(self.redis, org_id, chosen[0])
         lease = first.acquire_lease(self.lease_ttl)
         if lease is None:
-            return [
-                PollResult(org_id, res, mode, skipped="leased") for res in self.settings.resources
-            ]
+            return [PollResult(org_id, res, mode, skipped="leased") for res in chosen]
         heartbeat = _Heartbeat(first, lease)
         heartbeat.start()
         try:
             if self.on_started is not None:
                 self.on_started()
             return [
-                self._poll_resource(OrgState(self.redis, org_id, res), lease, mode)
-                for res in self.settings.resources
+                self._poll_resource(OrgState(self.redis, org_id, res), lease, mode, max_pages)
+                for res in chosen
             ]
         finally:
             heartbeat.stop()
@@ -178,7 +181,9 @@ class Poller:
 
     # --- one resource --------------------------------------------------------------
 
-    def _poll_resource(self, state: OrgState, lease: Lease, mode: Mode) -> PollResult:
+    def _poll_resource(
+        self, state: OrgState, lease: Lease, mode: Mode, max_pages: int | None
+    ) -> PollResult:
         started = time.monotonic()
         meta = state.meta()
         baseline = meta.get("baselined") != "1"
@@ -198,9 +203,13 @@ class Poller:
                     )
                     state.set_meta(filter_unsupported="1")
                     result.mode = "sweep"
-                    self._scan(state, lease, state.meta(), result, baseline=False, sweep=True)
+                    self._scan(
+                        state, lease, state.meta(), result, baseline=False, sweep=True, max_pages=1
+                    )
             else:
-                self._scan(state, lease, meta, result, baseline=baseline, sweep=True)
+                self._scan(
+                    state, lease, meta, result, baseline=baseline, sweep=True, max_pages=max_pages
+                )
         except Exception as exc:
             state.set_meta(
                 last_error=f"{type(exc).__name__}: {exc}"[:500],
@@ -232,6 +241,7 @@ class Poller:
         *,
         baseline: bool,
         sweep: bool,
+        max_pages: int | None = None,
     ) -> None:
         resume: str | None = None
         since: datetime | None = None
@@ -262,14 +272,6 @@ class Poller:
             )
             pages = iter(paginator)
             while True:
-                # Baselines are exempt: until an org has one, nothing of it is watched.
-                if sweep and not baseline and self.sweep_budget is not None:
-                    try:
-                        self.sweep_budget.acquire(SWEEP_BUDGET_WAIT)
-                    except RateLimited:
-                        # The sweep share of the budget is spent for now: yield, resume later.
-                        paused = True
-                        break
                 page = next(pages, None)
                 if page is None:
                     break
@@ -305,8 +307,15 @@ class Poller:
                 )
                 result.pages += 1
                 result.records += len(records)
-                if sweep and page.next_cursor and time.monotonic() - scan_started > self.slice:
-                    # A long sweep yields its worker; the planner resumes it from the cursor.
+                if (
+                    sweep
+                    and page.next_cursor
+                    and (
+                        (max_pages is not None and result.pages >= max_pages)
+                        or time.monotonic() - scan_started > self.slice
+                    )
+                ):
+                    # The sweep yields its worker; the planner sends its next page when due.
                     paused = True
                     break
         except (FatalError, RepeatedCursor) as exc:

@@ -17,7 +17,7 @@ from etbridge import keys, logs, metrics
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient
 from etbridge.outbox import Relay
-from etbridge.poller import SWEEP_SHARE, Poller
+from etbridge.poller import Poller
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 
@@ -46,13 +46,6 @@ class Runtime:
         self.api = EventTempleClient(
             settings, auth=BearerAuth(self.tokens), budget=self.budget, session=self.session
         )
-
-        # Sweeps draw from their own share of the budget too (scheduler.PlanConfig.sweep_share).
-        self.sweep_budget = RequestBudget(
-            self.redis,
-            keys.digest(settings.client_id) + ".sweeps",
-            max(1, int(settings.rate_limit * SWEEP_SHARE)),
-        )
         self._relay: Relay | None = None
 
     def poller(
@@ -67,7 +60,6 @@ class Runtime:
             self.api,
             on_started=on_started,
             on_events=on_events,
-            sweep_budget=self.sweep_budget,
         )
 
     @property

@@ -1,63 +1,98 @@
-"""Which polls to start now: pure planning within the fleet's request budget.
+"""Which polls and sweep pages to send now: earliest deadline first, paced to the budget.
 
-The request budget, not CPU, decides how fast a change is seen: with ``B``
-requests a minute and ``O`` orgs, polling every org once costs ``O`` requests,
-so plain round-robin sees each org every ``60·O/B`` seconds at best. The
-planner spends the same budget where changes happen:
-
-- Budget first. A tick never plans more expected requests than the budget can
-  serve now (the limit minus what the last 60 s used minus what is already
-  queued), paced to the budget's rate, so no backlog grows in the queue.
-- No org more often than ``poll_interval``; no org starves: an org that has
-  waited ``max_backoff`` (1.25) budget cycles of ``60·O/B`` goes first,
-  whatever its activity.
-- Adaptive only while the budget is short: orgs that changed recently weigh
-  more (``1 + activity``, capped), quiet ones back off to at most
-  ``max_backoff`` cycles. When the budget can poll every due org, it does,
-  longest-waiting first, so budget that would go unused is never left idle.
-- Sweeps (deletion detection, baselines, resyncs, orgs without the
-  incremental filter) run every ``sweep_interval``; their pages draw from a
-  bounded share of the budget enforced where pages are fetched, and the
-  planner starts at most ``max_sweeps`` at once.
-
-This module imports nothing but the standard library: the task in tasks.py
-gathers the facts from Redis and enqueues what :func:`plan` returns.
+Pure. The allocation (allocation.py) gives every (org, resource) unit a poll
+rate ``f`` and a sweep rate ``g``; here each unit's next incremental poll is
+due at ``last due + 1/f`` and its next sweep page at ``last due + 1/(g·s)``
+(``s`` pages a sweep). Each tick dispatches what falls due before the next
+tick, earliest deadline first, each with a send time spaced by the budget's
+pace, so nothing is queued that cannot get a request at once. The estimates
+the allocation needs (change and deletion rates, pages) are decayed counts
+(:class:`RateEstimate`). See docs/scheduling.md.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from etbridge.allocation import Allocation, Demand, Limits, Rates, allocate
+
+if TYPE_CHECKING:
+    from etbridge.settings import Settings
 
 Mode = Literal["incremental", "sweep"]
+UnitKey = tuple[str, str]  # (org_id, resource)
 
-# Activity (recent changes, decayed) is halved every this many seconds.
-ACTIVITY_HALF_LIFE = 600.0
+# Estimates forget with this half-life: long enough to smooth Poisson noise,
+# short enough to follow an org that turns busy within minutes.
+HALF_LIFE = 300.0
+# Priors, as if this much had been seen: a new unit is polled like a quiet one
+# (one change in ten minutes, one deletion in ten hours) until data says more.
+CHANGE_PRIOR = (0.5, 300.0)
+DELETE_PRIOR = (0.1, 3600.0)
+# Seconds at the fleet's mean rate that every unit's own estimate starts from.
+PSEUDO_SECONDS = 10.0
+# The budget's window: the API's 60 s plus the limiter's safety margin.
+BUDGET_WINDOW = 61.0
+
+
+class Reason(enum.StrEnum):
+    BASELINE = "baseline"  # the unit's first listing: nothing of it is watched before
+    RESYNC = "resync"  # an operator asked, or a sweep must run to its end first
+    SWEEP = "sweep"  # the next page of the periodic sweep (deletion detection)
+    POLL = "poll"  # the next incremental poll
 
 
 @dataclass(frozen=True)
-class OrgView:
-    """What the planner knows of one org (gathered from Redis by the plan task)."""
+class RateEstimate:
+    """A decayed count of events over a decayed span of time."""
+
+    events: float = 0.0
+    seconds: float = 0.0
+    at: float | None = None
+
+    def observe(self, count: float, now: float) -> RateEstimate:
+        if self.at is None:
+            return RateEstimate(float(count), 0.0, now)
+        elapsed = max(0.0, now - self.at)
+        keep = math.pow(0.5, elapsed / HALF_LIFE)
+        return RateEstimate(self.events * keep + count, self.seconds * keep + elapsed, now)
+
+    def rate(self, prior: tuple[float, float]) -> float:
+        return (self.events + prior[0]) / (self.seconds + prior[1])
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """What the planner knows of one (org, resource), gathered from Redis by planner.py."""
 
     org_id: str
-    last_planned: float | None = None  # start of the last planned incremental poll
-    last_sweep: float | None = None  # end of the last complete sweep
-    busy: bool = False  # queued or running (its lease is held)
-    sweeping: bool = False  # busy with a sweep
+    resource: str
+    busy: bool = False  # the org has a poll queued or running (one lease per org)
     retry_at: float = 0.0  # backoff after a failed poll
-    activity: float = 0.0  # changes seen recently, decayed (see decay())
     baselined: bool = False
-    needs_sweep: bool = False  # resync asked, or the API rejects the incremental filter
-    poll_pages: float = 1.0  # expected pages of an incremental poll
+    urgent_sweep: bool = False  # a resync was asked for
+    sweeps_only: bool = False  # the API rejects the incremental filter
+    last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
+    last_sweep_due: float | None = None  # deadline of the last sweep page dispatched
+    changes: RateEstimate = RateEstimate()
+    deletions: RateEstimate = RateEstimate()
+    poll_pages: float = 1.0  # pages of an incremental poll (running average)
+    sweep_pages: float = 1.0  # pages of a complete sweep
+
+    @property
+    def key(self) -> UnitKey:
+        return (self.org_id, self.resource)
 
 
 @dataclass(frozen=True)
 class Budget:
     limit: int  # requests per 60 s, fleet-wide
-    used: int  # requests granted in the last 60 s
-    inflight: int = 0  # expected requests of polls queued or running
+    used: int  # requests granted in the last window
+    inflight: float = 0.0  # expected requests of polls queued or running
     paused_for: float = 0.0  # seconds left of a 429 pause
 
 
@@ -65,117 +100,146 @@ class Budget:
 class PlanConfig:
     poll_interval: float = 30.0
     sweep_interval: float = 3600.0
-    sweep_share: float = 0.2
-    # A quiet org waits at most this many budget cycles: enough slack to poll
-    # busy orgs more often, small enough that the worst case stays near the bound.
-    max_backoff: float = 1.25
-    max_weight: float = 4.0
-    tick: float = 2.0
-    max_sweeps: int = 2
+    tick: float = 1.0  # seconds between two dispatches (beat's schedule)
+    # Kept back from the allocation. None by default: the few requests outside it
+    # (discovery, retries, deletion confirmations) take their slot from the same
+    # budget and delay the next poll by one pace, which costs less than idling.
+    reserve: float = 0.0
+    floor_cycles: float = 1.25
+
+    @classmethod
+    def from_settings(cls, settings: Settings, tick: float) -> PlanConfig:
+        return cls(
+            poll_interval=settings.poll_interval,
+            sweep_interval=settings.sweep_interval,
+            tick=tick,
+        )
+
+    def limits(self, limit: int) -> Limits:
+        return Limits(
+            rate=limit / BUDGET_WINDOW * (1.0 - self.reserve),
+            poll_interval=self.poll_interval,
+            sweep_interval=self.sweep_interval,
+            floor_cycles=self.floor_cycles,
+        )
 
 
 @dataclass(frozen=True)
 class Decision:
     org_id: str
+    resource: str
     mode: Mode
-    reason: str
+    reason: Reason
+    due: float  # the deadline the allocation set
+    send_at: float  # when to start it: never before due, spaced by the budget's pace
 
 
-def decay(activity: float, elapsed: float) -> float:
-    """Exponential decay of an org's activity over ``elapsed`` seconds."""
-    if elapsed <= 0:
-        return activity
-    return activity * math.pow(0.5, elapsed / ACTIVITY_HALF_LIFE)
+def shrunk_rates(estimates: Sequence[RateEstimate], prior: tuple[float, float]) -> list[float]:
+    """Each unit's rate, shrunk towards the fleet's mean as far as the data allow.
 
-
-def cycle_interval(n_orgs: int, limit: int, config: PlanConfig) -> float:
-    """Seconds for one request per org: ``60·O/B``, the bound the budget itself sets.
-
-    No schedule can poll every org more often than this on average; plain
-    round-robin polls each org exactly this often (or every ``poll_interval``
-    when the budget allows more).
+    Empirical Bayes (gamma-Poisson, method of moments): a unit's raw rate
+    ``n/t`` carries Poisson noise of variance ``m/t`` around its true rate; the
+    spread of the true rates across units, ``τ²``, is what the observed spread
+    has beyond that noise. Each unit keeps the weight ``τ²/(τ² + m/t)`` on its
+    own rate and gives the rest to the mean ``m``. Under uniform churn ``τ²`` is
+    about 0, every unit gets ``m`` and the allocation is round-robin, instead
+    of chasing noise; under skewed churn ``τ²`` is large and rates stand.
     """
-    if n_orgs <= 0:
-        return config.poll_interval
-    return max(config.poll_interval, 60.0 * n_orgs / max(1e-9, limit))
+    if not estimates:
+        return []
+    events = sum(e.events for e in estimates) + prior[0]
+    seconds = sum(e.seconds for e in estimates) + prior[1]
+    mean = events / seconds
+    # Each unit's own rate, with a few seconds at the mean so that a new unit has one.
+    raw = [e.rate((mean * PSEUDO_SECONDS, PSEUDO_SECONDS)) for e in estimates]
+    noise = [mean / (e.seconds + PSEUDO_SECONDS) for e in estimates]
+    spread = sum((r - mean) ** 2 for r in raw) / len(raw)
+    # The spread that noise alone gives, with two standard errors of margin: only
+    # a spread the noise cannot explain moves a unit away from the mean.
+    expected = sum(noise) / len(noise) * (1 + 2 * math.sqrt(2 / len(raw)))
+    tau2 = max(0.0, spread - expected)
+    return [
+        mean + (tau2 / (tau2 + v)) * (r - mean) if tau2 + v > 0 else mean
+        for r, v in zip(raw, noise, strict=True)
+    ]
 
 
-def latency_bound(n_orgs: int, limit: int, config: PlanConfig) -> float:
-    """The longest an org waits between polls (while sweeps fit their share): status shows it."""
-    rr = cycle_interval(n_orgs, limit, config)
-    if rr <= config.poll_interval:
-        return config.poll_interval + config.tick
-    return config.max_backoff * rr + config.tick
+def demands(units: Sequence[UnitView], config: PlanConfig) -> list[Demand]:
+    """The allocation's inputs: a unit polled by sweeps only folds its changes into them."""
+    out = []
+    change_rates = shrunk_rates([u.changes for u in units], CHANGE_PRIOR)
+    delete_rates = shrunk_rates([u.deletions for u in units], DELETE_PRIOR)
+    for u, change, delete in zip(units, change_rates, delete_rates, strict=True):
+        if u.sweeps_only:
+            ceiling = 1.0 / max(config.poll_interval, 1e-6)
+            out.append(Demand(u.key, 0.0, change + delete, 0.0, u.sweep_pages, ceiling))
+        else:
+            out.append(Demand(u.key, change, delete, max(1.0, u.poll_pages), u.sweep_pages))
+    return out
 
 
-def sweep_affordable(n_orgs: int, sweep_pages: float, limit: int, config: PlanConfig) -> bool:
-    """Whether the sweep share of the budget covers every org's sweep each interval."""
-    needed_per_minute = n_orgs * max(1.0, sweep_pages) * 60.0 / config.sweep_interval
-    return needed_per_minute <= limit * config.sweep_share
+def plan_rates(units: Sequence[UnitView], limit: int, config: PlanConfig) -> Allocation:
+    return allocate(demands(units, config), config.limits(limit))
 
 
-def plan(now: float, orgs: Sequence[OrgView], budget: Budget, config: PlanConfig) -> list[Decision]:
-    """The polls to enqueue now, in order."""
-    if budget.paused_for > 0 or not orgs:
+def _next(
+    unit: UnitView, rates: Rates | None, now: float, config: PlanConfig
+) -> tuple[float, Mode, Reason] | None:
+    """The unit's next deadline, or None while it has nothing to do."""
+    if not unit.baselined or unit.urgent_sweep:
+        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC)
+    if rates is None:
+        return None
+    best: tuple[float, Mode, Reason] | None = None
+    if rates.poll > 0 and not unit.sweeps_only:
+        gap = max(config.poll_interval, 1.0 / rates.poll)
+        due = now if unit.last_poll_due is None else unit.last_poll_due + gap
+        best = (max(due, now - gap), "incremental", Reason.POLL)
+    if rates.sweep > 0:
+        # Sweep pages are spread over the sweep's cycle: s pages every 1/g seconds.
+        gap = 1.0 / (rates.sweep * max(1.0, unit.sweep_pages))
+        due = now if unit.last_sweep_due is None else unit.last_sweep_due + gap
+        due = max(due, now - gap)
+        if best is None or due < best[0]:
+            best = (due, "sweep", Reason.SWEEP)
+    return best
+
+
+def dispatch(
+    now: float,
+    units: Sequence[UnitView],
+    allocation: Allocation,
+    budget: Budget,
+    config: PlanConfig,
+) -> list[Decision]:
+    """The polls and sweep pages to send before the next tick, earliest deadline first."""
+    if budget.paused_for > 0 or not units or budget.limit <= 0:
         return []
     available = budget.limit - budget.used - budget.inflight
-    # Pace to the budget's rate, so a window's budget is spread over it instead
-    # of queued at its start (bursts would make polls due all at once, and the
-    # starving rule would then turn the plan into plain round-robin).
-    per_tick = math.ceil(budget.limit * config.tick / 60.0)
-    allowance: float = min(available, per_tick)
-    decisions: list[Decision] = []
-
-    # Sweeps: baselines first, then resyncs and filterless orgs, then the periodic ones.
-    sweeping = sum(1 for o in orgs if o.sweeping)
-    sweep_due: list[tuple[int, float, OrgView]] = []
-    for org in orgs:
-        if org.busy or org.retry_at > now:
+    horizon = now + config.tick
+    due: list[tuple[float, int, UnitView, Mode, Reason]] = []
+    for n, unit in enumerate(units):
+        if unit.busy or unit.retry_at > now:
             continue
-        if not org.baselined:
-            sweep_due.append((0, 0.0, org))
-        elif org.needs_sweep:
-            last = org.last_planned or 0.0
-            if now - last >= config.poll_interval:
-                sweep_due.append((1, last, org))
-        elif org.last_sweep is None or now - org.last_sweep >= config.sweep_interval:
-            sweep_due.append((2, org.last_sweep or 0.0, org))
-    sweep_due.sort(key=lambda item: (item[0], item[1]))
-    planned: set[str] = set()
-    for _rank, _key, org in sweep_due:
-        if sweeping >= config.max_sweeps or allowance < 1:
+        step = _next(unit, allocation.rates.get(unit.key), now, config)
+        if step is not None and step[0] < horizon:
+            due.append((step[0], n, unit, step[1], step[2]))
+    due.sort(key=lambda item: (item[0], item[1]))
+    pace = BUDGET_WINDOW / budget.limit
+    cursor = now
+    orgs: set[str] = set()
+    out: list[Decision] = []
+    for deadline, _n, unit, mode, reason in due:
+        if unit.org_id in orgs:
+            continue  # one poll per org at a time: the lease is the org's
+        cost = 1.0 if mode == "sweep" else max(1.0, unit.poll_pages)
+        if available < cost:
             break
-        decisions.append(Decision(org.org_id, "sweep", "baseline" if _rank == 0 else "sweep"))
-        planned.add(org.org_id)
-        sweeping += 1
-        allowance -= 1
-
-    # Incremental polls.
-    rr = cycle_interval(len(orgs), budget.limit, config)
-    short = rr > config.poll_interval
-    starving_after = config.max_backoff * rr
-    candidates: list[tuple[int, float, OrgView]] = []
-    for org in orgs:
-        if org.org_id in planned or org.busy or org.retry_at > now:
-            continue
-        if not org.baselined or org.needs_sweep:
-            continue
-        waited = now - org.last_planned if org.last_planned is not None else math.inf
-        if waited < config.poll_interval:
-            continue
-        if not short:
-            candidates.append((1, waited, org))
-            continue
-        if waited >= starving_after:
-            candidates.append((0, waited, org))
-            continue
-        weight = 1.0 + min(org.activity, config.max_weight - 1.0)
-        candidates.append((1, waited * weight, org))
-    candidates.sort(key=lambda item: (item[0], -item[1]))
-    for rank, _score, org in candidates:
-        cost = max(1.0, org.poll_pages)
-        if allowance < cost:
+        send_at = max(deadline, cursor)
+        if send_at >= horizon:
             break
-        decisions.append(Decision(org.org_id, "incremental", "starving" if rank == 0 else "due"))
-        allowance -= cost
-    return decisions
+        out.append(Decision(unit.org_id, unit.resource, mode, reason, deadline, send_at))
+        orgs.add(unit.org_id)
+        available -= cost
+        cursor = send_at + pace * cost
+    return out

@@ -6,6 +6,7 @@ with access to Redis, even while the credentials are wrong.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import redis
 
 from etbridge import keys, planstore, scheduler, state
+from etbridge.allocation import Rates
+from etbridge.planner import warnings as planner_warnings
 from etbridge.settings import Settings
 
 
@@ -50,46 +53,36 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     now = time.time()
     registry = state.known_orgs(client)
     org_ids = list(settings.orgs) or list(registry)
-    resource = settings.resources[0]
-    metas = state.iter_meta(client, org_ids, resource)
-    plans = planstore.plans(client, org_ids)
-    config = scheduler.PlanConfig(
-        poll_interval=settings.poll_interval, sweep_interval=settings.sweep_interval
-    )
     active = [o for o in org_ids if "removed_at" not in registry.get(o, {})]
-    bound = scheduler.latency_bound(len(active), settings.rate_limit, config)
+    # The planner's own allocation, recomputed from the same facts (pure, no token).
+    units = planstore.gather(client, active, settings.resources, now)
+    config = scheduler.PlanConfig.from_settings(settings, tick=1.0)
+    alloc = scheduler.plan_rates(units, settings.rate_limit, config)
+    estimates = {u.key: u for u in units}
+    plans = planstore.plans(client, org_ids, settings.resources)
     orgs: dict[str, Any] = {}
     for org_id in org_ids:
-        meta, plan = metas[org_id], plans[org_id]
-        last_poll = _num(meta.get("last_poll_at"))
-        activity = scheduler.decay(
-            _num(plan.get("activity")) or 0.0, now - (_num(plan.get("activity_at")) or now)
-        )
-        orgs[org_id] = {
-            "last_poll": _iso(last_poll),
-            "last_poll_mode": meta.get("last_poll_mode"),
-            "last_full_sweep": _iso(meta.get("last_sweep_at")),
-            "watermark": meta.get("watermark"),
-            "lag": round(now - last_poll, 1) if last_poll else None,
-            "errors": int(meta.get("errors", "0") or 0),
-            "last_error": meta.get("last_error") or plan.get("last_failure") or None,
-            "next_retry": _iso(plan.get("retry_at")),
-            "baselined": meta.get("baselined") == "1",
-            "sweep_in_progress": meta.get("sweep_active") == "1",
-            "incremental_filter": "unsupported" if meta.get("filter_unsupported") == "1" else "ok",
-            "records": int(client.hlen(keys.fingerprints(org_id, resource))),
-            "change_rate_per_min": round(activity / (scheduler.ACTIVITY_HALF_LIFE / 60), 3),
-            "latency_bound": round(bound, 1),
-            "removed": "removed_at" in registry.get(org_id, {}),
+        per_resource = {
+            res: _unit_status(client, org_id, res, plans[(org_id, res)], now)
+            | _allocated(alloc.rates.get((org_id, res)), estimates.get((org_id, res)))
+            for res in settings.resources
         }
+        first = dict(per_resource[settings.resources[0]])
+        first["removed"] = "removed_at" in registry.get(org_id, {})
+        first["resources"] = per_resource
+        orgs[org_id] = first
     tokens = TokenCache(client, settings)
     budget = RequestBudget(client, keys.digest(settings.client_id), settings.rate_limit)
     delivery = outbox.status(client, settings)
-    warnings = []
-    if not scheduler.sweep_affordable(len(active), 1.0, settings.rate_limit, config):
-        warnings.append(
-            "the rate budget cannot afford a sweep of every org each ETBRIDGE_SWEEP_INTERVAL"
-        )
+    bounds = [r.poll_every for r in alloc.rates.values() if r.poll > 0]
+    planner = {
+        "latency_bound": _round(max(bounds, default=None)),
+        "cycle": round(alloc.cycle, 1),
+        "requests_per_min": round(alloc.cost * 60, 1),
+        "orgs": len(active),
+        "units": len(units),
+    }
+    warnings = planner_warnings(alloc, settings)
     return {
         "generated_at": _iso(now),
         "orgs": orgs,
@@ -97,14 +90,59 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "rate_budget": budget.status(),
         "outbox": delivery.get("outbox", {}),
         "sinks": {url: _iso_times(sink) for url, sink in delivery.get("sinks", {}).items()},
-        "planner": {"latency_bound": round(bound, 1), "orgs": len(active)},
+        "planner": planner,
         "warnings": warnings,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or math.isinf(value):
+        return None
+    return round(value, 1)
+
+
+def _unit_status(
+    client: redis.Redis, org_id: str, resource: str, plan: dict[str, str], now: float
+) -> dict[str, Any]:
+    meta = state.text_hash(client.hgetall(keys.org_meta(org_id, resource)))
+    last_poll = _num(meta.get("last_poll_at"))
+    return {
+        "last_poll": _iso(last_poll),
+        "last_poll_mode": meta.get("last_poll_mode"),
+        "last_full_sweep": _iso(meta.get("last_sweep_at")),
+        "watermark": meta.get("watermark"),
+        "lag": round(now - last_poll, 1) if last_poll else None,
+        "errors": int(meta.get("errors", "0") or 0),
+        "last_error": meta.get("last_error") or plan.get("last_failure") or None,
+        "next_retry": _iso(plan.get("retry_at")),
+        "baselined": meta.get("baselined") == "1",
+        "sweep_in_progress": meta.get("sweep_active") == "1",
+        "incremental_filter": "unsupported" if meta.get("filter_unsupported") == "1" else "ok",
+        "records": int(client.hlen(keys.fingerprints(org_id, resource))),
+    }
+
+
+def _allocated(rates: Rates | None, unit: scheduler.UnitView | None) -> dict[str, Any]:
+    """What the budget gives the unit: its poll and deletion-detection intervals."""
+    poll = rates.poll_every if rates else None
+    sweep = rates.sweep_every if rates else None
+    change_rate = unit.changes.rate(scheduler.CHANGE_PRIOR) if unit else 0.0
+    return {
+        "change_rate_per_min": round(change_rate * 60, 3),
+        "poll_interval": _round(poll),
+        "deletion_interval": _round(sweep),
+        # The longest a change waits before a poll sees it (the poll interval, plus a tick).
+        "latency_bound": _round(poll + 1.0 if poll is not None else None),
     }
 
 
 def _short(iso: str | None) -> str:
     """``2026-11-27T20:04:03.120Z`` -> ``2026-11-27 20:04:03`` (tables only)."""
     return iso[:19].replace("T", " ") if iso else "-"
+
+
+def _every(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s"
 
 
 def _clip(text: str, width: int = 100) -> str:
@@ -142,7 +180,7 @@ def render(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{'org':<10} {'last poll (UTC)':<19} {'lag':>6} {'last sweep (UTC)':<19} "
-        f"{'records':>7} {'chg/min':>7} {'bound':>6} {'errors':>6}"
+        f"{'records':>7} {'chg/min':>7} {'poll':>6} {'sweep':>6} {'errors':>6}"
     )
     for org_id, org in doc["orgs"].items():
         lag = org["lag"]
@@ -159,7 +197,8 @@ def render(doc: dict[str, Any]) -> str:
             f"{org_id:<10} {_short(org['last_poll']):<19} "
             f"{(f'{lag:.0f}s' if lag is not None else '-'):>6} "
             f"{_short(org['last_full_sweep']):<19} {org['records']:>7} "
-            f"{org['change_rate_per_min']:>7} {org['latency_bound']:>5.0f}s "
+            f"{org['change_rate_per_min']:>7} {_every(org['poll_interval']):>6} "
+            f"{_every(org['deletion_interval']):>6} "
             f"{org['errors']:>6}" + (f"  {'; '.join(notes)}" if notes else "")
         )
     if not doc["orgs"]:

@@ -1,7 +1,9 @@
 """Thin Celery tasks: they take ids, load what they need, and call into the modules.
 
-- ``etbridge.plan``      beat's tick: discover orgs, decide polls, enqueue due deliveries;
-- ``etbridge.poll_org``  one poll of one org (queue ``poll``);
+- ``etbridge.plan``      beat's tick (planner.py): enqueue its polls at their send times,
+  and the deliveries that are due;
+- ``etbridge.poll_org``  one poll, or some pages of a sweep, of one (org, resource)
+  (queue ``poll``);
 - ``etbridge.deliver``   relay one org's outbox to one sink (queue ``deliver``).
 
 Failures are not retried by Celery: a failed poll backs its org off in Redis
@@ -18,7 +20,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, state
+from etbridge import logs, metrics, outbox, planner, planstore, runtime, scheduler
 from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
@@ -29,74 +31,26 @@ log = logging.getLogger("etbridge.tasks")
 POLL_EXPIRES = 120.0
 
 
-def plan_config() -> scheduler.PlanConfig:
-    return scheduler.PlanConfig(
-        poll_interval=settings.poll_interval,
-        sweep_interval=settings.sweep_interval,
-        tick=PLAN_TICK,
-    )
-
-
-def org_ids(rt: runtime.Runtime) -> list[str]:
-    """The orgs to poll: the configured ones, or those discovered and not gone."""
-    if settings.orgs:
-        return list(settings.orgs)
-    if planstore.discovery_due(rt.redis, settings.discovery_interval):
-        discover(rt)
-    return [org for org, facts in state.known_orgs(rt.redis).items() if "removed_at" not in facts]
-
-
-def discover(rt: runtime.Runtime) -> list[str]:
-    """Read the organizations endpoint; register new orgs, mark vanished ones."""
-    try:
-        found = rt.api.organizations()
-    except Exception as exc:
-        rt.redis.delete(planstore.DISCOVERY)  # try again on a later tick
-        log.warning("org discovery failed: %s", exc)
-        return []
-    ids = [o.org_id for o in found]
-    for org in found:
-        state.register_org(rt.redis, org.org_id, name=org.name)
-    for org_id, facts in state.known_orgs(rt.redis).items():
-        if org_id not in ids and "removed_at" not in facts:
-            state.mark_removed(rt.redis, org_id)
-    log.info("orgs discovered count=%d", len(ids))
-    return ids
-
-
 @app.task(name="etbridge.plan")
 def plan() -> dict[str, Any]:
     rt = runtime.get(settings)
-    if not planstore.take_tick(rt.redis, PLAN_TICK):
-        return {"skipped": "another beat planned this tick"}
+    result = planner.tick(rt, PLAN_TICK)
+    if result.skipped:
+        return {"skipped": result.skipped}
     now = time.time()
-    ids = org_ids(rt)
-    if settings.orgs:
-        registered = state.known_orgs(rt.redis)
-        for org_id in ids:
-            if org_id not in registered:
-                state.register_org(rt.redis, org_id)
-    views = planstore.gather(rt.redis, ids, settings.resources[0], now)
-    budget = rt.budget.status()
-    decisions = scheduler.plan(
-        now,
-        views,
-        scheduler.Budget(
-            limit=settings.rate_limit,
-            used=int(budget.get("used", 0)),
-            inflight=int(sum(v.poll_pages for v in views if v.busy)),
-            paused_for=float(budget.get("paused_for") or 0.0),
-        ),
-        plan_config(),
-    )
-    planstore.mark_queued(rt.redis, decisions, now)
-    for d in decisions:
-        poll_org.apply_async((d.org_id, d.mode), expires=POLL_EXPIRES)
+    for d in result.decisions:
+        pages = planner.sweep_pages(d, settings) if d.mode == "sweep" else None
+        poll_org.apply_async(
+            (d.org_id, d.mode),
+            {"resource": d.resource, "due": d.due, "max_pages": pages},
+            countdown=max(0.0, d.send_at - now),
+            expires=POLL_EXPIRES,
+        )
     # Deliveries whose retry time has come, and partitions a lost task left behind.
     partitions = rt.relay.due(now)
     for org_id, sink_name in partitions:
         deliver.apply_async((org_id, sink_name))
-    return {"polls": len(decisions), "deliveries": len(partitions)}
+    return {"polls": len(result.decisions), "deliveries": len(partitions)}
 
 
 def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:
@@ -106,27 +60,36 @@ def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:
 
 
 @app.task(name="etbridge.poll_org", bind=True)
-def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[str, Any]]:
+def poll_org(
+    self: Task,
+    org_id: str,
+    mode: str = "incremental",
+    resource: str | None = None,
+    due: float | None = None,
+    max_pages: int | None = None,
+) -> list[dict[str, Any]]:
     rt = runtime.get(settings)
+    res = resource or settings.resources[0]
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
         poller = rt.poller(
-            on_started=lambda: planstore.mark_started(rt.redis, org_id),
+            on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due),
             on_events=lambda org: _deliver_soon(rt, org),
         )
+        kind: scheduler.Mode = "sweep" if mode == "sweep" else "incremental"
         try:
-            results = poller.poll(org_id, "sweep" if mode == "sweep" else "incremental")
+            results = poller.poll(org_id, kind, resources=[res], max_pages=max_pages)
         except LeaseLost as exc:
             metrics.record_poll_failure(mode, "lease_lost")
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
             metrics.record_poll_failure(mode, "retriable_error")
-            delay = planstore.record_failure(rt.redis, org_id, str(exc), exc.retry_after)
+            delay = planstore.record_failure(rt.redis, org_id, res, str(exc), exc.retry_after)
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
             metrics.record_poll_failure(mode, "auth_error")
-            delay = planstore.record_failure(rt.redis, org_id, str(exc), 60.0)
+            delay = planstore.record_failure(rt.redis, org_id, res, str(exc), 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except redis.exceptions.RedisError as exc:
@@ -137,18 +100,22 @@ def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[st
             return []
         except Exception as exc:
             metrics.record_poll_failure(mode, "error")
-            planstore.record_failure(rt.redis, org_id, f"{type(exc).__name__}: {exc}")
+            planstore.record_failure(rt.redis, org_id, res, f"{type(exc).__name__}: {exc}")
             raise
         metrics.record_polls(results)
-        if all(r.skipped for r in results):
-            return [r.as_dict() for r in results]
-        planstore.record_success(
-            rt.redis,
-            org_id,
-            events=sum(r.events for r in results),
-            pages=sum(r.pages for r in results),
-            mode=results[0].mode,
-        )
+        for r in results:
+            if r.skipped:
+                continue
+            planstore.record_success(
+                rt.redis,
+                org_id,
+                r.resource,
+                mode=r.mode,
+                changes=r.counts.get("created", 0) + r.counts.get("updated", 0),
+                deleted=r.deleted,
+                pages=r.pages,
+                complete=r.complete,
+            )
         return [r.as_dict() for r in results]
 
 

@@ -20,7 +20,7 @@ from etbridge import logs
 from etbridge.settings import Settings, SettingsError, load_settings
 
 # Seconds between two planner ticks of beat.
-PLAN_TICK = 2.0
+PLAN_TICK = 1.0
 # The longest a task may run: a sweep of thousands of pages is split into
 # resumable polls long before this (the poll task stops after POLL_MAX_SECONDS).
 TASK_SOFT_LIMIT = 600

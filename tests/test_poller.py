@@ -350,14 +350,12 @@ def test_rejected_filter_falls_back_to_sweeps(rt: Runtime, sandbox: Sandbox) -> 
     assert gone == [deleted["id"]]
 
 
-def test_sweeps_keep_to_their_share_of_the_budget(rt: Runtime, sandbox: Sandbox) -> None:
-    from etbridge.ratelimit import RequestBudget
-
+def test_sweep_pages_are_sent_one_quota_at_a_time(rt: Runtime, sandbox: Sandbox) -> None:
     rt2 = runtime_for(sandbox, rt.settings.redis_url, page_size=10)
     poller(rt2).poll(ORG)
-    share = RequestBudget(rt2.redis, "test.sweeps", 3, burst=3)
-    (result,) = poller(rt2, sweep_budget=share).poll(ORG, "sweep")
-    # Three slots, then the next page would wait 20 s: the sweep yields with its cursor.
+    (result,) = poller(rt2).poll(ORG, "sweep", max_pages=3)
+    # Three pages, then the sweep yields with its cursor until the planner sends the next page.
     assert result.pages == 3
     assert not result.complete
-    assert OrgState(rt2.redis, ORG, "bookings").meta()["sweep_active"] == "1"
+    meta = OrgState(rt2.redis, ORG, "bookings").meta()
+    assert meta["sweep_active"] == "1" and meta["sweep_cursor"]

@@ -1,128 +1,152 @@
-"""The planner: pure decisions over plain data."""
+"""Deadline dispatch: earliest deadline first, paced to the budget, one poll per org at a time."""
 
 from __future__ import annotations
 
-import random
+import pytest
 
 from etbridge import scheduler
-from etbridge.scheduler import Budget, OrgView, PlanConfig
+from etbridge.scheduler import Budget, PlanConfig, RateEstimate, Reason, UnitView
 
-CFG = PlanConfig(poll_interval=30, sweep_interval=3600, tick=2)
 NOW = 1_000_000.0
+CFG = PlanConfig(poll_interval=1.0, sweep_interval=3600.0, tick=1.0)
 
 
-def org(i: int, **kw: object) -> OrgView:
-    base: dict[str, object] = {
-        "org_id": str(i),
+def unit(org: int, **kw: object) -> UnitView:
+    values: dict[str, object] = {
         "baselined": True,
-        "last_sweep": NOW - 10,
-        "last_planned": NOW - 100,
+        "last_poll_due": NOW - 100,
+        "last_sweep_due": NOW,
     }
-    base.update(kw)
-    return OrgView(**base)  # type: ignore[arg-type]
+    values.update(kw)
+    return UnitView(str(org), "bookings", **values)  # type: ignore[arg-type]
 
 
-def test_nothing_while_paused_or_without_orgs() -> None:
-    assert scheduler.plan(NOW, [org(1)], Budget(100, 0, paused_for=3), CFG) == []
-    assert scheduler.plan(NOW, [], Budget(100, 0), CFG) == []
+def run(units: list[UnitView], budget: Budget, now: float = NOW) -> list[scheduler.Decision]:
+    alloc = scheduler.plan_rates(units, budget.limit, CFG)
+    return scheduler.dispatch(now, units, alloc, budget, CFG)
 
 
-def test_never_more_than_the_budget_left() -> None:
-    orgs = [org(i) for i in range(50)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=100, used=97), CFG)
-    assert len(decisions) == 3
-    assert scheduler.plan(NOW, orgs, Budget(limit=100, used=90, inflight=10), CFG) == []
+def test_nothing_while_paused_or_without_units() -> None:
+    assert run([unit(1)], Budget(100, 0, paused_for=3)) == []
+    assert run([], Budget(100, 0)) == []
 
 
-def test_paced_per_tick() -> None:
-    orgs = [org(i) for i in range(50)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=100, used=0), CFG)
-    # 100/min over a 2 s tick is 3.3 requests, rounded up.
-    assert len(decisions) == 4
+def test_budget_left_bounds_the_dispatch() -> None:
+    units = [unit(n) for n in range(10)]
+    assert len(run(units, Budget(limit=100, used=99))) == 1
+    assert run(units, Budget(limit=100, used=90, inflight=10)) == []
 
 
-def test_respects_poll_interval_and_busy() -> None:
-    orgs = [org(1, last_planned=NOW - 10), org(2, busy=True), org(3, retry_at=NOW + 5), org(4)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=1000, used=0), CFG)
-    assert [d.org_id for d in decisions] == ["4"]
+def test_send_times_are_paced_and_within_the_tick() -> None:
+    units = [unit(n) for n in range(10)]
+    decisions = run(units, Budget(limit=100, used=0))
+    pace = scheduler.BUDGET_WINDOW / 100
+    assert len(decisions) == 2  # 0.61 s apart: two fit in a 1 s tick
+    assert decisions[1].send_at - decisions[0].send_at == pytest.approx(pace)
+    assert all(NOW <= d.send_at < NOW + CFG.tick for d in decisions)
+    assert all(d.send_at >= d.due for d in decisions)
 
 
-def test_baseline_and_sweeps_first() -> None:
-    orgs = [org(1), org(2, baselined=False), org(3, last_sweep=NOW - 4000)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=1000, used=0), CFG)
-    assert decisions[0] == scheduler.Decision("2", "sweep", "baseline")
-    assert decisions[1] == scheduler.Decision("3", "sweep", "sweep")
-    assert ("1", "incremental") in [(d.org_id, d.mode) for d in decisions]
-
-
-def test_at_most_max_sweeps_at_once() -> None:
-    orgs = [org(i, baselined=False) for i in range(6)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=10000, used=0), CFG)
-    assert len([d for d in decisions if d.mode == "sweep"]) == CFG.max_sweeps
-
-
-def test_ample_budget_polls_longest_waiting_first() -> None:
-    orgs = [org(1, last_planned=NOW - 40), org(2, last_planned=NOW - 90, activity=0)]
-    decisions = scheduler.plan(NOW, orgs, Budget(limit=1000, used=0), CFG)
+def test_earliest_deadline_first() -> None:
+    units = [unit(1, last_poll_due=NOW - 5), unit(2, last_poll_due=NOW - 50)]
+    alloc = scheduler.plan_rates(units, 100, CFG)
+    gap = alloc.rates[("1", "bookings")].poll_every
+    assert gap > 1.0
+    units = [unit(1, last_poll_due=NOW - gap + 0.5), unit(2, last_poll_due=NOW - gap + 0.2)]
+    decisions = scheduler.dispatch(NOW, units, alloc, Budget(100, 0), CFG)
     assert [d.org_id for d in decisions] == ["2", "1"]
+    assert decisions[0].due == pytest.approx(NOW + 0.2)
 
 
-def _simulate(n_orgs: int, active: set[int], limit: int, adaptive: bool, seconds: int) -> dict:
-    """A small discrete simulation: each planned poll costs one request."""
-    now = NOW
-    last: dict[int, float] = dict.fromkeys(range(n_orgs), NOW - 1000)
-    grants: list[float] = []
-    polls = dict.fromkeys(range(n_orgs), 0)
-    gaps: dict[int, list[float]] = {i: [] for i in range(n_orgs)}
-    for _ in range(int(seconds / CFG.tick)):
-        now += CFG.tick
-        grants = [g for g in grants if g > now - 60]
-        views = [
-            org(
-                i,
-                last_planned=last[i],
-                activity=(3.0 if i in active else 0.0) if adaptive else 0.0,
-            )
-            for i in range(n_orgs)
-        ]
-        for d in scheduler.plan(now, views, Budget(limit=limit, used=len(grants)), CFG):
-            i = int(d.org_id)
-            gaps[i].append(now - last[i])
-            last[i] = now
-            polls[i] += 1
-            grants.append(now)
-    return {"polls": polls, "gaps": gaps}
+def test_not_due_yet_waits() -> None:
+    units = [unit(n, last_poll_due=NOW) for n in range(10)]
+    # Each was just polled: the next poll is due one allocated interval later.
+    assert [d for d in run(units, Budget(100, 0)) if d.mode == "incremental"] == []
 
 
-def test_short_budget_favours_active_orgs_without_starving_others() -> None:
-    result = _simulate(20, active={0, 1}, limit=30, adaptive=True, seconds=1800)
-    polls = result["polls"]
-    quiet = [polls[i] for i in range(2, 20)]
-    # The active orgs reach the poll_interval floor (every 30 s); the quiet share the rest.
-    assert min(polls[0], polls[1]) > 1.3 * max(quiet)
-    assert min(polls[0], polls[1]) >= 1800 / CFG.poll_interval - 2
-    bound = scheduler.latency_bound(20, 30, CFG)
-    worst = max(max(g[1:]) for g in result["gaps"].values() if len(g) > 1)
-    assert worst <= bound + CFG.tick
-    assert min(quiet) > 0
+def test_baseline_and_resync_come_as_sweeps_at_once() -> None:
+    units = [unit(1, baselined=False), unit(2, urgent_sweep=True), unit(3, last_poll_due=NOW)]
+    decisions = run(units, Budget(limit=1000, used=0))
+    reasons = {d.org_id: (d.mode, d.reason) for d in decisions}
+    assert reasons["1"] == ("sweep", Reason.BASELINE)
+    assert reasons["2"] == ("sweep", Reason.RESYNC)
 
 
-def test_rate_stays_within_limit_in_simulation() -> None:
-    rng = random.Random(4)
-    active = set(rng.sample(range(40), 5))
-    result = _simulate(40, active=active, limit=100, adaptive=True, seconds=600)
-    assert sum(result["polls"].values()) <= 100 * 600 / 60 + 5
+def test_one_poll_per_org_and_busy_orgs_skipped() -> None:
+    units = [
+        UnitView("1", "bookings", baselined=True),
+        UnitView("1", "contacts", baselined=True),
+        unit(2, busy=True),
+        unit(3, retry_at=NOW + 10),
+    ]
+    decisions = run(units, Budget(limit=1000, used=0))
+    assert [(d.org_id, d.resource) for d in decisions] == [("1", "bookings")]
 
 
-def test_cycle_and_bound() -> None:
-    assert scheduler.cycle_interval(10, 100, CFG) == 30
-    assert scheduler.cycle_interval(100, 100, CFG) == 60
-    assert scheduler.latency_bound(10, 100, CFG) == 32
-    assert scheduler.latency_bound(100, 100, CFG) == 1.25 * 60 + 2
-    assert scheduler.sweep_affordable(10, 1, 100, CFG)
-    assert not scheduler.sweep_affordable(1000, 50, 100, CFG)
+def test_sweep_pages_are_spread_over_the_sweep_cycle() -> None:
+    u = unit(1, last_poll_due=NOW, sweep_pages=4.0)
+    alloc = scheduler.plan_rates([u], 100, CFG)
+    rates = alloc.rates[u.key]
+    page_gap = 1 / (rates.sweep * 4)
+    assert (
+        run(
+            [unit(1, last_poll_due=NOW, last_sweep_due=NOW - page_gap + 0.1, sweep_pages=4.0)],
+            Budget(100, 0),
+        )[0].mode
+        == "sweep"
+    )
 
 
-def test_decay() -> None:
-    assert scheduler.decay(8.0, scheduler.ACTIVITY_HALF_LIFE) == 4.0
-    assert scheduler.decay(8.0, -1) == 8.0
+def test_sweeps_only_units_get_no_incremental_polls() -> None:
+    u = unit(1, sweeps_only=True, last_sweep_due=None)
+    decisions = run([u], Budget(limit=100, used=0))
+    assert [d.mode for d in decisions] == ["sweep"]
+
+
+def test_rate_estimate_decays_and_has_a_prior() -> None:
+    est = RateEstimate().observe(0, NOW)
+    assert est.rate(scheduler.CHANGE_PRIOR) == pytest.approx(0.5 / 300)
+    est = est.observe(10, NOW + 10)
+    assert est.rate((0.0, 1e-9)) == pytest.approx(1.0, rel=1e-6)
+    later = est.observe(0, NOW + 10 + scheduler.HALF_LIFE)
+    assert later.events == pytest.approx(5.0)
+
+
+def test_busy_org_gets_more_polls_than_quiet_ones() -> None:
+    hot = unit(1, changes=RateEstimate(300.0, 600.0, NOW))
+    quiet = [unit(n, changes=RateEstimate(3.0, 600.0, NOW)) for n in range(2, 12)]
+    alloc = scheduler.plan_rates([hot, *quiet], 100, CFG)
+    assert alloc.rates[hot.key].poll > 2 * alloc.rates[quiet[0].key].poll
+
+
+def test_plan_config_from_settings_reads_the_intervals() -> None:
+    class S:
+        poll_interval = 7.0
+        sweep_interval = 70.0
+
+    config = PlanConfig.from_settings(S(), tick=1.0)  # type: ignore[arg-type]
+    assert (config.poll_interval, config.sweep_interval, config.tick) == (7.0, 70.0, 1.0)
+
+
+def test_uniform_noise_is_shrunk_to_the_mean_and_real_skew_is_kept() -> None:
+    import random
+
+    rng = random.Random(3)
+
+    def poisson(lam: float) -> int:
+        n, t = 0, rng.expovariate(1.0)
+        while t < lam:
+            n, t = n + 1, t + rng.expovariate(1.0)
+        return n
+
+    # Ten orgs with the same true rate, 300 s observed: raw counts differ by noise alone.
+    uniform = [RateEstimate(float(poisson(15)), 300.0, NOW) for _ in range(10)]
+    rates = scheduler.shrunk_rates(uniform, scheduler.CHANGE_PRIOR)
+    raw = [e.events / e.seconds for e in uniform]
+    assert max(rates) - min(rates) < 0.5 * (max(raw) - min(raw))
+    # Two hot orgs with 16 x the rate: kept apart.
+    skewed = [RateEstimate(float(poisson(160)), 300.0, NOW) for _ in range(2)]
+    skewed += [RateEstimate(float(poisson(10)), 300.0, NOW) for _ in range(8)]
+    rates = scheduler.shrunk_rates(skewed, scheduler.CHANGE_PRIOR)
+    assert min(rates[:2]) > 8 * sum(rates[2:]) / 8, rates
+    assert scheduler.shrunk_rates([], scheduler.CHANGE_PRIOR) == []

@@ -1,0 +1,140 @@
+"""One planner tick: gather the facts, allocate the budget, choose what to send now.
+
+The I/O half of planning (scheduler.py and allocation.py are the pure half):
+it reads the orgs (configured or discovered), every (org, resource) unit's
+facts and the budget from Redis, recomputes the allocation, records what it
+gives each unit for ``status``, and returns the dispatch decisions; the plan
+task in tasks.py only enqueues them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from etbridge import planstore, scheduler, state
+from etbridge.allocation import Allocation
+from etbridge.runtime import Runtime
+from etbridge.settings import Settings
+
+log = logging.getLogger("etbridge.planner")
+
+# Seconds between two records of the allocation for status (it moves slowly).
+RECORD_EVERY = 5.0
+
+
+@dataclass
+class Tick:
+    decisions: list[scheduler.Decision] = field(default_factory=list)
+    skipped: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def org_ids(rt: Runtime) -> list[str]:
+    """The orgs to poll: the configured ones, or those discovered and not gone."""
+    settings = rt.settings
+    if settings.orgs:
+        registered = state.known_orgs(rt.redis)
+        for org_id in settings.orgs:
+            if org_id not in registered:
+                state.register_org(rt.redis, org_id)
+        return list(settings.orgs)
+    if planstore.discovery_due(rt.redis, settings.discovery_interval):
+        discover(rt)
+    return [org for org, facts in state.known_orgs(rt.redis).items() if "removed_at" not in facts]
+
+
+def discover(rt: Runtime) -> list[str]:
+    """Read the organizations endpoint; register new orgs, mark vanished ones."""
+    try:
+        found = rt.api.organizations()
+    except Exception as exc:
+        rt.redis.delete(planstore.DISCOVERY)  # try again on a later tick
+        log.warning("org discovery failed: %s", exc)
+        return []
+    ids = [o.org_id for o in found]
+    for org in found:
+        state.register_org(rt.redis, org.org_id, name=org.name)
+    for org_id, facts in state.known_orgs(rt.redis).items():
+        if org_id not in ids and "removed_at" not in facts:
+            state.mark_removed(rt.redis, org_id)
+    log.info("orgs discovered count=%d", len(ids))
+    return ids
+
+
+def warnings(alloc: Allocation, settings: Settings) -> list[str]:
+    """What the budget cannot give that the settings ask for, with what it can."""
+    out: list[str] = []
+    rates = list(alloc.rates.values())
+    if not rates:
+        return out
+    if not alloc.sweep_floor_met:
+        worst = max(r.sweep_every for r in rates)
+        out.append(
+            f"ETBRIDGE_SWEEP_INTERVAL={settings.sweep_interval:g} cannot be met at "
+            f"ETBRIDGE_RATE_LIMIT={settings.rate_limit}: deletions are looked for every "
+            f"{_seconds(worst)} at the most"
+        )
+    if not alloc.poll_interval_met:
+        worst = max(r.poll_every for r in rates if r.poll > 0) if any(r.poll for r in rates) else 0
+        out.append(
+            f"ETBRIDGE_POLL_INTERVAL={settings.poll_interval:g} cannot be met at "
+            f"ETBRIDGE_RATE_LIMIT={settings.rate_limit}: orgs are polled every "
+            f"{_seconds(worst)} at the most"
+        )
+    return out
+
+
+def _seconds(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.0f} s"
+
+
+def tick(rt: Runtime, tick_seconds: float) -> Tick:
+    """Plan one tick (one caller per tick fleet-wide; a second beat's tick plans nothing)."""
+    if not planstore.take_tick(rt.redis, tick_seconds):
+        return Tick(skipped="another beat planned this tick")
+    settings = rt.settings
+    now = time.time()
+    units = planstore.gather(rt.redis, org_ids(rt), settings.resources, now)
+    config = scheduler.PlanConfig.from_settings(settings, tick_seconds)
+    alloc = scheduler.plan_rates(units, settings.rate_limit, config)
+    found = warnings(alloc, settings)
+    previous = planstore.summary(rt.redis)
+    if found and found != previous.get("warnings"):
+        for line in found:
+            log.warning("WARNING: %s", line)
+    if found != previous.get("warnings") or now - float(previous.get("at", 0)) >= RECORD_EVERY:
+        planstore.record_summary(
+            rt.redis,
+            {
+                "at": now,
+                "cycle": round(alloc.cycle, 3),
+                "requests_per_min": round(alloc.cost * 60, 2),
+                "units": len(units),
+                "warnings": found,
+            },
+        )
+    budget = rt.budget.status()
+    decisions = scheduler.dispatch(
+        now,
+        units,
+        alloc,
+        scheduler.Budget(
+            limit=settings.rate_limit,
+            used=int(budget.get("used", 0)),
+            inflight=sum(u.poll_pages for u in units if u.busy),
+            paused_for=float(budget.get("paused_for") or 0.0),
+        ),
+        config,
+    )
+    planstore.mark_queued(rt.redis, decisions, now)
+    return Tick(decisions=decisions, warnings=found)
+
+
+def sweep_pages(decision: scheduler.Decision, settings: Settings) -> int:
+    """Pages one sweep task may list: one for a periodic sweep, about a second's worth otherwise."""
+    if decision.reason in (scheduler.Reason.BASELINE, scheduler.Reason.RESYNC):
+        return max(1, int(settings.rate_limit / scheduler.BUDGET_WINDOW))
+    return 1
