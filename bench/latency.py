@@ -69,10 +69,12 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -93,6 +95,8 @@ from _common import (
 )
 
 from etbridge import keys, planstore, scheduler
+from etbridge.allocation import Demand, allocate
+from etbridge.planner import ALLOCATION_TTL
 from etbridge.redisserver import RedisServer
 from etbridge.runtime import Runtime
 from etbridge.settings import Settings
@@ -100,6 +104,7 @@ from tests.support.fleet import Fleet, Proc, fleet_env
 from tests.support.sandbox import Sandbox
 
 POLICIES = ("planner", "round-robin", "fixed-60s")
+SHAPES = ("uniform", "80/20")
 LIMIT = 100
 POLL_INTERVAL = 1.0
 BUDGET_WINDOW = 61.0  # RequestBudget: the API's 60 s window + the 1 s margin
@@ -148,10 +153,11 @@ def driver(
     interval: float,
     stop: Any,
     errors: Any,
+    limit: int,
 ) -> None:
     """Poll the orgs one after the other, each every ``interval`` seconds (evenly staggered)."""
     logging.getLogger("etbridge").setLevel(logging.ERROR)
-    rt = Runtime(bench_settings(api_url, redis_url, LIMIT, orgs))
+    rt = Runtime(bench_settings(api_url, redis_url, limit, orgs))
     poller = rt.poller()
     step = interval / len(orgs)
     next_at = time.monotonic()
@@ -170,11 +176,33 @@ def driver(
         next_at = max(next_at + step, time.monotonic())
 
 
-@dataclass
-class Run:
-    """One (O, policy) configuration."""
+@dataclass(frozen=True)
+class Group:
+    """One (O, churn shape, budget) case; its three policies run side by side."""
 
     orgs: int
+    shape: str  # "uniform" or "80/20"
+    limit: int = LIMIT
+
+    @property
+    def name(self) -> str:
+        return f"{self.orgs} {self.shape}"
+
+    @property
+    def hot_share(self) -> float:
+        return HOT_SHARE if self.shape == "80/20" else HOT_FRACTION
+
+    @property
+    def cycle(self) -> float:
+        """T = 60·O/B: the budget's own bound on one poll of every org."""
+        return 60.0 * self.orgs / self.limit
+
+
+@dataclass
+class Run:
+    """One (group, policy) configuration."""
+
+    group: Group
     policy: str
     sandbox: Sandbox
     redis_url: str
@@ -186,8 +214,12 @@ class Run:
     ended: float = 0.0
 
     @property
+    def orgs(self) -> int:
+        return self.group.orgs
+
+    @property
     def name(self) -> str:
-        return f"O={self.orgs} {self.policy}"
+        return f"O={self.group.name} {self.policy}"
 
 
 def start_run(run: Run, logdir: Path) -> None:
@@ -196,22 +228,23 @@ def start_run(run: Run, logdir: Path) -> None:
         env = fleet_env(
             run.sandbox,
             run.redis_url,
-            ETBRIDGE_RATE_LIMIT=str(LIMIT),
+            ETBRIDGE_RATE_LIMIT=str(run.group.limit),
             ETBRIDGE_POLL_INTERVAL=f"{POLL_INTERVAL:g}",
             ETBRIDGE_SWEEP_INTERVAL="3600",
             ETBRIDGE_ORGS=",".join(ids),
             ETBRIDGE_SINKS="redis-stream:bench:events",
         )
-        run.fleet = Fleet(env, logdir / f"o{run.orgs}-planner")
+        run.fleet = Fleet(env, logdir / f"o{run.orgs}-{run.group.shape.replace('/', '-')}-planner")
         run.fleet.logdir.mkdir(parents=True, exist_ok=True)
         run.fleet.worker(concurrency=2)
         run.fleet.beat()
         return
-    interval = BUDGET_WINDOW * run.orgs / LIMIT if run.policy == "round-robin" else 60.0
+    limit = run.group.limit
+    interval = BUDGET_WINDOW * run.orgs / limit if run.policy == "round-robin" else 60.0
     run.stop, run.errors = ctx.Event(), ctx.Value("i", 0)
     run.process = ctx.Process(
         target=driver,
-        args=(run.sandbox.url, run.redis_url, ids, interval, run.stop, run.errors),
+        args=(run.sandbox.url, run.redis_url, ids, interval, run.stop, run.errors, limit),
         daemon=True,
     )
     run.process.start()
@@ -273,17 +306,17 @@ def match(
 
 def mutate_loop(
     runs: list[Run],
-    orgs: int,
+    group: Group,
     rate: float,
     measure_from: float,
     measure_to: float,
     stop: threading.Event,
     seed: int,
 ) -> None:
-    """Poisson mutations, 80 % on the hot orgs, applied identically to every run of one O."""
+    """Poisson mutations (80/20: 80 % on the hot 20 % of the orgs), the same for every run."""
     rng = random.Random(seed)
-    ids = org_ids(orgs)
-    n_hot = max(1, round(HOT_FRACTION * orgs))
+    ids = org_ids(group.orgs)
+    n_hot = max(1, round(HOT_FRACTION * group.orgs))
     hot, quiet = ids[:n_hot], ids[n_hot:]
     next_at = time.time()
     while not stop.is_set():
@@ -291,7 +324,8 @@ def mutate_loop(
         delay = next_at - time.time()
         if delay > 0 and stop.wait(delay):
             return
-        org = rng.choice(hot) if rng.random() < HOT_SHARE or not quiet else rng.choice(quiet)
+        hot_pick = rng.random() < group.hot_share or not quiet
+        org = rng.choice(hot) if hot_pick else rng.choice(quiet)
         now = time.time()
         measured = measure_from <= now < measure_to
         for run in runs:
@@ -316,8 +350,8 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 def run_latency(
     server: RedisServer,
-    org_counts: Sequence[int],
-    churn: float,
+    groups: Sequence[Group],
+    churn: Callable[[Group], float],
     warmup: float,
     window: float,
     drain: float,
@@ -330,16 +364,18 @@ def run_latency(
     side_result: Any = None
     db = 0
     try:
-        for count in org_counts:
+        for group in groups:
             for policy in POLICIES:
                 db += 1
                 url = server.url.rsplit("/", 1)[0] + f"/{db}"
                 redis.Redis.from_url(url).flushdb()
-                sb = Sandbox.start(orgs=count, bookings=BOOKINGS, seed=17, rate_limit=LIMIT)
-                runs.append(Run(count, policy, sb, url))
+                sb = Sandbox.start(
+                    orgs=group.orgs, bookings=BOOKINGS, seed=17, rate_limit=group.limit
+                )
+                runs.append(Run(group, policy, sb, url))
         print(f"  baselining {len(runs)} sandboxes ...", flush=True)
         for run in runs:
-            baseline(run.sandbox, run.redis_url, org_ids(run.orgs), LIMIT)
+            baseline(run.sandbox, run.redis_url, org_ids(run.orgs), run.group.limit)
         for run in runs:
             start_run(run, logdir)
         # The planner's first tick: its worker and beat are up.
@@ -361,17 +397,17 @@ def run_latency(
             threading.Thread(
                 target=mutate_loop,
                 args=(
-                    [r for r in runs if r.orgs == count],
-                    count,
-                    churn,
+                    [r for r in runs if r.group == group],
+                    group,
+                    churn(group),
                     measure_from,
                     measure_to,
                     stop,
-                    100 + count,
+                    100 + group.orgs,
                 ),
                 daemon=True,
             )
-            for count in org_counts
+            for group in groups
         ]
         for thread in threads:
             thread.start()
@@ -428,7 +464,13 @@ def run_latency(
             full_windows = [
                 v for k, v in windows.items() if t0 <= int(k) and int(k) + 60 <= run.ended
             ]
-            results.setdefault(str(run.orgs), {})[run.policy] = {
+            churn_windows = [
+                v
+                for k, v in windows.items()
+                if measure_from - 60 <= int(k) and int(k) + 60 <= measure_to
+            ]
+            delays = _delays(run.redis_url) if run.policy == "planner" else []
+            results.setdefault(run.group.name, {})[run.policy] = {
                 "measured_mutations": len(lat),
                 "undetected": sum(v is None for v in lat),
                 "undetected_lower_bounds_s": [
@@ -446,6 +488,11 @@ def run_latency(
                 "api_requests": counters["api_requests"],
                 "requests_per_s": round(counters["api_requests"] / max(1e-9, run.ended - t0), 3),
                 "max_requests_in_a_full_window": max(full_windows) if full_windows else None,
+                # Requests per full API minute while the churn ran, over the limit.
+                "utilisation": round(
+                    statistics.fmean(churn_windows) / run.group.limit if churn_windows else 0.0, 3
+                ),
+                "dispatch_delay_s": summarize(delays),
                 "requests_per_window": windows,
                 "driver_errors": run.errors.value if run.errors is not None else 0,
                 "duration_s": round(run.ended - t0, 1),
@@ -464,14 +511,19 @@ def _mean_of(per_org: dict[str, int], orgs: set[str]) -> float:
 
 
 def _activity(redis_url: str, orgs: Sequence[str]) -> dict[str, float]:
-    """The planner's decayed change count per org at the end (what its weights come from)."""
+    """The planner's change-rate estimate per org at the end (changes a minute)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        out = {}
-        for org in orgs:
-            raw = client.hget(planstore.plan_key(org), "activity")
-            out[org] = round(float(raw), 1) if raw else 0.0
-        return out
+        units = planstore.gather(client, orgs, ["bookings"], time.time())
+        return {u.org_id: round(u.changes.rate(scheduler.CHANGE_PRIOR) * 60, 2) for u in units}
+    finally:
+        client.close()
+
+
+def _delays(redis_url: str) -> list[float]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return planstore.delays(client)
     finally:
         client.close()
 
@@ -608,7 +660,10 @@ def _scaling_row(
         return round((after[name] - before[name]) / dt, 3)
 
     polls = (after["list_requests"] - before["list_requests"]) / dt
+    worker_cpu = share("workers_cpu")
     return {
+        # Worker CPU (Celery included) per poll: most polls of this churn find little.
+        "worker_cpu_ms_per_poll": round(worker_cpu / max(polls, 1e-9) * 1000, 2),
         "workers": workers,
         "seconds": round(dt, 1),
         "orgs_polled_per_s": round(polls, 1),
@@ -640,52 +695,285 @@ def _scaling_row(
 # --- report ------------------------------------------------------------------------------
 
 
-def bounds(orgs: int) -> dict[str, float]:
-    config = scheduler.PlanConfig(poll_interval=POLL_INTERVAL, sweep_interval=3600.0, tick=2.0)
-    cycle = 60.0 * orgs / LIMIT
+def analytic(group: Group, churn: float) -> dict[str, float]:
+    """The allocation's expected mean latency with the true rates, over round-robin's T/2."""
+    n_hot = max(1, round(HOT_FRACTION * group.orgs))
+    hot = churn * group.hot_share / n_hot
+    quiet = churn * (1 - group.hot_share) / max(1, group.orgs - n_hot)
+    demands = [
+        Demand(o, hot if n < n_hot else quiet, 0.0, 1.0, 1.0)
+        for n, o in enumerate(org_ids(group.orgs))
+    ]
+    config = scheduler.PlanConfig(poll_interval=POLL_INTERVAL, sweep_interval=3600.0)
+    alloc = allocate(demands, config.limits(group.limit))
+    mean = alloc.expected_latency(demands)
+    round_robin = BUDGET_WINDOW * group.orgs / group.limit / 2
+    return {"mean_s": round(mean, 3), "over_round_robin": round(mean / round_robin, 3)}
+
+
+def group_targets(group: Group, per: dict[str, Any], churn: float) -> dict[str, Any]:
+    """The issue's targets for one group (T = 60·O/B)."""
+    t = group.cycle
+    ours, rr = per["planner"], per["round-robin"]
+    p99 = ours["latency_s"].get("p99", math.inf) if ours["undetected"] == 0 else math.inf
+    mean = ours["latency_s"].get("mean", math.inf)
+    rr_mean = rr["latency_s"].get("mean", 0.0)
+    out: dict[str, Any] = {
+        "T_s": round(t, 2),
+        "analytic": analytic(group, churn),
+        "planner_mean_over_round_robin": round(mean / max(1e-9, rr_mean), 3),
+        "no_429_met": ours["served_429"] == 0,
+        "utilisation": ours["utilisation"],
+        "utilisation_ge_0.95_met": ours["utilisation"] >= 0.95,
+        "dispatch_delay_p99_s": ours["dispatch_delay_s"].get("p99"),
+        "dispatch_delay_p99_le_0.5s_met": ours["dispatch_delay_s"].get("p99", math.inf) <= 0.5,
+    }
+    if group.shape == "uniform":
+        out["p99_max_s"] = round(1.05 * t + 1, 2)
+        out["p99_met"] = p99 <= 1.05 * t + 1
+        out["p99_not_above_round_robin_met"] = p99 <= rr["latency_s"].get("p99", 0.0)
+        out["mean_max_s"] = round(0.55 * t + 0.5, 2)
+        out["mean_met"] = mean <= 0.55 * t + 0.5
+    else:
+        out["p99_max_s"] = round(1.3 * t + 1, 2)
+        out["p99_met"] = p99 <= 1.3 * t + 1
+        out["mean_le_0.75_round_robin_met"] = mean <= 0.75 * rr_mean
+    return out
+
+
+# --- deletions under a tight budget ----------------------------------------------------
+
+
+def run_deletions(
+    server: RedisServer, warmup: float, window: float, drain: float, logdir: Path
+) -> dict[str, Any]:
+    """30/min, 6 orgs x 150 bookings, one deletion every 10 s plus updates, sweeps asked every 10 s.
+
+    Sweeps every 10 s cannot be afforded (6 orgs x 2 pages every 10 s is 72/min):
+    the allocation trades sweeps against polls by the deletions and changes it
+    sees. Targets: every deletion announced within 90 s, deletion p99 <= 1.2 x
+    the sweep cycle the allocation reports (status), creates/updates p99 <= 1.3
+    x their own poll interval (status), 0 x 429.
+    """
+    limit, orgs = 30, 6
+    ids = org_ids(orgs)
+    url = server.url.rsplit("/", 1)[0] + "/14"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    with Sandbox.start(orgs=orgs, bookings=150, seed=29, rate_limit=limit) as sb:
+        baseline(sb, url, ids, limit)
+        env = fleet_env(
+            sb,
+            url,
+            ETBRIDGE_RATE_LIMIT=str(limit),
+            ETBRIDGE_POLL_INTERVAL=f"{POLL_INTERVAL:g}",
+            ETBRIDGE_SWEEP_INTERVAL="10",
+            ETBRIDGE_ORGS=",".join(ids),
+            ETBRIDGE_SINKS="redis-stream:bench:events",
+            ETBRIDGE_LOG_LEVEL="WARNING",
+        )
+        (logdir / "deletions").mkdir(parents=True, exist_ok=True)
+        fleet = Fleet(env, logdir / "deletions")
+        mutations: list[tuple[dict[str, Any], bool]] = []
+        try:
+            fleet.worker(concurrency=2)
+            fleet.beat()
+            rng = random.Random(31)
+            t0 = time.time()
+            measure_from, measure_to = t0 + warmup, t0 + warmup + window
+            next_delete = next_update = t0
+            while time.time() < measure_to:
+                now = time.time()
+                if now >= next_delete:
+                    (entry,) = sb.mutate(1, org=rng.choice(ids), kinds=["delete"])
+                    mutations.append((entry, measure_from <= now))
+                    next_delete += 10.0
+                if now >= next_update:
+                    (entry,) = sb.mutate(1, org=rng.choice(ids), kinds=KINDS)
+                    mutations.append((entry, measure_from <= now))
+                    next_update += rng.expovariate(0.3)
+                time.sleep(max(0.0, min(next_delete, next_update) - time.time()))
+            deadline = time.time() + drain
+            deleted_ids = {
+                (str(e["org"]), str(e["id"])) for e, m in mutations if e["kind"] == "delete"
+            }
+            while time.time() < deadline:
+                gone = _deleted_events(url, ids)
+                if deleted_ids <= set(gone):
+                    break
+                time.sleep(2.0)
+            ended = time.time()
+            status = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "etbridge", "status", "--json"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                ).stdout
+            )
+        finally:
+            fleet.stop()
+        counters = sb.counters()
+    gone = _deleted_events(url, ids)
+    events = committed_events(url, ids)
+    client.close()
+    deletes = [(e, m) for e, m in mutations if e["kind"] == "delete"]
+    changes = [(e, m) for e, m in mutations if e["kind"] != "delete"]
+    del_lat = []
+    for entry, measured in deletes:
+        if not measured:
+            continue
+        commit = gone.get((str(entry["org"]), str(entry["id"])))
+        del_lat.append(commit - float(entry["at"]) if commit else ended - float(entry["at"]))
+    change_lat, _ = match(changes, events)
+    sweep_cycle = max(o["deletion_interval"] or math.inf for o in status["orgs"].values())
+    poll_every = max(o["poll_interval"] or math.inf for o in status["orgs"].values())
+    deletions = summarize(del_lat)
+    updates = summarize([v for v in change_lat if v is not None])
     return {
-        "cycle_bound_s": round(cycle, 2),
-        "round_robin_interval_s": round(BUDGET_WINDOW * orgs / LIMIT, 2),
-        "planner_cycle_interval_s": round(scheduler.cycle_interval(orgs, LIMIT, config), 2),
-        "planner_latency_bound_s": round(scheduler.latency_bound(orgs, LIMIT, config), 2),
-        "target_p99_s": round(1.2 * cycle + 2.0, 2),
+        "limit_per_minute": limit,
+        "orgs": orgs,
+        "bookings_per_org": 150,
+        "sweep_interval_asked_s": 10,
+        "allocated_sweep_cycle_s": sweep_cycle,
+        "allocated_poll_interval_s": poll_every,
+        "deletions_s": deletions,
+        "undetected_deletions": sum(
+            1 for e, m in deletes if m and (str(e["org"]), str(e["id"])) not in gone
+        ),
+        "changes_s": updates,
+        "served_429": counters["served_429"],
+        "warnings": status.get("warnings", []),
+        "targets": {
+            "all_within_90s_met": bool(del_lat) and max(del_lat) <= 90.0,
+            "deletion_p99_le_1.2_sweep_cycle_met": deletions.get("p99", math.inf)
+            <= 1.2 * sweep_cycle,
+            "changes_p99_le_1.3_poll_interval_met": updates.get("p99", math.inf)
+            <= 1.3 * poll_every + 1.0,
+            "no_429_met": counters["served_429"] == 0,
+        },
+    }
+
+
+def _deleted_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str], float]:
+    """(org, booking id) -> commit time of its first deleted event."""
+    client = redis.Redis.from_url(redis_url)
+    out: dict[tuple[str, str], float] = {}
+    try:
+        for org in orgs:
+            for entry_id, fields in client.xrange(keys.outbox(org)):
+                env = json.loads(fields[b"event"])
+                if env["type"].endswith(".deleted"):
+                    ms = int(entry_id.decode().split("-")[0])
+                    out.setdefault((org, str(env["subject"])), ms / 1000.0)
+    finally:
+        client.close()
+    return out
+
+
+# --- planning CPU ------------------------------------------------------------------------
+
+
+def planning_cpu(units: int = 10_000, ticks: int = 20) -> dict[str, Any]:
+    """CPU of the pure planning (allocation + dispatch) for ``units`` orgs, per tick."""
+    rng = random.Random(5)
+    now = time.time()
+    views = [
+        scheduler.UnitView(
+            str(i),
+            "bookings",
+            baselined=True,
+            last_poll_due=now - rng.uniform(0, 600),
+            last_sweep_due=now - rng.uniform(0, 3600),
+            changes=scheduler.RateEstimate(rng.expovariate(0.2), 600.0, now),
+            sweep_pages=float(rng.randint(1, 20)),
+        )
+        for i in range(units)
+    ]
+    config = scheduler.PlanConfig(poll_interval=30.0, sweep_interval=3600.0)
+    budget = scheduler.Budget(limit=400, used=300)
+    started = time.process_time()
+    for _ in range(ticks):
+        alloc = scheduler.plan_rates(views, budget.limit, config)
+    allocation_ms = (time.process_time() - started) / ticks * 1000
+    started = time.process_time()
+    for _ in range(ticks):
+        scheduler.dispatch(now, views, alloc, budget, config)
+    dispatch_ms = (time.process_time() - started) / ticks * 1000
+    # planner.py reuses an allocation for ALLOCATION_TTL seconds of 1 s ticks.
+    per_tick = dispatch_ms + allocation_ms / (ALLOCATION_TTL / config.tick)
+    return {
+        "units": units,
+        "allocation_ms": round(allocation_ms, 2),
+        "dispatch_ms": round(dispatch_ms, 2),
+        "ms_per_tick": round(per_tick, 2),
+        "target_le_20ms_met": per_tick <= 20.0,
     }
 
 
 def print_report(doc: dict[str, Any]) -> None:
     print()
     print(
-        f"detection latency (s), B = {LIMIT}/min, churn {doc['config']['churn_per_s']:g}/s "
-        "(hot / quiet: mean latency of changes on hot / quiet orgs; polls h/q: polls per "
-        "hot / quiet org)"
+        "detection latency (s): planner vs round-robin vs fixed 60 s, side by side "
+        "(hot / quiet: mean latency on hot / quiet orgs; polls h/q: polls per hot / quiet org)"
     )
     header = (
-        f"{'O':>3} {'policy':<12} {'n':>4} {'mean':>6} {'±sem':>5} {'p50':>6} {'p95':>6} "
-        f"{'p99':>6} {'max':>6} {'hot':>6} {'quiet':>6} {'polls h/q':>10} {'undet':>5} "
-        f"{'429':>4}"
+        f"{'group':<12} {'B':>4} {'policy':<12} {'n':>4} {'mean':>6} {'p50':>6} {'p99':>6} "
+        f"{'max':>6} {'hot':>6} {'quiet':>6} {'polls h/q':>10} {'util':>5} {'delay99':>7} "
+        f"{'undet':>5} {'429':>4}"
     )
     print(header)
     print("-" * len(header))
-    for orgs, per_policy in doc["latency"].items():
+    for name, per_policy in doc["latency"].items():
+        limit = doc["groups"][name]["limit"]
         for policy in POLICIES:
             r = per_policy[policy]
             s = r["latency_s"]
             polls = f"{r['polls_per_hot_org']:.0f}/{r['polls_per_quiet_org']:.0f}"
+            delay = r["dispatch_delay_s"].get("p99")
             print(
-                f"{orgs:>3} {policy:<12} {s.get('n', 0):>4} {s.get('mean', 0):>6.2f} "
-                f"{s.get('sem', 0):>5.2f} {s.get('p50', 0):>6.2f} {s.get('p95', 0):>6.2f} "
-                f"{s.get('p99', 0):>6.2f} {s.get('max', 0):>6.2f} "
+                f"{name:<12} {limit:>4} {policy:<12} {s.get('n', 0):>4} {s.get('mean', 0):>6.2f} "
+                f"{s.get('p50', 0):>6.2f} {s.get('p99', 0):>6.2f} {s.get('max', 0):>6.2f} "
                 f"{r['hot_orgs'].get('mean', 0):>6.2f} {r['quiet_orgs'].get('mean', 0):>6.2f} "
-                f"{polls:>10} {r['undetected']:>5} {r['served_429']:>4}"
+                f"{polls:>10} {r['utilisation']:>5.2f} "
+                f"{(f'{delay:.2f}' if delay is not None else '-'):>7} "
+                f"{r['undetected']:>5} {r['served_429']:>4}"
             )
-        b = doc["bounds"][orgs]
-        t = doc["targets"][orgs]
+        t = doc["targets"][name]
+        met = ", ".join(
+            f"{k[:-4]} {'met' if v else 'MISSED'}" for k, v in t.items() if k.endswith("_met")
+        )
         print(
-            f"    bound 60*O/B = {b['cycle_bound_s']:g}s; target p99 <= {b['target_p99_s']:g}s "
-            f"({'met' if t['p99_met'] else 'MISSED'}); mean below round-robin: "
-            f"{'met' if t['mean_below_round_robin_met'] else 'MISSED'}; 0 x 429: "
-            f"{'met' if t['no_429_met'] else 'MISSED'}; planner's own cap "
-            f"{b['planner_latency_bound_s']:g}s"
+            f"    T = {t['T_s']:g}s; p99 <= {t['p99_max_s']:g}s; planner mean / round-robin "
+            f"{t['planner_mean_over_round_robin']:.3f} (analytic optimum "
+            f"{t['analytic']['over_round_robin']:.3f}); {met}"
+        )
+    d = doc.get("deletions")
+    if d:
+        print()
+        print(
+            f"deletions: B = {d['limit_per_minute']}/min, {d['orgs']} orgs x "
+            f"{d['bookings_per_org']} bookings, sweeps asked every {d['sweep_interval_asked_s']} s"
+        )
+        print(
+            f"  allocated: sweep cycle {d['allocated_sweep_cycle_s']:.1f}s, poll interval "
+            f"{d['allocated_poll_interval_s']:.1f}s; deleted: mean "
+            f"{d['deletions_s'].get('mean', 0):.1f}s p99 {d['deletions_s'].get('p99', 0):.1f}s "
+            f"max {d['deletions_s'].get('max', 0):.1f}s (undetected {d['undetected_deletions']}); "
+            f"creates/updates p99 {d['changes_s'].get('p99', 0):.1f}s; 429s {d['served_429']}"
+        )
+        verdicts = [f"{k[:-4]} {'met' if v else 'MISSED'}" for k, v in d["targets"].items()]
+        print("  " + ", ".join(verdicts))
+    cpu = doc.get("planning_cpu")
+    if cpu:
+        print()
+        print(
+            f"planning CPU, {cpu['units']} orgs: {cpu['ms_per_tick']:.1f} ms per tick "
+            f"(allocation {cpu['allocation_ms']:.0f} ms every {ALLOCATION_TTL:g} s, dispatch "
+            f"{cpu['dispatch_ms']:.1f} ms every tick) "
+            f"(target <= 20 ms: {'met' if cpu['target_le_20ms_met'] else 'MISSED'})"
         )
     if doc.get("scaling"):
         print()
@@ -721,12 +1009,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="O = 10 only, short windows")
     parser.add_argument(
-        "--orgs", type=int, nargs="*", help="org counts (default 10 50; none: scaling only)"
+        "--orgs", type=int, nargs="*", help="org counts (default 10 50 200; none: no latency part)"
     )
-    parser.add_argument("--churn", type=float, default=1.5, help="mutations/s per org count")
+    parser.add_argument(
+        "--churn", type=float, default=0.05, help="mutations/s per org (default 0.05)"
+    )
     parser.add_argument("--warmup", type=float, help="unmeasured seconds of churn first")
     parser.add_argument("--window", type=float, help="seconds of measured mutations")
     parser.add_argument("--drain", type=float, default=70.0, help="max seconds to drain")
+    parser.add_argument("--no-deletions", action="store_true", help="skip the deletion case")
     parser.add_argument("--scaling-workers", type=int, nargs="*", help="default 1 2 4")
     parser.add_argument("--scaling-limit", type=int, default=30000)
     parser.add_argument("--scaling-orgs", type=int, help="default 600 (quick: 300)")
@@ -734,18 +1025,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-seconds", type=float, help="measured seconds per step")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    org_counts = args.orgs if args.orgs is not None else ([10] if args.quick else [10, 50])
+    org_counts = args.orgs if args.orgs is not None else ([10] if args.quick else [10, 50, 200])
     warmup = args.warmup if args.warmup is not None else (10.0 if args.quick else 30.0)
-    window = args.window or (30.0 if args.quick else 150.0)
+    window = args.window or (30.0 if args.quick else 120.0)
     scaling_workers = (
         args.scaling_workers
         if args.scaling_workers is not None
         else ([1, 2] if args.quick else [1, 2, 4])
     )
     scaling_seconds = args.scaling_seconds or (6.0 if args.quick else 25.0)
+    # Rounds of groups that run at the same time: one churn shape per round, and
+    # O = 200 with its larger budget (B = 400/min keeps T = 30 s) on its own.
+    rounds: list[list[Group]] = []
+    for shape in SHAPES:
+        small = [Group(o, shape) for o in org_counts if o < 200]
+        if small:
+            rounds.append(small)
+    big = [Group(o, shape, 400) for o in org_counts if o >= 200 for shape in SHAPES]
+    if big:
+        rounds.append(big)
     logdir = Path(tempfile.mkdtemp(prefix="etbridge-latency-"))
-    print(f"latency: O = {org_counts}, logs in {logdir}", flush=True)
+    print(f"latency: rounds {[[g.name for g in r] for r in rounds]}, logs in {logdir}", flush=True)
     started = time.monotonic()
+
+    def churn(group: Group) -> float:
+        return args.churn * group.orgs
+
+    latency: dict[str, Any] = {}
+    scaling: list[dict[str, Any]] = []
+    deletions: dict[str, Any] | None = None
     with RedisServer() as server:
 
         def scaling_part() -> list[dict[str, Any]]:
@@ -764,50 +1072,40 @@ def main(argv: list[str] | None = None) -> int:
                 logdir=logdir,
             )
 
-        if org_counts:
-            latency, scaling = run_latency(
+        for n, groups in enumerate(rounds):
+            print(f"round {n + 1}/{len(rounds)}: {[g.name for g in groups]}", flush=True)
+            last = n == len(rounds) - 1
+            part, side = run_latency(
                 server,
-                org_counts,
-                args.churn,
+                groups,
+                churn,
                 warmup,
                 window,
                 args.drain,
                 logdir,
-                while_draining=scaling_part,
+                while_draining=scaling_part if last else None,
             )
-        else:
-            latency, scaling = {}, scaling_part()
-    targets: dict[str, Any] = {}
-    all_bounds: dict[str, Any] = {}
-    for orgs, per_policy in latency.items():
-        b = bounds(int(orgs))
-        all_bounds[orgs] = b
-        ours = per_policy["planner"]
-        rr = per_policy["round-robin"]
-        p99 = ours["latency_s"].get("p99", float("inf"))
-        targets[orgs] = {
-            "p99_max_s": b["target_p99_s"],
-            "p99_met": ours["undetected"] == 0 and p99 <= b["target_p99_s"],
-            "no_429_met": ours["served_429"] == 0,
-            "mean_below_round_robin_met": ours["latency_s"].get("mean", float("inf"))
-            < rr["latency_s"].get("mean", 0.0),
-            "planner_mean_over_round_robin": round(
-                ours["latency_s"].get("mean", 0.0) / max(1e-9, rr["latency_s"].get("mean", 0.0)),
-                3,
-            ),
-            "planner_p99_over_fixed_60s": round(
-                p99 / max(1e-9, per_policy["fixed-60s"]["latency_s"].get("p99", 0.0)), 3
-            ),
-        }
+            latency.update(part)
+            if last:
+                scaling = side or []
+        if not rounds:
+            scaling = scaling_part()
+        if not args.no_deletions:
+            print("deletions: 30/min, 6 orgs x 150 bookings ...", flush=True)
+            deletions = run_deletions(server, warmup, window, 90.0, logdir)
+    all_groups = {g.name: g for r in rounds for g in r}
+    targets = {
+        name: group_targets(all_groups[name], per, churn(all_groups[name]))
+        for name, per in latency.items()
+    }
     document = {
         "benchmark": "latency",
         "quick": args.quick,
         "config": {
-            "limit_per_minute": LIMIT,
             "poll_interval_s": POLL_INTERVAL,
             "bookings_per_org": BOOKINGS,
-            "churn_per_s": args.churn,
-            "hot_orgs": f"{HOT_FRACTION:.0%} of orgs get {HOT_SHARE:.0%} of mutations",
+            "churn_per_org_per_s": args.churn,
+            "hot_orgs": f"80/20: {HOT_FRACTION:.0%} of orgs get {HOT_SHARE:.0%} of mutations",
             "kinds": KINDS,
             "warmup_s": warmup,
             "window_s": window,
@@ -817,9 +1115,14 @@ def main(argv: list[str] | None = None) -> int:
             "scaling_churn": args.scaling_churn,
             "scaling_seconds": scaling_seconds,
         },
-        "bounds": all_bounds,
+        "groups": {
+            name: {"orgs": g.orgs, "shape": g.shape, "limit": g.limit, "churn_per_s": churn(g)}
+            for name, g in all_groups.items()
+        },
         "targets": targets,
         "latency": latency,
+        "deletions": deletions,
+        "planning_cpu": planning_cpu(),
         "scaling": scaling,
         "wall_clock_s": round(time.monotonic() - started, 1),
         "machine": machine_facts(),

@@ -10,16 +10,17 @@ assumptions and the two-pass floor are derived in docs/scheduling.md.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # A unit is first polled at least every ``FLOOR_CYCLES`` round-robin cycles of
 # its poll share, whatever its activity: the tail bound (docs/scheduling.md).
 FLOOR_CYCLES = 1.25
 
 
-@dataclass(frozen=True)
-class Demand:
+class Demand(NamedTuple):
     """One planning unit (an org's resource) as the estimates see it."""
 
     key: Hashable
@@ -40,8 +41,8 @@ class Limits:
     floor_cycles: float = FLOOR_CYCLES
 
 
-@dataclass(frozen=True)
-class Rates:
+class Rates(NamedTuple):
+    # Tuples, not dataclasses: a tick builds one per unit, 10,000 of them.
     poll: float  # f: incremental polls a second
     sweep: float  # g: complete sweeps a second
 
@@ -148,18 +149,19 @@ def allocate(demands: Sequence[Demand], limits: Limits) -> Allocation:
     # The sweep interval is what the operator asked for: sweeps run that often
     # when the budget allows, less often (as the optimum says) when it does not.
     g_hi = 1.0 / max(limits.sweep_interval, 1e-6)
-    polled = [d.poll_pages > 0 for d in demands]
+    keys, lam, dl, pp, sp, ceilings = zip(*demands, strict=True)
+    polled = [p > 0 for p in pp]
     # One vector of 2n items: the polls, then the sweeps, sharing one multiplier.
-    weights = [d.change_rate / 2 for d in demands] + [d.delete_rate / 2 for d in demands]
-    costs = [max(d.poll_pages, 1e-9) for d in demands] + [max(d.sweep_pages, 1.0) for d in demands]
-    g_his = [g_hi if d.sweep_ceiling is None else d.sweep_ceiling for d in demands]
+    weights = [x / 2 for x in lam] + [x / 2 for x in dl]
+    costs = [p if p > 1e-9 else 1e-9 for p in pp] + [x if x > 1.0 else 1.0 for x in sp]
+    g_his = [g_hi if c is None else c for c in ceilings]
     highs = [f_hi if p else 0.0 for p in polled] + g_his
     n = len(demands)
 
     # Pass 1, no floors: the share of the budget that sweeps earn by their deletions.
     first = waterfill(weights, costs, [0.0] * (2 * n), highs, rate)
-    sweep_share = sum(c * x for c, x in zip(costs[n:], first[n:], strict=True))
-    poll_pages = sum(d.poll_pages for d, p in zip(demands, polled, strict=True) if p)
+    sweep_share = math.fsum(map(operator.mul, costs[n:], first[n:]))
+    poll_pages = math.fsum(p for p in pp if p > 0)
     poll_rate = max(rate - sweep_share, rate * 1e-3)
     cycle = poll_pages / poll_rate if poll_pages else 0.0
 
@@ -168,15 +170,17 @@ def allocate(demands: Sequence[Demand], limits: Limits) -> Allocation:
     f_lo = min(f_hi, 1.0 / (limits.floor_cycles * cycle)) if cycle > 0 else 0.0
     poll_floor_cost = f_lo * poll_pages
     g_lo = g_hi
-    sweep_floor_cost = sum(c * min(g_lo, hi) for c, hi in zip(costs[n:], g_his, strict=True))
+    sweep_floor_cost = math.fsum(c * min(g_lo, hi) for c, hi in zip(costs[n:], g_his, strict=True))
     sweep_floor_met = poll_floor_cost + sweep_floor_cost <= rate
     if not sweep_floor_met:
         g_lo = 0.0
     lows = [f_lo if p else 0.0 for p in polled] + [min(g_lo, hi) for hi in g_his]
     rates = waterfill(weights, costs, lows, highs, rate)
-    spent = sum(c * x for c, x in zip(costs, rates, strict=True))
-    result = {d.key: Rates(poll=rates[i], sweep=rates[n + i]) for i, d in enumerate(demands)}
-    poll_met = all(rates[i] >= f_hi * (1 - 1e-9) for i in range(n) if polled[i])
+    spent = math.fsum(map(operator.mul, costs, rates))
+    result = dict(zip(keys, map(Rates, rates[:n], rates[n:]), strict=True))
+    poll_met = all(x >= f_hi * (1 - 1e-9) for x, p in zip(rates, polled, strict=False) if p)
     if sweep_floor_met:
-        sweep_floor_met = all(rates[n + i] >= lows[n + i] * (1 - 1e-9) for i in range(n))
+        sweep_floor_met = all(
+            x >= lo * (1 - 1e-9) for x, lo in zip(rates[n:], lows[n:], strict=True)
+        )
     return Allocation(result, spent, cycle, sweep_floor_met, poll_met)

@@ -21,8 +21,10 @@ from etbridge.settings import Settings
 
 log = logging.getLogger("etbridge.planner")
 
-# Seconds between two records of the allocation for status (it moves slowly).
+# Seconds between two records of the allocation's summary (it moves slowly).
 RECORD_EVERY = 5.0
+# Seconds an allocation is reused by the ticks that follow (in one process).
+ALLOCATION_TTL = 10.0
 
 
 @dataclass
@@ -91,6 +93,26 @@ def _seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.0f} s"
 
 
+_cache: tuple[float, tuple[object, ...], Allocation] | None = None
+
+
+def _allocation(
+    units: list[scheduler.UnitView], limit: int, config: scheduler.PlanConfig, now: float
+) -> Allocation:
+    """The allocation, recomputed every ALLOCATION_TTL seconds or when the units change.
+
+    The estimates move with a half-life of minutes, so a few seconds' old
+    allocation costs nothing, and a tick with 10,000 units stays cheap.
+    """
+    global _cache
+    signature = (limit, config, tuple(u.key for u in units))
+    if _cache is not None and _cache[1] == signature and now - _cache[0] < ALLOCATION_TTL:
+        return _cache[2]
+    alloc = scheduler.plan_rates(units, limit, config)
+    _cache = (now, signature, alloc)
+    return alloc
+
+
 def tick(rt: Runtime, tick_seconds: float) -> Tick:
     """Plan one tick (one caller per tick fleet-wide; a second beat's tick plans nothing)."""
     if not planstore.take_tick(rt.redis, tick_seconds):
@@ -99,7 +121,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
     now = time.time()
     units = planstore.gather(rt.redis, org_ids(rt), settings.resources, now)
     config = scheduler.PlanConfig.from_settings(settings, tick_seconds)
-    alloc = scheduler.plan_rates(units, settings.rate_limit, config)
+    alloc = _allocation(units, settings.rate_limit, config, now)
     found = warnings(alloc, settings)
     previous = planstore.summary(rt.redis)
     if found and found != previous.get("warnings"):

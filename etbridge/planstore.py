@@ -101,7 +101,9 @@ def mark_queued(client: redis.Redis, decisions: Sequence[scheduler.Decision], no
     pipe = client.pipeline(transaction=False)
     for d in decisions:
         deadline = "poll_due" if d.mode == "incremental" else "sweep_due"
-        values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode, deadline: repr(d.due)}
+        # The next deadline counts from the send time: where several units fell due
+        # at once, the pace spread their sends, and this keeps them spread.
+        values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode, deadline: repr(d.send_at)}
         pipe.hset(plan_key(d.org_id, d.resource), mapping=values)
     pipe.execute()
 
