@@ -469,7 +469,7 @@ def run_latency(
                 for k, v in windows.items()
                 if measure_from - 60 <= int(k) and int(k) + 60 <= measure_to
             ]
-            delays = _delays(run.redis_url) if run.policy == "planner" else []
+            delays = _delays(run.redis_url, measure_from) if run.policy == "planner" else []
             results.setdefault(run.group.name, {})[run.policy] = {
                 "measured_mutations": len(lat),
                 "undetected": sum(v is None for v in lat),
@@ -520,10 +520,10 @@ def _activity(redis_url: str, orgs: Sequence[str]) -> dict[str, float]:
         client.close()
 
 
-def _delays(redis_url: str) -> list[float]:
+def _delays(redis_url: str, since: float) -> list[float]:
     client = redis.Redis.from_url(redis_url)
     try:
-        return planstore.delays(client)
+        return planstore.delays(client, since)
     finally:
         client.close()
 

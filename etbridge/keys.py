@@ -106,7 +106,7 @@ PLAN_SUMMARY = f"{PREFIX}:plan:summary"
 """String: JSON of the last allocation's fleet-wide figures and warnings (status reads it)."""
 
 PLAN_DELAYS = f"{PREFIX}:plan:delays"
-"""List: the latest dispatch delays (deadline -> poll started), newest first."""
+"""List: the latest dispatch delays, "DEADLINE DELAY" (epoch seconds), newest first."""
 
 
 PLAN_LOCK = f"{PREFIX}:plan:lock"

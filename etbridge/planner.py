@@ -138,7 +138,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
                 "warnings": found,
             },
         )
-    budget = rt.budget.status()
+    budget = rt.budget.status(ahead=tick_seconds)
     decisions = scheduler.dispatch(
         now,
         units,
@@ -146,7 +146,8 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
         scheduler.Budget(
             limit=settings.rate_limit,
             used=int(budget.get("used", 0)),
-            inflight=sum(u.poll_pages for u in units if u.busy),
+            inflight=sum(u.poll_pages for u in units if u.queued),
+            freeing=int(budget.get("freeing", 0)),
             paused_for=float(budget.get("paused_for") or 0.0),
         ),
         config,

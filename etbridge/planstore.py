@@ -16,7 +16,7 @@ import redis
 
 from etbridge import keys, scheduler
 from etbridge.scheduler import RateEstimate
-from etbridge.state import text_hash
+from etbridge.state import text, text_hash
 
 PLAN_LOCK = keys.PLAN_LOCK
 DISCOVERY = keys.DISCOVERY
@@ -75,13 +75,14 @@ def gather(
     for org_id in org_ids:
         leased = bool(next(raw))
         facts = [(res, text_hash(next(raw)), text_hash(next(raw))) for res in resources]
-        queued = any(now - (_f(plan, "queued_at") or -math.inf) < QUEUED_TTL for *_, plan in facts)
-        for res, meta, plan in facts:
+        queued = [now - (_f(plan, "queued_at") or -math.inf) < QUEUED_TTL for *_, plan in facts]
+        for (res, meta, plan), unit_queued in zip(facts, queued, strict=True):
             views.append(
                 scheduler.UnitView(
                     org_id=org_id,
                     resource=res,
-                    busy=leased or queued,
+                    busy=leased or any(queued),
+                    queued=unit_queued,
                     retry_at=_f(plan, "retry_at") or 0.0,
                     baselined=meta.get("baselined") == "1",
                     urgent_sweep=meta.get("resync") == "1",
@@ -129,7 +130,7 @@ def mark_started(client: redis.Redis, org_id: str, resource: str, due: float | N
     pipe = client.pipeline(transaction=False)
     pipe.hdel(plan_key(org_id, resource), "queued_at")
     if due is not None:
-        pipe.lpush(keys.PLAN_DELAYS, repr(round(time.time() - due, 4)))
+        pipe.lpush(keys.PLAN_DELAYS, f"{due:.3f} {time.time() - due:.4f}")
         pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
     pipe.execute()
 
@@ -202,9 +203,14 @@ def plans(
     return {unit: text_hash(raw) for unit, raw in zip(units, pipe.execute(), strict=True)}
 
 
-def delays(client: redis.Redis) -> list[float]:
-    """The latest dispatch delays (seconds from a unit's deadline to its poll's start)."""
-    return [float(v) for v in client.lrange(keys.PLAN_DELAYS, 0, -1)]
+def delays(client: redis.Redis, since: float = 0.0) -> list[float]:
+    """The latest dispatch delays (seconds from a deadline to its poll's start), oldest first."""
+    out = []
+    for raw in reversed(client.lrange(keys.PLAN_DELAYS, 0, -1)):
+        due, _, delay = text(raw).partition(" ")
+        if float(due) >= since:
+            out.append(float(delay))
+    return out
 
 
 def discovery_due(client: redis.Redis, every: float) -> bool:

@@ -352,14 +352,15 @@ class RequestBudget:
 
     # -- reading -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, ahead: float = 0.0) -> dict[str, Any]:
         """``{"limit", "used", "paused_until", "paused_for"}``: grants and any pause.
 
         ``used`` counts the grants in the window the limiter enforces (60 s
         plus the margin), so a planner that subtracts it from the limit never
         plans ahead of the budget. Only reads Redis (for ``etbridge status``);
         ``paused_until`` is an ISO 8601 UTC time or ``None``, ``paused_for``
-        the seconds left of it.
+        the seconds left of it. ``freeing`` counts the grants that leave the
+        window within the next ``ahead`` seconds (the planner sends that far ahead).
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
@@ -367,7 +368,10 @@ class RequestBudget:
         (seconds, micros), pttl = pipe.execute()
         now_us = int(seconds) * 1_000_000 + int(micros)
         since = now_us - self._window_us
-        used = int(self.redis.zcount(self.key, f"({since}", "+inf"))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.key, f"({since}", "+inf")
+        pipe.zcount(self.key, f"({since}", since + int(ahead * 1_000_000))
+        used, freeing = (int(n) for n in pipe.execute())
         pttl = int(pttl)
         paused_until: str | None = None
         if pttl > 0:
@@ -376,6 +380,7 @@ class RequestBudget:
         return {
             "limit": self.limit,
             "used": used,
+            "freeing": freeing,
             "paused_until": paused_until,
             "paused_for": max(0, pttl) / 1000,
         }

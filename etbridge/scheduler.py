@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -29,10 +30,13 @@ UnitKey = tuple[str, str]  # (org_id, resource)
 # Estimates forget with this half-life: long enough to smooth Poisson noise,
 # short enough to follow an org that turns busy within minutes.
 HALF_LIFE = 300.0
-# Priors, as if this much had been seen: a new unit is polled like a quiet one
-# (one change in ten minutes, one deletion in ten hours) until data says more.
+# Priors, as if this much had been seen fleet-wide before the first poll: one
+# change in ten minutes, and a tenth of a deletion per ETBRIDGE_SWEEP_INTERVAL
+# (the interval the operator chose says how often deletions are worth a look).
+# Data outweighs them within minutes; the shrinkage below spreads what the
+# first units learn to the others.
 CHANGE_PRIOR = (0.5, 300.0)
-DELETE_PRIOR = (0.1, 3600.0)
+DELETE_PRIOR_EVENTS = 0.1
 # Seconds at the fleet's mean rate that every unit's own estimate starts from.
 PSEUDO_SECONDS = 10.0
 # The budget's window: the API's 60 s plus the limiter's safety margin.
@@ -72,6 +76,7 @@ class UnitView:
     org_id: str
     resource: str
     busy: bool = False  # the org has a poll queued or running (one lease per org)
+    queued: bool = False  # this unit's poll is queued and has not started yet
     retry_at: float = 0.0  # backoff after a failed poll
     baselined: bool = False
     urgent_sweep: bool = False  # a resync was asked for
@@ -92,7 +97,8 @@ class UnitView:
 class Budget:
     limit: int  # requests per 60 s, fleet-wide
     used: int  # requests granted in the last window
-    inflight: float = 0.0  # expected requests of polls queued or running
+    inflight: float = 0.0  # expected requests of polls queued and not started
+    freeing: int = 0  # grants that leave the window before the next tick
     paused_for: float = 0.0  # seconds left of a 429 pause
 
 
@@ -101,10 +107,10 @@ class PlanConfig:
     poll_interval: float = 30.0
     sweep_interval: float = 3600.0
     tick: float = 1.0  # seconds between two dispatches (beat's schedule)
-    # Kept back from the allocation. None by default: the few requests outside it
-    # (discovery, retries, deletion confirmations) take their slot from the same
-    # budget and delay the next poll by one pace, which costs less than idling.
-    reserve: float = 0.0
+    # Kept back from the allocation: slack, without which every late poll would
+    # delay the ones after it for good (a queue at full load never drains), and
+    # room for requests outside the allocation (discovery, retries, confirmations).
+    reserve: float = 0.02
     floor_cycles: float = 1.25
 
     @classmethod
@@ -168,7 +174,8 @@ def demands(units: Sequence[UnitView], config: PlanConfig) -> list[Demand]:
     """The allocation's inputs: a unit polled by sweeps only folds its changes into them."""
     out = []
     change_rates = shrunk_rates([u.changes for u in units], CHANGE_PRIOR)
-    delete_rates = shrunk_rates([u.deletions for u in units], DELETE_PRIOR)
+    delete_prior = (DELETE_PRIOR_EVENTS, config.sweep_interval)
+    delete_rates = shrunk_rates([u.deletions for u in units], delete_prior)
     for u, change, delete in zip(units, change_rates, delete_rates, strict=True):
         if u.sweeps_only:
             ceiling = 1.0 / max(config.poll_interval, 1e-6)
@@ -182,6 +189,16 @@ def plan_rates(units: Sequence[UnitView], limit: int, config: PlanConfig) -> All
     return allocate(demands(units, config), config.limits(limit))
 
 
+def _phase(unit: UnitView, now: float, gap: float) -> float:
+    """A unit's first deadline: a stable point within its first interval.
+
+    Units that start together (a fleet's first minute, a batch of new orgs)
+    would otherwise all fall due at once and queue behind the budget's pace.
+    """
+    digest = zlib.crc32(f"{unit.org_id}\x1f{unit.resource}".encode())
+    return now + gap * (digest / 2**32)
+
+
 def _next(
     unit: UnitView, rates: Rates | None, now: float, config: PlanConfig
 ) -> tuple[float, Mode, Reason] | None:
@@ -193,12 +210,14 @@ def _next(
     best: tuple[float, Mode, Reason] | None = None
     if rates.poll > 0 and not unit.sweeps_only:
         gap = max(config.poll_interval, 1.0 / rates.poll)
-        due = now if unit.last_poll_due is None else unit.last_poll_due + gap
+        last = unit.last_poll_due
+        due = _phase(unit, now, gap) if last is None else last + gap
         best = (max(due, now - gap), "incremental", Reason.POLL)
     if rates.sweep > 0:
         # Sweep pages are spread over the sweep's cycle: s pages every 1/g seconds.
         gap = 1.0 / (rates.sweep * max(1.0, unit.sweep_pages))
-        due = now if unit.last_sweep_due is None else unit.last_sweep_due + gap
+        last = unit.last_sweep_due
+        due = _phase(unit, now, gap) if last is None else last + gap
         due = max(due, now - gap)
         if best is None or due < best[0]:
             best = (due, "sweep", Reason.SWEEP)
@@ -215,7 +234,7 @@ def dispatch(
     """The polls and sweep pages to send before the next tick, earliest deadline first."""
     if budget.paused_for > 0 or not units or budget.limit <= 0:
         return []
-    available = budget.limit - budget.used - budget.inflight
+    available = budget.limit - budget.used - budget.inflight + budget.freeing
     horizon = now + config.tick
     due: list[tuple[float, int, UnitView, Mode, Reason]] = []
     for n, unit in enumerate(units):
