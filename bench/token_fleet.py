@@ -38,9 +38,10 @@ from typing import Any
 import redis
 import requests
 
-from etbridge.auth import BearerAuth, TokenCache, TokenResponse, refresh_leeway
+from etbridge.auth import BearerAuth, TokenCache, TokenResponse
 from etbridge.redisserver import RedisServer
 from etbridge.settings import Settings
+from etbridge.tokencache import refresh_leeway
 
 RESULTS = Path(__file__).resolve().parent / "results" / "token_fleet.json"
 CLIENT_ID = "bench-client"

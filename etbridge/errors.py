@@ -13,9 +13,9 @@
     ├── AuthenticationError     credentials or tokens refused (invalid_client, a second 401)
     └── LeaseLost               this worker no longer owns the org: stop writing
 
-HTTP statuses become these exceptions in exactly one place,
-:func:`etbridge.client.raise_for_response`. Messages name the org and the
-path, never a secret.
+HTTP statuses become these exceptions in one module, :mod:`etbridge.jsonapi`
+(:func:`~etbridge.jsonapi.transient_error` for 429/408/5xx, shared by the API
+and the token endpoint). Messages name the org and the path, never a secret.
 """
 
 from __future__ import annotations
