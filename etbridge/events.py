@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from etbridge.changes import Change, SchemaChange, canonical_json, fingerprint
+from etbridge.timefmt import rfc3339
 
 __all__ = [
     "OPS",
@@ -159,18 +160,6 @@ def parse_timestamp(value: Any) -> datetime | None:
         return dt.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
-
-
-def rfc3339(dt: datetime) -> str:
-    """``2026-11-27T20:04:03Z`` in UTC (naive = UTC); microseconds only if non-zero."""
-    dt = _to_utc(dt)
-    # strftime("%Y") does not zero-pad years below 1000 on glibc: format by hand.
-    text = (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
-    if dt.microsecond:
-        text += f".{dt.microsecond:06d}"
-    return text + "Z"
 
 
 def _updated_at(record: Mapping[str, Any] | None) -> Any:

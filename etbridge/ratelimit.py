@@ -74,7 +74,6 @@ import math
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -82,6 +81,7 @@ import redis
 from etbridge import keys
 from etbridge.errors import RateLimited
 from etbridge.settings import Settings
+from etbridge.timefmt import from_epoch
 
 log = logging.getLogger("etbridge.ratelimit")
 
@@ -369,10 +369,7 @@ class RequestBudget:
         since = now_us - self._window_us
         used = int(self.redis.zcount(self.key, f"({since}", "+inf"))
         pttl = int(pttl)
-        paused_until: str | None = None
-        if pttl > 0:
-            end = datetime.fromtimestamp((now_us / 1_000_000) + pttl / 1000, tz=UTC)
-            paused_until = end.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        paused_until = from_epoch(now_us / 1_000_000 + pttl / 1000) if pttl > 0 else None
         return {
             "limit": self.limit,
             "used": used,

@@ -32,6 +32,10 @@ import redis
 from etbridge import keys
 from etbridge.errors import LeaseLost
 
+# Importable from here for the callers that predate replies.py (planstore.py).
+from etbridge.replies import text as text
+from etbridge.replies import text_hash as text_hash
+
 # A preset dictionary: the words every stored record repeats. zlib looks back
 # into it, so even the first occurrence of a key costs a few bits. Changing it
 # requires a new FORMAT byte (old blobs keep decoding with the old dictionary).
@@ -190,16 +194,6 @@ def _as_bytes(value: Any) -> bytes:
     if value is None:
         return b""
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text (clients here do not decode responses)."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def text_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """An HGETALL reply as a str -> str dict."""
-    return {text(k): text(v) for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
