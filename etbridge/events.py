@@ -1,15 +1,9 @@
 """CloudEvents envelopes of changes, with stable ids; pure (no Redis, HTTP, Celery).
 
 The envelope is the one of ``CONTRACT.md`` (CloudEvents 1.0, JSON structured
-mode)::
-
-    {"specversion": "1.0", "id", "source": "/orgs/<org>/<resource>",
-     "type": "com.eventtemple.<singular>.<op>", "subject": "<record id>",
-     "time", "datacontenttype": "application/json", "orgid": "<org>",
-     "data": {"org_id", "resource", "id", "before", "after", "changes", "detected_at"}}
-
-and for schema drift ``type`` ``com.eventtemple.schema.changed``, ``subject``
-the resource, ``data`` ``{"org_id", "resource", "added", "removed"}``.
+mode): ``com.eventtemple.<singular>.<op>`` for a record's change (``data``: org,
+resource, id, before, after, changes, detected_at), ``com.eventtemple.schema.changed``
+for schema drift (``data``: org, resource, added, removed).
 
 **Stable ids.** :func:`event_id` hashes (org, resource, record id, type, the
 fingerprints of ``before`` and ``after``, the ``updated_at`` of ``after`` — of
