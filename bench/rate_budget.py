@@ -56,21 +56,13 @@ from etbridge.ratelimit import DEFAULT_MARGIN, RequestBudget
 from etbridge.redisserver import RedisServer
 from etbridge.settings import Settings
 from tests.support.sandbox import Sandbox
+from tests.support.stack import FixedToken
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rate_budget.json"
 MODES = ("etbridge", "per-worker", "none")
 WINDOW = 60
 ORGS = 4
 ctx = mp.get_context("fork")
-
-
-class FixedToken(requests.auth.AuthBase):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self.token}"
-        return r
 
 
 def worker(
