@@ -22,6 +22,7 @@ import redis
 
 from etbridge import keys
 from etbridge.errors import RateLimited
+from etbridge.jsonapi import MAX_RETRY_AFTER
 from etbridge.settings import Settings
 from etbridge.timefmt import from_epoch
 
@@ -134,7 +135,7 @@ return add
 
 
 # The longest fleet-wide pause one answer can cause (seconds).
-MAX_PAUSE = 900.0
+MAX_PAUSE = MAX_RETRY_AFTER
 
 
 class RequestBudget:
