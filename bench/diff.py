@@ -25,7 +25,8 @@ Measured per page: worker CPU ms (``time.process_time``), Redis round trips
 deltas). Then Redis bytes per stored booking (``MEMORY USAGE`` of the
 ``snap`` + ``fp`` hashes / count, exact: ``SAMPLES 0``) for a large org
 (hashtable encoding) and a 100-booking org, against the raw JSON size of a
-booking as the API sends it.
+booking as the API sends it; the same again with free text drawn from a
+large vocabulary (:func:`vocabulary_records`), as real notes compress worse.
 
 Targets (issue 5): unchanged page <= 3 ms CPU and <= 2 round trips; >= 10x
 fewer round trips than the naive store; stored bytes per booking <= 0.5x raw.
@@ -402,6 +403,40 @@ def layout_alternatives(
     return out
 
 
+# --- records whose free text comes from a large vocabulary ---------------------------
+
+VOCABULARY = 50_000
+
+
+def vocabulary_records(
+    records: list[dict[str, Any]], seed: int, words: int = VOCABULARY
+) -> list[dict[str, Any]]:
+    """The same bookings with ``name`` and ``notes`` drawn from ``words`` random words.
+
+    The sandbox draws its free text from small pools, which a preset dictionary
+    compresses unusually well; real notes are written by people. Here each word
+    is a random string of 3-10 letters (so zlib finds no shared substrings to
+    lean on), picked Zipf-like (rank ``k`` with weight ``1/k``) as words of a
+    language are, 2-6 words for a name and 5-40 for the notes.
+    """
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyzäöüéß"
+    vocab = ["".join(rng.choices(letters, k=rng.randint(3, 10))) for _ in range(words)]
+    weights = [1 / (k + 1) for k in range(words)]
+
+    def text(low: int, high: int) -> str:
+        return " ".join(rng.choices(vocab, weights, k=rng.randint(low, high)))
+
+    out = []
+    for record in records:
+        copy_ = copy.deepcopy(record)
+        attrs = copy_["attributes"]
+        attrs["name"] = text(2, 6).title()
+        attrs["notes"] = text(5, 40)
+        out.append(copy_)
+    return out
+
+
 # --- the run -------------------------------------------------------------------------
 
 
@@ -486,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name]["memory_small_org"] = small.memory(admin)
         canon = [changes.canonical(r) for page in pages for r in page]
         alternatives = layout_alternatives(admin, canon, raw_mean)
+        wide = vocabulary_records([r for page in pages for r in page], seed=5)
+        wide_raw_mean = statistics.fmean(raw_size(r) for r in wide)
+        wide_alternatives = layout_alternatives(
+            admin, [changes.canonical(r) for r in wide], wide_raw_mean
+        )
         info = admin.info("server")
         redis_version = str(info.get("redis_version", "?"))
         for key in ("hash-max-listpack-entries", "hash-max-listpack-value"):
@@ -533,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         "naive": base,
         "naive_over_etbridge": ratios,
         "layout_alternatives": alternatives,
+        "vocabulary_words": VOCABULARY,
+        "vocabulary_raw_json_bytes_per_booking": round(wide_raw_mean, 1),
+        "layout_alternatives_large_vocabulary": wide_alternatives,
         "targets": targets,
         "machine": {**machine_facts(), "redis_server": redis_version},
     }
@@ -594,6 +637,12 @@ def print_table(doc: dict[str, Any]) -> None:
     )
     print("  layouts measured on the same records (bench only, for comparison):")
     for name, row in doc["layout_alternatives"].items():
+        print(f"    {name:<50} {row['bytes_per_booking']:>6.0f} B  {row['over_raw']:.2f} x raw")
+    print(
+        f"  the same bookings, name and notes from {doc['vocabulary_words']:,} words "
+        f"(raw JSON {doc['vocabulary_raw_json_bytes_per_booking']:.0f} B):"
+    )
+    for name, row in doc["layout_alternatives_large_vocabulary"].items():
         print(f"    {name:<50} {row['bytes_per_booking']:>6.0f} B  {row['over_raw']:.2f} x raw")
     t = doc["targets"]
     print()

@@ -39,14 +39,13 @@ import math
 import multiprocessing as mp
 import platform
 import random
-import re
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401  (puts the repository root on sys.path: tests.support)
 import redis
 import requests
 import requests.auth
@@ -56,90 +55,14 @@ from etbridge.errors import RateLimited, RetriableError
 from etbridge.ratelimit import DEFAULT_MARGIN, RequestBudget
 from etbridge.redisserver import RedisServer
 from etbridge.settings import Settings
+from tests.support.sandbox import Sandbox
+from tests.support.stack import FixedToken
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rate_budget.json"
 MODES = ("etbridge", "per-worker", "none")
 WINDOW = 60
 ORGS = 4
 ctx = mp.get_context("fork")
-
-
-class Sandbox:
-    """``python -m etbridge.sandbox`` on a free loopback port."""
-
-    def __init__(self, rate_limit: int, client_id: str) -> None:
-        self.client_id = client_id
-        self.stopped_in = 0.0
-        self.client_secret = f"{client_id}-secret"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "etbridge.sandbox",
-                "--port",
-                "0",
-                "--orgs",
-                str(ORGS),
-                "--bookings",
-                "50",
-                "--rate-limit",
-                str(rate_limit),
-                "--client-id",
-                client_id,
-                "--client-secret",
-                self.client_secret,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        if not match:
-            self.process.kill()
-            raise RuntimeError(f"sandbox did not start: {line!r}")
-        self.url = match.group(1)
-
-    def token(self) -> str:
-        resp = requests.post(
-            f"{self.url}/oauth/token",
-            json={
-                "grant_type": "client_credentials",
-                "client_id": self.client_id,
-                "client_secret": self.client_secret,
-                "scope": "crm_read",
-            },
-            timeout=30,
-        )
-        resp.raise_for_status()
-        return str(resp.json()["access_token"])
-
-    def counters(self) -> dict[str, Any]:
-        resp = requests.get(f"{self.url}/_admin/counters", timeout=30)
-        resp.raise_for_status()
-        counters: dict[str, Any] = resp.json()
-        return counters
-
-    def stop(self) -> None:
-        started = time.monotonic()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.stopped_in = time.monotonic() - started
-
-
-class FixedToken(requests.auth.AuthBase):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self.token}"
-        return r
 
 
 def worker(
@@ -238,7 +161,16 @@ def run(
     redis_url: str,
 ) -> dict[str, Any]:
     """Run the fleets of ``modes`` side by side; their figures keyed by mode."""
-    sandboxes = {mode: Sandbox(limit, f"bench-{mode}") for mode in modes}
+    sandboxes = {
+        mode: Sandbox.start(
+            orgs=ORGS,
+            bookings=50,
+            rate_limit=limit,
+            client_id=f"bench-{mode}",
+            client_secret=f"bench-{mode}-secret",
+        )
+        for mode in modes
+    }
     try:
         go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
         readies = []
@@ -330,8 +262,9 @@ def run(
         return results
     finally:
         for sb in sandboxes.values():
+            stopping = time.monotonic()
             sb.stop()
-            print(f"  sandbox stopped in {sb.stopped_in:.1f}s", flush=True)
+            print(f"  sandbox stopped in {time.monotonic() - stopping:.1f}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

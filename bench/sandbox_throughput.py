@@ -17,71 +17,21 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import queue
 import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401  (puts the repository root on sys.path: tests.support)
 import requests
+
+from tests.support.sandbox import Sandbox
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox_throughput.json"
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
-_LISTENING = re.compile(r"sandbox listening on (http://\S+)")
 _META = re.compile(rb'"after_cursor":(null|"([^"]*)").*"has_more":(true|false)\}\}$')
-
-
-def start_sandbox(orgs: int, bookings: int) -> tuple[subprocess.Popen[str], str]:
-    """Start the sandbox and wait (with a deadline) for its listening line."""
-    command = [
-        sys.executable,
-        "-m",
-        "etbridge.sandbox",
-        "--port",
-        "0",
-        "--orgs",
-        str(orgs),
-        "--bookings",
-        str(bookings),
-        "--rate-limit",
-        "1000000000",
-        "--client-id",
-        CLIENT_ID,
-        "--client-secret",
-        CLIENT_SECRET,
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + 60
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        seen.append(line)
-        match = _LISTENING.search(line)
-        if match:
-            return process, match.group(1)
-    process.kill()
-    process.wait()
-    raise RuntimeError("sandbox did not start:\n" + "".join(seen))
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -140,7 +90,14 @@ def client(url: str, token: str, orgs: list[str], duration: float, warmup: float
 
 def run(clients: int, duration: float, warmup: float, orgs: int, bookings: int) -> dict[str, Any]:
     """Start the sandbox, run the clients, stop it; return the measurements."""
-    process, url = start_sandbox(orgs, bookings)
+    sb = Sandbox.start(
+        orgs=orgs,
+        bookings=bookings,
+        rate_limit=1_000_000_000,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+    process, url = sb.process, sb.url
     try:
         token = requests.post(
             f"{url}/oauth/token",
@@ -175,8 +132,7 @@ def run(clients: int, duration: float, warmup: float, orgs: int, bookings: int) 
             proc.join(timeout=30)
         counters = requests.get(f"{url}/_admin/counters", timeout=30).json()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        sb.stop()
     latencies = sorted(lat for r in reports for lat in r["latencies"])
     pages = sum(r["pages"] for r in reports)
     total_bytes = sum(r["bytes"] for r in reports)

@@ -27,73 +27,26 @@ import json
 import math
 import multiprocessing as mp
 import platform
-import re
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401  (puts the repository root on sys.path: tests.support)
 import redis
 import requests
 
-from etbridge.auth import BearerAuth, TokenCache, TokenResponse, refresh_leeway
+from etbridge.auth import BearerAuth, TokenCache, TokenResponse
 from etbridge.redisserver import RedisServer
 from etbridge.settings import Settings
+from etbridge.tokencache import refresh_leeway
+from tests.support.sandbox import Sandbox
 
 RESULTS = Path(__file__).resolve().parent / "results" / "token_fleet.json"
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-secret-not-for-production"
 ctx = mp.get_context("fork")
 MODES = ("etbridge", "baseline", "baseline_401")
-
-
-class Sandbox:
-    """``python -m etbridge.sandbox`` on a free loopback port."""
-
-    def __init__(self, token_ttl: int) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "etbridge.sandbox",
-                "--port",
-                "0",
-                "--orgs",
-                "1",
-                "--bookings",
-                "1",
-                "--token-ttl",
-                str(token_ttl),
-                "--rate-limit",
-                "100000000",
-                "--client-id",
-                CLIENT_ID,
-                "--client-secret",
-                CLIENT_SECRET,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        if not match:
-            self.process.kill()
-            raise RuntimeError(f"sandbox did not start: {line!r}")
-        self.url = match.group(1)
-        # Keep draining stdout so the sandbox never blocks on a full pipe.
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-
-    def admin(self, method: str, path: str) -> Any:
-        resp = requests.request(method, f"{self.url}/_admin/{path}", json={}, timeout=30)
-        resp.raise_for_status()
-        return resp.json()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 class TimedTokenCache(TokenCache):
@@ -250,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     with RedisServer() as server:
-        sb = Sandbox(ttl)
+        sb = Sandbox.start(
+            orgs=1,
+            bookings=1,
+            token_ttl=ttl,
+            rate_limit=100_000_000,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+        )
         try:
             for mode in MODES:
                 print(f"running {mode}: {args.processes} processes x {calls} calls ...", flush=True)

@@ -1,61 +1,52 @@
 """EventTempleClient: the one way etbridge talks to the Event Temple API.
 
-- One pooled :class:`requests.Session` (injectable, so tests can test at the
-  transport), ``(connect, read)`` timeouts, ``Accept: application/vnd.api+json``,
-  ``X-API-ORG`` per call, and any :class:`requests.auth.AuthBase` for the token.
-- Every API call first takes a slot from the fleet's :class:`RequestBudget`;
-  every answer's ``X-Api-Request-Remaining`` feeds it back, and a 429 pauses
-  the whole fleet for its ``Retry-After``.
-- An HTTP answer becomes data or a typed error in exactly one function,
-  :func:`raise_for_response`; transport failures become
-  :class:`~etbridge.errors.TransportError` in :func:`transport_error`.
-- Retriable errors are retried with exponential backoff and full jitter,
-  bounded in count and in total time; ``Retry-After`` wins over the backoff,
-  and a wait longer than ``budget_wait`` goes back to the caller (a Celery
-  task retries with ``countdown=exc.retry_after`` instead of holding a slot).
-- Listings are walked by a :class:`Paginator`, which yields validated
-  :class:`Page` objects, so callers commit page by page and can resume from a
-  saved cursor; it refuses a repeated cursor instead of looping.
-
-Error messages and logs name the org and the path, never a token or header.
+One pooled, injectable :class:`requests.Session` with ``(connect, read)``
+timeouts and any :class:`requests.auth.AuthBase` for the token; every call
+takes a slot from the fleet's :class:`~etbridge.ratelimit.RequestBudget` and
+feeds the answer's rate-limit headers back (a 429 pauses the fleet).
+Retriable errors are retried with jittered backoff (:mod:`etbridge.backoff`),
+bounded in count and time; ``Retry-After`` wins, and a wait longer than
+``budget_wait`` goes back to the caller. Answers become data or typed errors
+in :mod:`etbridge.jsonapi`; listings are walked by
+:class:`~etbridge.pagination.Paginator`. Logs name org and path, never a token.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote
 
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
 
-from etbridge.errors import (
-    AuthenticationError,
-    FatalError,
-    FilterRejected,
-    MalformedResponse,
-    RateLimited,
-    RetriableError,
-    ServerError,
-    TransportError,
+from etbridge import backoff
+from etbridge.errors import FatalError, MalformedResponse, RetriableError
+from etbridge.jsonapi import (
+    MEDIA_TYPE,
+    RepeatedCursor,
+    parse_retry_after,
+    raise_for_response,
+    transport_error,
+    where,
 )
+from etbridge.pagination import MAX_PAGE_SIZE, Paginator
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
+from etbridge.timefmt import filter_timestamp
+
+# Importable from here for the callers that predate the split (poller.py).
+__all__ = ["EventTempleClient", "Organization", "RepeatedCursor"]
 
 log = logging.getLogger("etbridge.client")
 
-MEDIA_TYPE = "application/vnd.api+json"
-MAX_PAGE_SIZE = 100
 INCREMENTAL_FILTER = "filter[updated_at][gt]"
 
 try:
@@ -63,35 +54,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     _VERSION = "0"
 USER_AGENT = f"etbridge/{_VERSION}"
-
-
-# ---------------------------------------------------------------------------
-# Results
-
-
-class RepeatedCursor(MalformedResponse):
-    """The API handed back a cursor this listing already used: it would loop forever.
-
-    Retriable like any malformed answer, but a caller that resumes from a saved
-    cursor should start the listing over instead.
-    """
-
-
-@dataclass(frozen=True)
-class Page:
-    """One validated page of a listing.
-
-    ``cursor`` is the ``page[after]`` it was fetched with (``None`` for the
-    first page); ``next_cursor`` is where the next page starts, ``None`` on the
-    last page. Save ``next_cursor`` to resume a listing later.
-    """
-
-    data: list[dict[str, Any]]
-    included: list[dict[str, Any]]
-    meta: dict[str, Any]
-    cursor: str | None
-    next_cursor: str | None
-    has_more: bool
 
 
 @dataclass(frozen=True)
@@ -103,305 +65,8 @@ class Organization:
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
-# ---------------------------------------------------------------------------
-# Turning answers into data or typed errors (the one place)
-
-
-def _where(org_id: str | None, path: str) -> str:
-    return f"GET {path} (org {org_id})" if org_id is not None else f"GET {path}"
-
-
 # A budget wait longer than this re-applies the auth before sending (seconds).
 _TOKEN_RECHECK_AFTER = 0.2
-# The longest Retry-After honoured (seconds); the API's windows are one minute.
-MAX_RETRY_AFTER = 900.0
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP-date is GMT by definition
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
-        return None
-    # The API's windows are a minute long; a Retry-After of hours or years is a
-    # broken header, and obeying it would stop the whole fleet for that long.
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-def _redact(text: str, resp: requests.Response) -> str:
-    """Remove the bearer token the request carried, should a server echo it."""
-    request = resp.request
-    header = request.headers.get("Authorization") if request is not None else None
-    if isinstance(header, bytes):
-        header = header.decode("latin-1")
-    if header:
-        token = header.split(" ", 1)[-1].strip()
-        if len(token) >= 4:
-            text = text.replace(token, "***")
-    return text
-
-
-def _error_detail(resp: requests.Response) -> tuple[str, list[dict[str, Any]]]:
-    """A short, safe summary of a JSON:API ``errors`` body, and the error objects."""
-    try:
-        doc = json.loads(resp.content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        media = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
-        return f"non-JSON body ({media})", []
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return "", []
-    objects = [e for e in errors if isinstance(e, dict)]
-    parts = []
-    for err in objects[:3]:
-        title = str(err.get("title") or "").strip()
-        detail = str(err.get("detail") or "").strip()
-        parts.append(": ".join(p for p in (title, detail) if p))
-    text = "; ".join(p for p in parts if p)
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return _redact(text, resp), objects
-
-
-def _carries_incremental_filter(resp: requests.Response) -> bool:
-    url = resp.request.url if resp.request is not None else None
-    if not url:
-        return False
-    return any(k.startswith("filter[updated_at]") for k, _ in parse_qsl(urlsplit(url).query))
-
-
-def _blames_other_parameter(errors: list[dict[str, Any]]) -> bool:
-    """True when the error objects point at a parameter that is not the updated_at filter."""
-    params = [
-        str(e["source"].get("parameter"))
-        for e in errors
-        if isinstance(e.get("source"), dict) and e["source"].get("parameter")
-    ]
-    return bool(params) and not any("updated_at" in p for p in params)
-
-
-def raise_for_response(resp: requests.Response, *, org_id: str | None, path: str) -> dict[str, Any]:
-    """The JSON:API document of a 2xx answer, or the typed error the answer means.
-
-    - 2xx with a JSON object holding ``data`` -> that dict; anything else
-      (HTML, truncated or non-JSON bodies, another shape) -> MalformedResponse
-    - 429 -> RateLimited (``retry_after`` from ``Retry-After``, seconds or HTTP-date)
-    - 408, 5xx -> TransportError / ServerError (retriable)
-    - 401 -> AuthenticationError
-    - 400/422 on a request with ``filter[updated_at]`` -> FilterRejected
-    - other 4xx -> FatalError(status=...) with the JSON:API ``errors`` detail
-    """
-    where = _where(org_id, path)
-    status = resp.status_code
-    if 200 <= status < 300:
-        media = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if media and "json" not in media:
-            raise MalformedResponse(f"{where}: HTTP {status} with a {media} body, not JSON:API")
-        try:
-            doc = json.loads(resp.content)
-        # RecursionError: a body nested deeper than the parser's stack is malformed too.
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise MalformedResponse(
-                f"{where}: HTTP {status} with an invalid or truncated JSON body"
-            ) from None
-        if not isinstance(doc, dict) or "data" not in doc:
-            raise MalformedResponse(f"{where}: HTTP {status} body is not a JSON:API document")
-        return doc
-    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-    if status == 429:
-        raise RateLimited(f"{where}: HTTP 429 rate limited", retry_after=retry_after)
-    if status >= 500:
-        detail, _ = _error_detail(resp)
-        raise ServerError(
-            f"{where}: HTTP {status}" + (f" ({detail})" if detail else ""), retry_after=retry_after
-        )
-    if status == 408:
-        raise TransportError(f"{where}: HTTP 408 request timeout", retry_after=retry_after)
-    detail, errors = _error_detail(resp)
-    suffix = f": {detail}" if detail else ""
-    if status == 401:
-        raise AuthenticationError(f"{where}: HTTP 401 unauthorized{suffix}")
-    if 400 <= status < 500:
-        if (
-            status in (400, 422)
-            and _carries_incremental_filter(resp)
-            and not _blames_other_parameter(errors)
-        ):
-            raise FilterRejected(
-                f"{where}: HTTP {status}, the updated_at filter was rejected{suffix}",
-                status=status,
-            )
-        raise FatalError(f"{where}: HTTP {status}{suffix}", status=status)
-    # 1xx, or a 3xx that was not followed: not an answer we can use.
-    raise MalformedResponse(f"{where}: unexpected HTTP {status}")
-
-
-def transport_error(
-    exc: requests.RequestException, *, org_id: str | None, path: str
-) -> TransportError | None:
-    """The typed error for a request that got no usable answer, or ``None`` if not transport."""
-    where = _where(org_id, path)
-    if isinstance(exc, requests.Timeout):
-        return TransportError(f"{where}: {type(exc).__name__} (no answer in time)")
-    if isinstance(
-        exc,
-        requests.ConnectionError
-        | requests.exceptions.ChunkedEncodingError
-        | requests.exceptions.ContentDecodingError,
-    ):
-        return TransportError(f"{where}: {type(exc).__name__}")
-    return None
-
-
-def parse_page(
-    doc: Mapping[str, Any],
-    *,
-    resource: str,
-    cursor: str | None,
-    org_id: str | None,
-    path: str,
-) -> Page:
-    """Validate one listing document and make it a :class:`Page`.
-
-    A page that breaks the structure (``data`` not a list of ``{type, id}``
-    objects of ``resource``, a duplicate id, a bad ``meta``) is rejected whole
-    with :class:`MalformedResponse`, never half-used.
-    """
-    where = _where(org_id, path)
-    data = doc.get("data")
-    if not isinstance(data, list):
-        raise MalformedResponse(f"{where}: 'data' is not a list")
-    seen: set[str] = set()
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise MalformedResponse(f"{where}: data[{index}] is not an object")
-        item_id = item.get("id")
-        if not isinstance(item_id, str) or not item_id:
-            raise MalformedResponse(f"{where}: data[{index}] has no string id")
-        if item.get("type") != resource:
-            raise MalformedResponse(f"{where}: data[{index}] is not of type {resource!r}")
-        if item_id in seen:
-            raise MalformedResponse(f"{where}: id {item_id} appears twice in one page")
-        seen.add(item_id)
-    included = doc.get("included", [])
-    if included is None:
-        included = []
-    if not isinstance(included, list) or not all(isinstance(i, dict) for i in included):
-        raise MalformedResponse(f"{where}: 'included' is not a list of objects")
-    meta = doc.get("meta", {})
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise MalformedResponse(f"{where}: 'meta' is not an object")
-    after = meta.get("after_cursor")
-    if after is not None and not isinstance(after, str):
-        raise MalformedResponse(f"{where}: meta.after_cursor is not a string")
-    has_more_raw = meta.get("has_more")
-    if has_more_raw is None:
-        # No flag: trust a cursor only if the page was not empty.
-        has_more = bool(after) and bool(data)
-    elif isinstance(has_more_raw, bool):
-        has_more = has_more_raw
-    else:
-        raise MalformedResponse(f"{where}: meta.has_more is not a boolean")
-    next_cursor = after if has_more and after else None
-    return Page(
-        data=data,
-        included=included,
-        meta=meta,
-        cursor=cursor,
-        next_cursor=next_cursor,
-        has_more=next_cursor is not None,
-    )
-
-
-def format_timestamp(when: datetime) -> str:
-    """ISO 8601 UTC with ``Z`` and whole seconds (the API's precision), for filters.
-
-    Truncating (not rounding) keeps a ``gt`` filter inclusive of the boundary second.
-    """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("updated_after must be timezone-aware")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---------------------------------------------------------------------------
-# Pagination
-
-
-class Paginator(Iterator[Page]):
-    """Walks a cursor-paginated listing, one validated :class:`Page` per step.
-
-    Stops after a page without ``has_more`` or without a next cursor. Raises
-    :class:`RepeatedCursor` (a :class:`MalformedResponse`) when the API hands
-    back a cursor it already gave, which would loop forever. ``cursor`` is
-    always where the next page starts, so a caller that saves it after
-    committing a page can resume there; after a retriable error, calling
-    ``next()`` again asks for the same page.
-    """
-
-    def __init__(
-        self,
-        client: EventTempleClient,
-        org_id: str | None,
-        resource: str,
-        params: Mapping[str, str],
-        *,
-        after: str | None = None,
-        page_size: int | None = MAX_PAGE_SIZE,
-    ) -> None:
-        self._client = client
-        self.org_id = org_id
-        self.resource = resource
-        self._params = dict(params)
-        self._page_size = page_size
-        self.path = f"/v2/{resource}"
-        self.cursor: str | None = after
-        self.pages_fetched = 0
-        self.done = False
-        self._used: set[str] = {after} if after else set()
-
-    def __iter__(self) -> Paginator:
-        return self
-
-    def __next__(self) -> Page:
-        if self.done:
-            raise StopIteration
-        params = dict(self._params)
-        if self._page_size is not None:
-            params["page[size]"] = str(self._page_size)
-        if self.cursor is not None:
-            params["page[after]"] = self.cursor
-        doc = self._client.get_document(self.org_id, self.path, params)
-        page = parse_page(
-            doc, resource=self.resource, cursor=self.cursor, org_id=self.org_id, path=self.path
-        )
-        if page.next_cursor is not None:
-            if page.next_cursor in self._used:
-                self.done = True
-                raise RepeatedCursor(
-                    f"{_where(self.org_id, self.path)}: the API repeated a cursor "
-                    f"after {self.pages_fetched + 1} pages"
-                )
-            self._used.add(page.next_cursor)
-        else:
-            self.done = True
-        self.cursor = page.next_cursor
-        self.pages_fetched += 1
-        return page
 
 
 # ---------------------------------------------------------------------------
@@ -506,7 +171,7 @@ class EventTempleClient:
             raise ValueError(f"page_size must be within 1..{MAX_PAGE_SIZE}")
         params: dict[str, str] = {}
         if updated_after is not None:
-            params[INCREMENTAL_FILTER] = format_timestamp(updated_after)
+            params[INCREMENTAL_FILTER] = filter_timestamp(updated_after)
         if sort:
             params["sort"] = sort
         if include:
@@ -540,7 +205,7 @@ class EventTempleClient:
         if data is None:
             return None
         if not isinstance(data, dict) or data.get("id") != id or data.get("type") != resource:
-            raise MalformedResponse(f"{_where(org_id, path)}: 'data' is not the {resource} {id}")
+            raise MalformedResponse(f"{where(org_id, path)}: 'data' is not the {resource} {id}")
         return data
 
     def get_document(
@@ -601,9 +266,7 @@ class EventTempleClient:
             delay = exc.retry_after
         else:
             # Full jitter: spreads a fleet's retries over the whole interval.
-            delay = random.uniform(
-                0.0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-            )
+            delay = backoff.full_jitter(attempt, self.backoff_base, self.backoff_cap)
         if time.monotonic() - started + delay > self.max_retry_time:
             return None
         return delay

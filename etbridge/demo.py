@@ -7,13 +7,11 @@ the Redis-stream sink and prints each change event as it arrives, with a
 footer of budget, token and per-org lag every few seconds. Ctrl-C or
 ``--duration`` stops every child; nothing is left running.
 
-Every child runs in its own session (process group), so the terminal's
-Ctrl-C reaches the demo alone and the demo stops the children in order:
-worker and beat first, then the sandbox, Redis last (a worker that loses
-Redis mid-shutdown would log errors). The children run in a temporary
-directory with the ``ETBRIDGE_*`` variables cleared and set anew, so
-neither the operator's environment nor a ``.env`` file can point the demo at
-a production broker or API.
+Every child runs in its own session, so the terminal's Ctrl-C reaches the
+demo alone, and the demo stops them in order: worker and beat, the sandbox,
+Redis last (a worker that loses Redis mid-shutdown would log errors). The
+children run in a temporary directory with the ``ETBRIDGE_*`` variables set
+anew, so neither the environment nor a ``.env`` can point at production.
 """
 
 from __future__ import annotations
@@ -88,33 +86,6 @@ class Child:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return self.proc.returncode
-
-
-class DemoRedis(RedisServer):
-    """The private Redis, in its own session like the other children (see module doc)."""
-
-    def start(self, timeout: float = 10.0) -> DemoRedis:
-        self.process = subprocess.Popen(
-            self._args(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1.0)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-                with contextlib.suppress(redis.exceptions.ConnectionError):
-                    if client.ping():
-                        return self
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server did not answer on port {self.port}")
-                time.sleep(0.02)
-        finally:
-            client.close()
 
 
 def _wait_for_line(path: Path, needle: str, child: Child, timeout: float) -> str:
@@ -236,7 +207,7 @@ def run(
         + (f"stops after {duration:g}s or on Ctrl-C" if duration else "Ctrl-C stops everything")
     )
     try:
-        server = DemoRedis()
+        server = RedisServer(new_session=True)
     except FileNotFoundError as exc:
         say(f"etbridge demo: {exc}")
         return 1

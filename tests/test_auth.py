@@ -15,19 +15,13 @@ import requests
 from cryptography.fernet import Fernet
 
 from etbridge import keys
-from etbridge.auth import (
-    DEFAULT_EXPIRES_IN,
-    BearerAuth,
-    TokenCache,
-    TokenResponse,
-    backoff_delay,
-    fingerprint,
-    max_requests_in,
-    parse_token_response,
-    refresh_leeway,
-)
+from etbridge.auth import BearerAuth
+from etbridge.backoff import exponential as backoff_delay
+from etbridge.backoff import max_attempts_in as max_requests_in
 from etbridge.errors import AuthenticationError, MalformedResponse, TransportError
+from etbridge.oauth import DEFAULT_EXPIRES_IN, TokenResponse, parse_token_response
 from etbridge.settings import Settings, SettingsError
+from etbridge.tokencache import TokenCache, fingerprint, refresh_leeway
 from tests.support.sandbox import Sandbox
 
 

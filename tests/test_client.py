@@ -26,16 +26,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from etbridge import keys
-from etbridge.client import (
-    MEDIA_TYPE,
-    EventTempleClient,
-    Page,
-    RepeatedCursor,
-    format_timestamp,
-    parse_page,
-    parse_retry_after,
-    raise_for_response,
-)
+from etbridge.client import EventTempleClient
 from etbridge.errors import (
     AuthenticationError,
     FatalError,
@@ -46,24 +37,23 @@ from etbridge.errors import (
     ServerError,
     TransportError,
 )
+from etbridge.jsonapi import (
+    MEDIA_TYPE,
+    Page,
+    RepeatedCursor,
+    parse_page,
+    parse_retry_after,
+    raise_for_response,
+)
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
+from etbridge.timefmt import filter_timestamp as format_timestamp
 from tests.support.sandbox import Sandbox
+from tests.support.stack import FixedToken
 
 TOKEN = "tok-SECRET-0123456789"
 
 Answer = tuple[int, dict[str, str], bytes]
-
-
-class FixedToken(requests.auth.AuthBase):
-    """Puts a fixed bearer token on every request (auth.py's BearerAuth stands in)."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self.token}"
-        return r
 
 
 class CannedAdapter(BaseAdapter):

@@ -1,7 +1,7 @@
 """Bad input for the client: whatever the API (or a proxy in front of it) answers,
 etbridge fails with its own typed errors, and a malformed page commits nothing.
 
-- :func:`etbridge.client.parse_page` and :func:`etbridge.client.raise_for_response`
+- :func:`etbridge.jsonapi.parse_page` and :func:`etbridge.jsonapi.raise_for_response`
   are fuzzed with hypothesis: odd unicode (lone surrogates, controls,
   private use), huge strings, nulls, deeply nested values, missing
   ``attributes``, missing, duplicate and non-string ids, non-object data,
@@ -9,6 +9,9 @@ etbridge fails with its own typed errors, and a malformed page commits nothing.
   ``Retry-After``. Anything but an :class:`~etbridge.errors.EtbridgeError` is
   a crash.
 - A page with a duplicate or a missing id is rejected as malformed, whole.
+- The token endpoint's ``Retry-After`` is parsed and capped like the API's (a
+  regression: its own copy had no cap), and the failure script's ceiling comes
+  after the Retry-After floor.
 - Against the sandbox and a real Redis, a poll whose page is malformed (crafted
   by a requests transport adapter that rewrites the sandbox's real answer)
   commits nothing: outbox, snapshots and progress marks are unchanged, and a
@@ -17,10 +20,8 @@ etbridge fails with its own typed errors, and a malformed page commits nothing.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,10 +34,15 @@ from requests.adapters import HTTPAdapter
 
 from etbridge import keys
 from etbridge.auth import BearerAuth
-from etbridge.client import EventTempleClient, Page, parse_page, raise_for_response
-from etbridge.errors import EtbridgeError, MalformedResponse, RateLimited
+from etbridge.client import EventTempleClient
+from etbridge.errors import EtbridgeError, MalformedResponse, RateLimited, RetriableError
+from etbridge.jsonapi import MAX_RETRY_AFTER, Page, parse_page, raise_for_response
+from etbridge.oauth import TokenEndpoint
 from etbridge.poller import Poller
 from etbridge.runtime import Runtime
+from etbridge.settings import Settings
+from etbridge.tokencache import TokenCache
+from etbridge.tokenfailure import RECORD_FAILURE
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
 
@@ -321,8 +327,8 @@ def test_raise_for_response_returns_a_document_or_raises_a_typed_error(
         doc = raise_for_response(resp, **WHERE)
     except EtbridgeError as exc:
         assert "secret-token-value" not in str(exc)
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            assert math.isfinite(exc.retry_after) and exc.retry_after >= 0
+        if isinstance(exc, RetriableError) and exc.retry_after is not None:
+            assert 0 <= exc.retry_after <= MAX_RETRY_AFTER
         return
     assert 200 <= status < 300
     assert isinstance(doc, dict) and "data" in doc
@@ -333,8 +339,16 @@ def test_raise_for_response_returns_a_document_or_raises_a_typed_error(
 def test_any_answer_is_either_a_page_or_a_typed_error(body: bytes) -> None:
     """The two functions the paginator chains, over the same fuzzed answers."""
     resp = _response(200, body, "application/vnd.api+json")
-    with contextlib.suppress(EtbridgeError):
-        _page(raise_for_response(resp, **WHERE))
+    try:
+        page = _page(raise_for_response(resp, **WHERE))
+    except EtbridgeError as exc:
+        assert "secret-token-value" not in str(exc)
+        return
+    # Accepted: the body was a JSON:API listing, and the page holds exactly its data.
+    doc = json.loads(body)
+    assert page.data == doc["data"]
+    assert all(isinstance(item["id"], str) and item["id"] for item in page.data)
+    assert page.has_more == (page.next_cursor is not None)
 
 
 @pytest.mark.parametrize("status", [200, 404, 500])
@@ -571,3 +585,125 @@ def test_a_retry_after_in_the_year_9999_does_not_stop_the_fleet_for_ever(
     finally:
         rt.session.close()
         rt.redis.close()
+
+
+# ---------------------------------------------------------------------------
+# The token endpoint's Retry-After: the same parser and the same cap as the API's.
+# (It once had its own parser without the cap: one "Retry-After: 1e9" from the
+# token endpoint stopped every token request of the fleet for the failure
+# record's 7-day TTL.)
+
+
+class TokenEndpointAnswers(HTTPAdapter):
+    """Answers the token endpoint with ``status`` and ``retry_after``; the rest goes through."""
+
+    def __init__(self, status: int, retry_after: str | None) -> None:
+        super().__init__(max_retries=0)
+        self.status = status
+        self.retry_after = retry_after
+        self.answered = 0
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if requests.utils.urlparse(request.url or "").path != "/oauth/token":
+            return super().send(request, **kwargs)
+        self.answered += 1
+        resp = _response(self.status, b'{"error": "slow_down"}', "application/json")
+        if self.retry_after is not None:
+            resp.headers["Retry-After"] = self.retry_after
+        resp.request = request
+        resp.connection = self
+        return resp
+
+
+def _token_settings(token_url: str = "http://127.0.0.1:1/oauth/token", **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "client_id": "fuzz-client",
+        "client_secret": "fuzz-secret-value",
+        "token_url": token_url,
+        "sinks": "redis-stream:test:events",
+        "webhook_secret": None,
+        "sentry_dsn": None,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@FUZZ
+@given(st.sampled_from([429, 408, 500, 503]), retry_afters)
+def test_the_token_endpoints_retry_after_is_capped_like_the_apis(
+    status: int, retry_after: str | None
+) -> None:
+    session = requests.Session()
+    adapter = TokenEndpointAnswers(status, retry_after)
+    session.mount("http://", adapter)
+    endpoint = TokenEndpoint(_token_settings(), session=session, timeout=1)
+    with pytest.raises(RetriableError) as exc:
+        endpoint.request()
+    assert adapter.answered == 1
+    assert "fuzz-secret-value" not in str(exc.value)
+    if exc.value.retry_after is not None:
+        assert 0 <= exc.value.retry_after <= MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("retry_after", ["1e9", "Fri, 31 Dec 9999 23:59:59 GMT", "1e300"])
+def test_a_huge_retry_after_from_the_token_endpoint_stops_token_requests_briefly(
+    sandbox: Sandbox, redis_url: str, r: redis.Redis, retry_after: str
+) -> None:
+    """Regression: the fleet's failure record must not outlast the 15-minute cap."""
+    session = requests.Session()
+    adapter = TokenEndpointAnswers(429, retry_after)
+    session.mount("http://", adapter)
+    settings = _token_settings(sandbox.token_url, api_url=sandbox.url, redis_url=redis_url)
+    cache = TokenCache(r, settings, session=session, attempts=1)
+    with pytest.raises(RateLimited) as first:
+        cache.get()
+    assert first.value.retry_after == MAX_RETRY_AFTER
+    record = r.hgetall(keys.token_failure(cache.cache_id))
+    delay_ms = int(record[b"next_attempt_at_ms"]) - int(record[b"failed_at_ms"])
+    assert 0 < delay_ms <= MAX_RETRY_AFTER * 1000
+    # The remembered error says so too, and no second request goes out.
+    with pytest.raises(RateLimited) as remembered:
+        cache.get()
+    assert remembered.value.retry_after is not None
+    assert remembered.value.retry_after <= MAX_RETRY_AFTER
+    assert adapter.answered == 1
+    r.delete(keys.token_failure(cache.cache_id))
+
+
+def test_a_retry_after_longer_than_the_transient_backoff_is_still_honoured(
+    sandbox: Sandbox, redis_url: str, r: redis.Redis
+) -> None:
+    """The floor (Retry-After) beats the backoff's own 60 s cap; only 15 min bound it."""
+    session = requests.Session()
+    session.mount("http://", TokenEndpointAnswers(429, "120"))
+    settings = _token_settings(sandbox.token_url, api_url=sandbox.url, redis_url=redis_url)
+    cache = TokenCache(r, settings, session=session, attempts=1)
+    with pytest.raises(RateLimited):
+        cache.get()
+    record = r.hgetall(keys.token_failure(cache.cache_id))
+    assert int(record[b"next_attempt_at_ms"]) - int(record[b"failed_at_ms"]) == 120_000
+    r.delete(keys.token_failure(cache.cache_id))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    # The Redis client is the same for every example; each example cleans up its key.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.integers(1, 40), st.integers(0, 10**13))
+def test_the_failure_script_puts_its_ceiling_after_the_retry_after_floor(
+    r: redis.Redis, attempts: int, floor_ms: int
+) -> None:
+    """Even a caller that hands the script an unbounded floor gets at most the ceiling."""
+    script = r.register_script(RECORD_FAILURE)
+    key = keys.token_failure("fuzz-ceiling")
+    r.hset(key, mapping={"kind": "transient", "secret_fp": "fp", "attempts": attempts - 1})
+    ceiling_ms, base_ms, cap_ms, now_ms = 900_000, 2_000, 60_000, 1_000_000
+    fields = ["transient", "rate_limited", "", "fp", now_ms, base_ms, cap_ms, floor_ms]
+    got, next_ms = script(keys=[key], args=[*fields, 60_000, "RateLimited", ceiling_ms])
+    delay = int(next_ms) - now_ms
+    backoff = min(cap_ms, base_ms * 2 ** min(attempts - 1, 30))
+    assert int(got) == attempts
+    assert delay == min(max(backoff, floor_ms), ceiling_ms)
+    r.delete(key)

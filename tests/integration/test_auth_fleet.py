@@ -20,7 +20,8 @@ import pytest
 import redis
 import requests
 
-from etbridge.auth import BearerAuth, TokenCache, TokenResponse, max_requests_in
+from etbridge.auth import BearerAuth, TokenCache, TokenResponse
+from etbridge.backoff import max_attempts_in as max_requests_in
 from etbridge.errors import AuthenticationError
 from etbridge.settings import Settings
 from tests.support.sandbox import Sandbox

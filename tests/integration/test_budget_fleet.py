@@ -9,25 +9,15 @@ from typing import Any
 
 import pytest
 import redis
-import requests
-import requests.auth
 
 from etbridge.client import EventTempleClient
 from etbridge.errors import RateLimited, RetriableError
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 from tests.support.sandbox import Sandbox
+from tests.support.stack import FixedToken
 
 CTX = multiprocessing.get_context("spawn")
-
-
-class FixedToken(requests.auth.AuthBase):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self.token}"
-        return r
 
 
 def _hammer(

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from etbridge.auth import AUTH_BACKOFF_BASE, AUTH_BACKOFF_CAP, max_requests_in
+from etbridge.backoff import max_attempts_in as max_requests_in
+from etbridge.tokencache import AUTH_BACKOFF_BASE, AUTH_BACKOFF_CAP
 from tests.support.fleet import fleet, fleet_env, wait_for
 from tests.support.sandbox import Sandbox
 

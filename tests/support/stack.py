@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import redis
+import requests
+import requests.auth
 
 from etbridge import keys
 from etbridge.runtime import Runtime
@@ -36,3 +38,14 @@ def runtime_for(sandbox: Sandbox, redis_url: str, **overrides: Any) -> Runtime:
 def outbox_events(client: redis.Redis, org_id: str) -> list[dict[str, Any]]:
     """Every envelope in an org's outbox, in commit order."""
     return [json.loads(fields[b"event"]) for _id, fields in client.xrange(keys.outbox(org_id))]
+
+
+class FixedToken(requests.auth.AuthBase):
+    """Puts a fixed bearer token on every request (auth.py's BearerAuth stands in)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r

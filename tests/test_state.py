@@ -1,0 +1,195 @@
+"""OrgState against a real Redis: leases, the atomic commit, snapshots, the org registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from etbridge import keys, state
+from etbridge.errors import LeaseLost
+from etbridge.state import CommitConflict, CommitPlan, OrgState
+
+ORG = "1001"
+
+
+def booking(n: int, **attributes: Any) -> dict[str, Any]:
+    return {
+        "type": "bookings",
+        "id": str(n),
+        "attributes": {"name": f"Booking {n} ☃", "status": "lead", **attributes},
+    }
+
+
+def org(r: redis.Redis) -> OrgState:
+    return OrgState(r, ORG, "bookings")
+
+
+def everything(r: redis.Redis) -> dict[str, Any]:
+    """Every key and its content, to compare before and after a refused commit.
+
+    Not the org's snapshot dictionary: it is written (once, ``SET NX``) before
+    the commit script, and a blob that refers to it is only ever written after.
+    """
+    out: dict[str, Any] = {}
+    for key in sorted(r.keys("*")):
+        if key == keys.snapshot_dict(ORG, "bookings").encode():
+            continue
+        kind = r.type(key)
+        if kind == b"hash":
+            out[key.decode()] = r.hgetall(key)
+        elif kind == b"set":
+            out[key.decode()] = r.smembers(key)
+        elif kind == b"stream":
+            out[key.decode()] = r.xlen(key)
+        else:
+            out[key.decode()] = r.get(key)
+    return out
+
+
+# --- packing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_dict", [False, True])
+def test_a_packed_record_unpacks_to_itself(with_dict: bool) -> None:
+    records = [booking(n, notes="x" * n, guest_count=n) for n in range(40)]
+    zdict = state.build_dictionary(records) if with_dict else None
+    for record in records:
+        blob = state.pack_record(record, zdict)
+        assert state.unpack_record(blob, zdict) == record
+    raw = len(json.dumps(records[-1]).encode())
+    assert len(state.pack_record(records[-1], zdict)) < raw
+
+
+def test_unpacking_refuses_what_it_cannot_read() -> None:
+    zdict = state.build_dictionary([booking(1)])
+    blob = state.pack_record(booking(2), zdict)
+    with pytest.raises(ValueError, match="dictionary"):
+        state.unpack_record(blob, None)
+    with pytest.raises(ValueError, match="unknown snapshot format"):
+        state.unpack_record(b"\x09" + blob[1:])
+    with pytest.raises(ValueError, match="decoding"):
+        state.unpack_record("text, from a decode_responses client")
+
+
+def test_the_org_dictionary_is_written_once(r: redis.Redis) -> None:
+    first = org(r).dictionary([booking(1)])
+    second = org(r).dictionary([booking(2, notes="another sample entirely")])
+    assert first and first == second == r.get(keys.snapshot_dict(ORG, "bookings"))
+
+
+# --- leases -----------------------------------------------------------------------
+
+
+def test_a_lease_is_exclusive_fenced_and_released(r: redis.Redis) -> None:
+    one = org(r).acquire_lease(10)
+    assert one is not None
+    assert org(r).acquire_lease(10) is None
+    org(r).extend_lease(one)
+    org(r).release_lease(one)
+    two = org(r).acquire_lease(10)
+    assert two is not None and int(two.token) == int(one.token) + 1
+    with pytest.raises(LeaseLost):
+        org(r).extend_lease(one)
+    # Releasing with a stale token leaves the newer holder's lease alone.
+    org(r).release_lease(one)
+    assert r.get(keys.lease(ORG)) == two.token.encode()
+
+
+# --- the commit -------------------------------------------------------------------
+
+
+def plan_for(records: list[dict[str, Any]], **extra: Any) -> CommitPlan:
+    plan = CommitPlan(**extra)
+    for record in records:
+        plan.checks[record["id"]] = ""
+        plan.writes[record["id"]] = (f"fp-{record['id']}", record)
+    return plan
+
+
+def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis) -> None:
+    s = org(r)
+    lease = s.acquire_lease(10)
+    assert lease is not None
+    records = [booking(1), booking(2)]
+    plan = plan_for(
+        records,
+        events=['{"id": "e1"}', '{"id": "e2"}'],
+        seen=["1", "2"],
+        meta={"watermark": "2026-11-27T20:04:03Z"},
+    )
+    assert s.commit(lease, plan) == 2
+    assert s.digests(["1", "2", "3"]) == {"1": "fp-1", "2": "fp-2", "3": ""}
+    assert org(r).records(["1", "2", "3"]) == {"1": records[0], "2": records[1]}
+    assert [f[b"event"] for _id, f in r.xrange(keys.outbox(ORG))] == [
+        b'{"id": "e1"}',
+        b'{"id": "e2"}',
+    ]
+    assert s.meta()["watermark"] == "2026-11-27T20:04:03Z"
+    assert s.unseen_ids() == set() and s.count() == 2
+
+    # Deleting a record and a meta field ("" deletes) in the next commit.
+    later = CommitPlan(checks={"2": "fp-2"}, deletes=["2"], meta={"watermark": ""})
+    assert s.commit(lease, later) == 0
+    assert s.stored_ids() == {"1"}
+    assert "watermark" not in s.meta()
+
+
+def test_a_commit_with_a_lost_lease_writes_nothing(r: redis.Redis) -> None:
+    s = org(r)
+    stale = s.acquire_lease(10)
+    assert stale is not None
+    s.release_lease(stale)
+    fresh = s.acquire_lease(10)
+    assert fresh is not None
+    before = everything(r)
+    with pytest.raises(LeaseLost):
+        s.commit(stale, plan_for([booking(1)], events=['{"id": "e"}'], meta={"x": "1"}))
+    assert everything(r) == before
+
+
+def test_a_commit_whose_record_moved_writes_nothing(r: redis.Redis) -> None:
+    s = org(r)
+    lease = s.acquire_lease(10)
+    assert lease is not None
+    s.commit(lease, plan_for([booking(1)]))
+    before = everything(r)
+    # The diff read "absent" for id 1, but it is stored now.
+    with pytest.raises(CommitConflict):
+        s.commit(lease, plan_for([booking(1, status="definite")], events=['{"id": "e"}']))
+    assert everything(r) == before
+
+
+def test_reset_sweep_forgets_what_the_sweep_saw(r: redis.Redis) -> None:
+    s = org(r)
+    lease = s.acquire_lease(10)
+    assert lease is not None
+    s.commit(lease, plan_for([booking(1), booking(2)], seen=["1", "2"]))
+    s.reset_sweep()
+    assert s.unseen_ids() == {"1", "2"}
+
+
+# --- the registry ---------------------------------------------------------------------
+
+
+def test_the_org_registry_keeps_the_first_discovery_and_marks_removals(r: redis.Redis) -> None:
+    state.register_org(r, "7", name="Seven")
+    first = state.known_orgs(r)["7"]["discovered_at"]
+    state.mark_removed(r, "7")
+    assert "removed_at" in state.known_orgs(r)["7"]
+    state.register_org(r, "7", name="Seven again")
+    again = state.known_orgs(r)["7"]
+    assert again["discovered_at"] == first and again["name"] == "Seven again"
+    assert "removed_at" not in again
+
+
+def test_iter_meta_reads_many_orgs_at_once(r: redis.Redis) -> None:
+    OrgState(r, "1", "bookings").set_meta(watermark="a")
+    OrgState(r, "2", "bookings").set_meta(watermark="b", errors="3")
+    assert state.iter_meta(r, ["1", "2", "3"], "bookings") == {
+        "1": {"watermark": "a"},
+        "2": {"watermark": "b", "errors": "3"},
+        "3": {},
+    }
