@@ -190,13 +190,15 @@ def plan_rates(units: Sequence[UnitView], limit: int, config: PlanConfig) -> All
 
 
 def _phase(unit: UnitView, now: float, gap: float) -> float:
-    """A unit's first deadline: a stable point within its first interval.
+    """A unit's first deadline: the latest point, not after now, of its own grid.
 
-    Units that start together (a fleet's first minute, a batch of new orgs)
-    would otherwise all fall due at once and queue behind the budget's pace.
+    The grid's step is the unit's interval and its phase comes from the unit's
+    name, so it is stable from tick to tick: units that start together (a
+    fleet's first minute, a batch of new orgs) are served in phase order, not
+    all at once, and a unit that waits is due, not pushed to the next point.
     """
-    digest = zlib.crc32(f"{unit.org_id}\x1f{unit.resource}".encode())
-    return now + gap * (digest / 2**32)
+    phase = gap * (zlib.crc32(f"{unit.org_id}\x1f{unit.resource}".encode()) / 2**32)
+    return phase + math.floor((now - phase) / gap) * gap
 
 
 def _next(

@@ -150,3 +150,21 @@ def test_uniform_noise_is_shrunk_to_the_mean_and_real_skew_is_kept() -> None:
     rates = scheduler.shrunk_rates(skewed, scheduler.CHANGE_PRIOR)
     assert min(rates[:2]) > 8 * sum(rates[2:]) / 8, rates
     assert scheduler.shrunk_rates([], scheduler.CHANGE_PRIOR) == []
+
+
+def test_a_new_unit_falls_due_within_one_interval_and_units_are_spread() -> None:
+    units = [UnitView(str(n), "bookings", baselined=True, last_sweep_due=NOW) for n in range(10)]
+    alloc = scheduler.plan_rates(units, 100, CFG)
+    gap = alloc.rates[units[0].key].poll_every
+    sent: dict[str, float] = {}
+    now = NOW
+    # Tick by tick, as the planner does, until every unit was dispatched once.
+    while len(sent) < 10 and now < NOW + 2 * gap:
+        pending = [u for u in units if u.org_id not in sent]
+        for d in scheduler.dispatch(now, pending, alloc, Budget(100, 0), CFG):
+            if d.mode == "incremental":
+                sent[d.org_id] = d.send_at
+        now += CFG.tick
+    assert len(sent) == 10, sent
+    assert max(sent.values()) - NOW <= gap + CFG.tick
+    assert len({round(t, 1) for t in sent.values()}) >= 8  # not all at once
