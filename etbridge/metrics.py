@@ -139,6 +139,9 @@ FLEET_GAUGES = {
     "etbridge_org_sweep_age_seconds": "Seconds since an org's last complete sweep.",
     "etbridge_org_poll_errors": "Failed polls of an org since it was first polled.",
     "etbridge_org_records": "Records stored for an org (its snapshot hash size).",
+    "etbridge_org_poll_interval_seconds": "Seconds between an org's polls that the budget gives.",
+    "etbridge_org_deletion_interval_seconds": "Seconds between an org's complete sweeps that "
+    "the budget gives (how soon a deletion is seen at the most).",
     "etbridge_token_expires_in_seconds": "Seconds until the shared token expires (<0: none).",
     "etbridge_token_error": "1 while the token endpoint's last refusal is remembered, by code.",
     "etbridge_rate_budget_limit": "API requests the fleet may make in any 60 s span.",
@@ -264,16 +267,26 @@ def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
         gauge("etbridge_sink_disabled", sink_labels).add_metric(
             lv, 1.0 if sink.get("disabled") else 0.0
         )
+    unit_labels = ("org_id", "resource")
     for org_id, org in doc.get("orgs", {}).items():
         if org.get("removed"):
             continue
-        if org.get("lag") is not None:
-            gauge("etbridge_org_lag_seconds", ["org_id"]).add_metric([org_id], org["lag"])
-        sweep_age = _age(now, org.get("last_full_sweep"))
-        if sweep_age is not None:
-            gauge("etbridge_org_sweep_age_seconds", ["org_id"]).add_metric([org_id], sweep_age)
-        gauge("etbridge_org_poll_errors", ["org_id"]).add_metric([org_id], org.get("errors") or 0)
-        gauge("etbridge_org_records", ["org_id"]).add_metric([org_id], org.get("records") or 0)
+        for resource, unit in (org.get("resources") or {"": org}).items():
+            lv = [org_id, resource]
+            if unit.get("lag") is not None:
+                gauge("etbridge_org_lag_seconds", unit_labels).add_metric(lv, unit["lag"])
+            sweep_age = _age(now, unit.get("last_full_sweep"))
+            if sweep_age is not None:
+                gauge("etbridge_org_sweep_age_seconds", unit_labels).add_metric(lv, sweep_age)
+            errors = unit.get("errors") or 0
+            gauge("etbridge_org_poll_errors", unit_labels).add_metric(lv, errors)
+            gauge("etbridge_org_records", unit_labels).add_metric(lv, unit.get("records") or 0)
+            for field, name in (
+                ("poll_interval", "etbridge_org_poll_interval_seconds"),
+                ("deletion_interval", "etbridge_org_deletion_interval_seconds"),
+            ):
+                if unit.get(field) is not None:
+                    gauge(name, unit_labels).add_metric(lv, unit[field])
     token = doc.get("token", {})
     expires_in = _age(now, token.get("expires_at"))
     gauge("etbridge_token_expires_in_seconds").add_metric(

@@ -153,7 +153,7 @@ def test_fleet_gauges_come_from_status(redis_url: str, r: redis.Redis) -> None:
     r.hset("etb:{org:1001}:meta:bookings", mapping={"last_poll_at": str(time.time() - 42)})
     families = {m.name: m for m in metrics.StatusCollector(settings).collect()}
     lag = families["etbridge_org_lag_seconds"].samples[0]
-    assert lag.labels == {"org_id": "1001"} and 41 <= lag.value < 60
+    assert lag.labels == {"org_id": "1001", "resource": "bookings"} and 41 <= lag.value < 60
 
     down = load_settings(
         _env_file=None, client_id="c", client_secret="s", redis_url="redis://127.0.0.1:1/0"
@@ -268,6 +268,6 @@ def test_prefork_worker_serves_the_sum_of_its_children(redis_url: str, tmp_path:
     assert _total(scrape, "etbridge_events_delivered_total") >= 10
     assert _total(scrape, "etbridge_poll_duration_seconds_count") == log.count("poll done")
     for org in ("1001", "1002", "1003"):
-        assert f"etbridge_org_lag_seconds{{org_id={org}}}" in scrape
+        assert f"etbridge_org_lag_seconds{{org_id={org},resource=bookings}}" in scrape
     assert scrape["etbridge_rate_budget_limit{}"] == 6000
     assert scrape["etbridge_status_up{}"] == 1
