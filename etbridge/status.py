@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys, planstore, scheduler, state
+from etbridge import holds, keys, planstore, scheduler, state
 from etbridge.settings import Settings
 
 
@@ -53,6 +53,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     resource = settings.resources[0]
     metas = state.iter_meta(client, org_ids, resource)
     plans = planstore.plans(client, org_ids)
+    held = holds.read_many(client, org_ids, resource)
     config = scheduler.PlanConfig(
         poll_interval=settings.poll_interval, sweep_interval=settings.sweep_interval
     )
@@ -60,7 +61,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     bound = scheduler.latency_bound(len(active), settings.rate_limit, config)
     orgs: dict[str, Any] = {}
     for org_id in org_ids:
-        meta, plan = metas[org_id], plans[org_id]
+        meta, plan, hold = metas[org_id], plans[org_id], held[org_id]
         last_poll = _num(meta.get("last_poll_at"))
         activity = scheduler.decay(
             _num(plan.get("activity")) or 0.0, now - (_num(plan.get("activity_at")) or now)
@@ -81,6 +82,12 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
             "change_rate_per_min": round(activity / (scheduler.ACTIVITY_HALF_LIFE / 60), 3),
             "latency_bound": round(bound, 1),
             "removed": "removed_at" in registry.get(org_id, {}),
+            "deletions_held": hold.count if hold is not None else 0,
+            "deletions_pending": int(meta.get("deletions_pending") or 0),
+            # Lost access (403/404 on its X-API-ORG) or gone from the organizations endpoint.
+            "accessible": not meta.get("inaccessible_since")
+            and "removed_at" not in registry.get(org_id, {}),
+            "inaccessible_since": _iso(meta.get("inaccessible_since")),
         }
     tokens = TokenCache(client, settings)
     budget = RequestBudget(client, keys.digest(settings.client_id), settings.rate_limit)
@@ -149,6 +156,10 @@ def render(doc: dict[str, Any]) -> str:
         notes = []
         if org.get("removed"):
             notes.append("gone from the organizations endpoint")
+        elif org.get("accessible") is False:
+            notes.append(f"INACCESSIBLE since {_short(org.get('inaccessible_since'))}")
+        if org.get("deletions_held"):
+            notes.append(f"deletions held: {org['deletions_held']} (etbridge deletions list)")
         if org.get("last_error"):
             notes.append(_clip(str(org["last_error"])))
         if org.get("next_retry"):

@@ -19,7 +19,7 @@ import redis
 from celery import Task
 
 from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, state
-from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
+from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
 log = logging.getLogger("etbridge.tasks")
@@ -123,6 +123,12 @@ def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[st
             metrics.record_poll_failure(mode, "retriable_error")
             delay = planstore.record_failure(rt.redis, org_id, str(exc), exc.retry_after)
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
+            return []
+        except AccessLost as exc:
+            # Not deletion: state kept, nothing emitted; try again on the failure backoff.
+            metrics.record_poll_failure(mode, "inaccessible")
+            delay = planstore.record_failure(rt.redis, org_id, str(exc))
+            log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
             metrics.record_poll_failure(mode, "auth_error")
