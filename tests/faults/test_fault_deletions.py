@@ -71,12 +71,12 @@ def _verdict(run: FaultRun, deleted: list[str]) -> list[str]:
                 n = kinds[(org_id, rid, "deleted")]
                 problems.append(f"org {org_id} booking {rid}: deletion announced {n} times")
     # A booking created and deleted while the org could not be read was never seen: no event.
-    seen = [rid for rid in deleted if any(kinds[(ORG, rid, t)] for t in ("snapshot", "created"))]
-    missing = [rid for rid in seen if not kinds[(ORG, rid, "deleted")]]
+    known = [rid for rid in deleted if any(kinds[(ORG, rid, t)] for t in ("snapshot", "created"))]
+    missing = [rid for rid in known if not kinds[(ORG, rid, "deleted")]]
     if missing:
         problems.append(f"real deletions of org {ORG} not announced: {missing}")
-    if len(seen) < len(deleted) // 2:
-        problems.append(f"too few of the deletions were of bookings seen before: {seen}")
+    if len(known) < len(deleted) // 2:
+        problems.append(f"too few of the deletions were of bookings seen before: {known}")
     return problems
 
 
