@@ -251,3 +251,22 @@ def test_an_org_never_polled_that_answers_403_is_an_error_not_lost_access(
         poller(rt).poll("1002")
     assert not isinstance(info.value, AccessLost)
     assert org_status(rt, "1002")["accessible"] is True
+
+
+def test_an_org_gone_from_discovery_is_inaccessible_and_keeps_its_state(
+    rt: Runtime, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    from etbridge import state as state_mod
+
+    poller(rt).poll(ORG)
+    state_mod.register_org(rt.redis, ORG)
+    stored = OrgState(rt.redis, ORG, "bookings").count()
+    with caplog.at_level("WARNING", logger="etbridge.deletions"):
+        state_mod.mark_removed(rt.redis, ORG)
+    assert any(f"org inaccessible org_id={ORG}" in r.getMessage() for r in caplog.records)
+    doc = org_status(rt)
+    assert doc["accessible"] is False and doc["removed"] is True
+    assert OrgState(rt.redis, ORG, "bookings").count() == stored
+    assert outbox_events(rt.redis, ORG) == []
+    state_mod.register_org(rt.redis, ORG)  # listed again
+    assert org_status(rt)["accessible"] is True
