@@ -100,3 +100,18 @@ def test_many_candidates_are_sampled_and_the_verdict_extends_only_when_all_agree
 def test_samples_differ_between_sweeps() -> None:
     picks = {plan(IDS, stored=10_000, listed=1, guard=GUARD).confirm for _ in range(20)}
     assert len(picks) > 1
+
+
+def test_the_setting_is_read_and_a_bad_one_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etbridge.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("ETBRIDGE_CLIENT_ID", "id")
+    monkeypatch.setenv("ETBRIDGE_CLIENT_SECRET", "secret")
+    assert load_settings().delete_guard == Guard(0.2, 10)
+    monkeypatch.setenv("ETBRIDGE_DELETE_GUARD", "5%,100")
+    assert load_settings().delete_guard == Guard(0.05, 100)
+    monkeypatch.setenv("ETBRIDGE_DELETE_GUARD", "lots")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message and "ETBRIDGE_DELETE_GUARD" in message and "20%,10" in message
