@@ -162,6 +162,9 @@ def latency(window: float, orgs: int, bookings: int, sweep_interval: float) -> d
         # What the planner made of ETBRIDGE_SWEEP_INTERVAL (the latency's real bound):
         # sweep polls logged, the 5 baselines and any paused slice included.
         "sweeps_completed": sweeps,
+        # Sweeps whose confirmations found the sweeps' budget share spent (left pending).
+        "confirmations_deferred": logs.count("deletion confirmations wait for the budget"),
+        "sweeps_paused": logs.count("sweep paused"),
         "seconds_per_sweep_per_org": round(elapsed * orgs / sweeps, 1) if sweeps else None,
         "raw_latencies": [round(v, 2) for v in lat],
     }
@@ -205,7 +208,9 @@ def print_table(doc: dict[str, Any]) -> None:
         f"p50 {q['p50']}s p95 {q['p95']}s max {q['max']}s; "
         f"{lat['confirmation_gets']} GETs, {lat['listing_requests']} listings, "
         f"{lat['served_429']} x 429; {lat['sweeps_completed']} sweeps "
-        f"(one per org every {lat['seconds_per_sweep_per_org']}s)"
+        f"(one per org every {lat['seconds_per_sweep_per_org']}s), "
+        f"{lat['confirmations_deferred']} deferred confirmations, "
+        f"{lat['sweeps_paused']} paused sweeps"
     )
 
 
