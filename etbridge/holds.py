@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -35,7 +35,6 @@ class Hold:
     alerted: bool = False
     approved_ids: tuple[str, ...] = ()
     approved_at: float | None = None
-    sample: dict[str, int] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
