@@ -2,7 +2,8 @@
 
 Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
-``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``.
+``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
+``deletions list [ORG] | approve ORG | reject ORG``.
 
 Operator mistakes (settings, bad arguments) print one line and exit non-zero,
 never a traceback.
@@ -188,6 +189,55 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deletions(args: argparse.Namespace) -> int:
+    from etbridge import holds, state
+
+    settings = _settings()
+    client = _redis(settings)
+    if args.deletions_command == "list":
+        org_ids = [args.org] if args.org else list(settings.orgs) or list(state.known_orgs(client))
+        found = 0
+        for resource in settings.resources:
+            for org_id, hold in holds.read_many(client, org_ids, resource).items():
+                if hold is None:
+                    continue
+                found += 1
+                since = datetime.fromtimestamp(hold.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                line = (
+                    f"{org_id}  {resource}  held {hold.count} of {hold.stored} stored  "
+                    f"reason={hold.reason}  since={since}"
+                )
+                if hold.approved_ids:
+                    line += f"  approved ({len(hold.approved_ids)}; the next sweep applies it)"
+                print(line)
+                if args.org:
+                    print("  ids: " + " ".join(hold.ids))
+        if not found:
+            print("no deletions held" + (f" for org {args.org}" if args.org else ""))
+        return 0
+    verb = args.deletions_command
+    done = 0
+    for resource in settings.resources:
+        hold = (holds.approve if verb == "approve" else holds.reject)(client, args.org, resource)
+        if hold is None:
+            continue
+        done += 1
+        if verb == "approve":
+            print(
+                f"org {args.org} {resource}: {hold.count} held deletions approved; the next "
+                "sweep (requested now) announces those still missing from the listing"
+            )
+        else:
+            print(
+                f"org {args.org} {resource}: hold of {hold.count} dropped, the bookings stay "
+                "stored; a sweep that misses them again holds them again"
+            )
+    if not done:
+        print(f"deletions {verb}: org {args.org} has no held deletions", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_sink(args: argparse.Namespace) -> int:
     from etbridge import outbox
 
@@ -244,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     enable = sink_sub.add_parser("enable", help="re-enable a sink disabled by 410 Gone")
     enable.add_argument("sink", help="the sink's URL (as in ETBRIDGE_SINKS) or its name")
     sink.set_defaults(func=cmd_sink)
+
+    dele = sub.add_parser("deletions", help="deletions held by the mass-delete guard")
+    dele_sub = dele.add_subparsers(dest="deletions_command", required=True)
+    dl = dele_sub.add_parser("list", help="one line per org with held deletions")
+    dl.add_argument("org", nargs="?", default=None, help="one org (its held ids too)")
+    for verb, text in (
+        ("approve", "announce the held deletions (those still missing at the next sweep)"),
+        ("reject", "drop the hold and keep the bookings"),
+    ):
+        dele_sub.add_parser(verb, help=text).add_argument("org")
+    dele.set_defaults(func=cmd_deletions)
 
     replay = sub.add_parser("replay", help="re-send retained events to a sink (same ids)")
     replay.add_argument("--sink", required=True, help="a sink URL, e.g. redis-stream:KEY")

@@ -193,12 +193,12 @@ class EventTempleClient:
         return orgs
 
     def get_one(self, org_id: str, resource: str, id: str) -> dict[str, Any] | None:
-        """The resource object ``/v2/{resource}/{id}``, or ``None`` if the API says 404."""
+        """The resource object ``/v2/{resource}/{id}``, or ``None`` if the API says 404/410."""
         path = f"/v2/{quote(resource, safe='')}/{quote(id, safe='')}"
         try:
             doc = self.get_document(org_id, path, {})
         except FatalError as exc:
-            if exc.status == 404:
+            if exc.status in (404, 410):
                 return None
             raise
         data = doc.get("data")

@@ -12,6 +12,7 @@ endpoint's alike); messages name the org and the path, never a secret::
     ├── FatalError              a request the API will never accept (400/403/404/422)
     │   └── FilterRejected      the incremental filter is not supported: sweep instead
     ├── AuthenticationError     credentials or tokens refused (invalid_client, a second 401)
+    ├── AccessLost              403/404 on the X-API-ORG of an org polled before: not deletion
     └── LeaseLost               this worker no longer owns the org: stop writing
 """
 
@@ -71,3 +72,8 @@ class AuthenticationError(EtbridgeError):
 
 class LeaseLost(EtbridgeError):
     """Another worker holds the org's lease now; this one's writes are refused."""
+
+
+class AccessLost(EtbridgeError):
+    """The API refuses an org polled before (403/404 on its ``X-API-ORG``): its state is
+    kept, nothing is emitted, and polling resumes from its watermark once access returns."""

@@ -80,6 +80,11 @@ def sweep_seen(org_id: str, resource: str) -> str:
     return f"{PREFIX}:{org_tag(org_id)}:seen:{resource}"
 
 
+def deletion_hold(org_id: str, resource: str) -> str:
+    """Hash: the org's held deletions (ids, reason, since; approved ids once approved)."""
+    return f"{PREFIX}:{org_tag(org_id)}:delhold:{resource}"
+
+
 def lease(org_id: str) -> str:
     return f"{PREFIX}:{org_tag(org_id)}:lease"
 

@@ -81,7 +81,7 @@ TOKEN_REQUESTS = Counter(
 POLLS = Counter(
     "etbridge_polls",
     "Polls of one org and resource, by mode (incremental|sweep) and outcome "
-    "(ok|skipped|retriable_error|auth_error|lease_lost|error).",
+    "(ok|skipped|retriable_error|auth_error|inaccessible|lease_lost|error).",
     ["mode", "outcome"],
 )
 POLL_PAGES = Counter("etbridge_poll_pages", "Pages listed by polls, by mode.", ["mode"])
@@ -112,6 +112,18 @@ EVENTS_DEAD_LETTERED = Counter(
     "Events a sink gave up on (moved to its dead-letter stream), by sink name and kind.",
     ["sink", "kind"],
 )
+DELETIONS = Counter(
+    "etbridge_deletions",
+    "Bookings a complete sweep did not list, by outcome (confirmed|extrapolated|approved|"
+    "listing_lied|pending|held).",
+    ["outcome"],
+)
+ACCESS_LOST = Counter(
+    "etbridge_org_access_lost",
+    "Times an org polled before became inaccessible, by reason (http_403|http_404|vanished: "
+    "no longer listed by the organizations endpoint).",
+    ["reason"],
+)
 
 RECORDED = (
     "etbridge_api_requests_total",
@@ -124,6 +136,8 @@ RECORDED = (
     "etbridge_deliveries_total",
     "etbridge_events_delivered_total",
     "etbridge_events_dead_lettered_total",
+    "etbridge_deletions_total",
+    "etbridge_org_access_lost_total",
 )
 """Names (as exposed) of the metrics recorded by the workers' children."""
 
@@ -142,6 +156,8 @@ FLEET_GAUGES = {
     "etbridge_org_poll_interval_seconds": "Seconds between an org's polls that the budget gives.",
     "etbridge_org_deletion_interval_seconds": "Seconds between an org's complete sweeps that "
     "the budget gives (how soon a deletion is seen at the most).",
+    "etbridge_org_deletions_held": "Deletions of an org held by the mass-delete guard.",
+    "etbridge_org_accessible": "0 while the API refuses an org polled before, else 1.",
     "etbridge_token_expires_in_seconds": "Seconds until the shared token expires (<0: none).",
     "etbridge_token_error": "1 while the token endpoint's last refusal is remembered, by code.",
     "etbridge_rate_budget_limit": "API requests the fleet may make in any 60 s span.",
@@ -226,6 +242,17 @@ def record_poll_failure(mode: str, outcome: str) -> None:
     POLLS.labels("sweep" if mode == "sweep" else "incremental", outcome).inc()
 
 
+def record_deletions(counts: dict[str, int]) -> None:
+    """Count one sweep's deletion outcomes (see :data:`DELETIONS`)."""
+    for outcome, n in counts.items():
+        if n:
+            DELETIONS.labels(outcome).inc(n)
+
+
+def record_access_lost(reason: str) -> None:
+    ACCESS_LOST.labels(reason).inc()
+
+
 def record_delivery(result: DeliveryResult, settings: Settings) -> None:
     """Count one relay run and the events it delivered or dead-lettered."""
     kind = next((s.kind for s in settings.sinks if s.name == result.sink_name), "unknown")
@@ -287,6 +314,12 @@ def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
             ):
                 if unit.get(field) is not None:
                     gauge(name, unit_labels).add_metric(lv, unit[field])
+        gauge("etbridge_org_deletions_held", ["org_id"]).add_metric(
+            [org_id], org.get("deletions_held") or 0
+        )
+        gauge("etbridge_org_accessible", ["org_id"]).add_metric(
+            [org_id], 0.0 if org.get("accessible") is False else 1.0
+        )
     token = doc.get("token", {})
     expires_in = _age(now, token.get("expires_at"))
     gauge("etbridge_token_expires_in_seconds").add_metric(

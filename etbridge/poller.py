@@ -33,9 +33,15 @@ from typing import Any, Literal
 
 import redis
 
-from etbridge import changes, events
+from etbridge import changes, confirmations, deletions, events, holds, metrics
 from etbridge.client import EventTempleClient, RepeatedCursor
-from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse
+from etbridge.errors import (
+    AccessLost,
+    FatalError,
+    FilterRejected,
+    LeaseLost,
+    MalformedResponse,
+)
 from etbridge.settings import Settings
 from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
 from etbridge.timefmt import rfc3339
@@ -213,7 +219,19 @@ class Poller:
                 last_error_at=str(time.time()),
                 errors=str(int(meta.get("errors", "0")) + 1),
             )
+            if confirmations.lost_access(exc, baselined=not baseline):
+                # Lost access is not deletion: keep the state, emit nothing, back off.
+                status = getattr(exc, "status", 0)
+                if holds.mark_inaccessible(self.redis, state.org_id, state.resource, str(exc)):
+                    raise confirmations.alert_access_lost(
+                        state.org_id, str(exc), f"http_{status}"
+                    ) from exc
+                raise AccessLost(f"org {state.org_id} still inaccessible: {exc}") from exc
             raise
+        if meta.get("inaccessible_since"):
+            since = holds.mark_accessible(self.redis, state.org_id, state.resource)
+            if since is not None:
+                confirmations.note_access_back(state.org_id, since, time.time())
         result.ms = (time.monotonic() - started) * 1000
         log.info(
             "poll done org_id=%s resource=%s mode=%s pages=%d records=%d changes=%d "
@@ -460,9 +478,102 @@ class Poller:
         final: dict[str, str],
         now: datetime,
     ) -> None:
-        unseen = sorted(state.unseen_ids())
-        for start in range(0, len(unseen), _DELETE_CHUNK):
-            chunk = unseen[start : start + _DELETE_CHUNK]
+        done = dict(final)
+        unseen = state.unseen_ids()
+        hold = holds.read(self.redis, state.org_id, state.resource)
+        if unseen:
+            pending = self._settle_deletions(state, lease, result, unseen, hold, now)
+            done["deletions_pending"] = str(pending) if pending else ""
+        else:
+            done["deletions_pending"] = ""
+            if hold is not None and holds.clear(self.redis, state.org_id, state.resource):
+                log.info(
+                    "deletions hold cleared org_id=%s: the listing has every booking again",
+                    state.org_id,
+                )
+        done.update(
+            last_sweep_at=str(now.timestamp()),
+            baselined="1",
+            sweep_active="",
+            sweep_cursor="",
+            scan_max="",
+            resync="",
+        )
+        state.commit(lease, CommitPlan(meta=done))
+        state.reset_sweep()
+
+    def _settle_deletions(
+        self,
+        state: OrgState,
+        lease: Lease,
+        result: PollResult,
+        unseen: set[str],
+        hold: holds.Hold | None,
+        now: datetime,
+    ) -> int:
+        """Confirm, hold or announce what a complete sweep did not list (docs/deletions.md).
+
+        Returns the number of candidates left pending for the next sweep.
+        """
+        stored = state.count()
+        p = deletions.plan(
+            unseen,
+            stored=stored,
+            listed=state.seen_count(),
+            guard=self.settings.delete_guard,
+            approved=hold.approved_ids if hold is not None else (),
+        )
+        answers = (
+            confirmations.confirm(self.api, state.org_id, state.resource, p.confirm)
+            if p.confirm
+            else {}
+        )
+        outcome = deletions.decide(p, {i: v for i, (v, _rec) in answers.items()})
+        metrics.record_deletions(outcome.counts)
+        if outcome.refresh:
+            # The listing lied about these: store what the GET returned (an update if changed).
+            meta = state.meta()
+            records = self._canonical_page(state, [answers[i][1] for i in outcome.refresh])
+            self._commit_page(
+                state,
+                lease,
+                records,
+                result,
+                baseline=False,
+                seen=False,
+                known=set(json.loads(meta.get("attrs", "[]"))),
+                absorbed=set(json.loads(meta.get("absorbed", "[]"))),
+                meta_updates={},
+            )
+        self._commit_deletions(state, lease, result, deletions.ordered(outcome.delete), now)
+        if hold is not None and (p.hold is None or hold.approved_ids):
+            holds.clear(self.redis, state.org_id, state.resource)
+            if p.hold is None and not hold.approved_ids:
+                log.info(
+                    "deletions hold cleared org_id=%s: the guard no longer holds this sweep",
+                    state.org_id,
+                )
+        if p.hold is not None:
+            fresh = holds.write(
+                self.redis,
+                state.org_id,
+                state.resource,
+                outcome.held,
+                reason=p.hold.value,
+                stored=stored,
+                now=now.timestamp(),
+            )
+            if fresh:
+                confirmations.alert_hold(
+                    state.org_id, state.resource, len(outcome.held), stored, p.hold.value
+                )
+        return len(outcome.pending)
+
+    def _commit_deletions(
+        self, state: OrgState, lease: Lease, result: PollResult, ids: list[str], now: datetime
+    ) -> None:
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = ids[start : start + _DELETE_CHUNK]
             stored_digests = state.digests(chunk)
             recs = state.records(chunk)
             gone = changes.deletions(state.resource, self._stored(recs), ())
@@ -476,14 +587,3 @@ class Poller:
             result.counts["deleted"] = result.counts.get("deleted", 0) + len(gone)
             if appended and self.on_events is not None:
                 self.on_events(state.org_id)
-        done = dict(final)
-        done.update(
-            last_sweep_at=str(now.timestamp()),
-            baselined="1",
-            sweep_active="",
-            sweep_cursor="",
-            scan_max="",
-            resync="",
-        )
-        state.commit(lease, CommitPlan(meta=done))
-        state.reset_sweep()

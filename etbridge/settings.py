@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from etbridge.deletions import Guard, parse_guard
+
 ENV_PREFIX = "ETBRIDGE_"
 
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -244,11 +246,18 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     environment: str = "production"
     discovery_interval: float = Field(default=3600.0, gt=0)
+    # Deletion safety (issue 13): hold a sweep's deletions above this share AND count.
+    delete_guard: Annotated[Guard, NoDecode] = Field(default_factory=Guard)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("delete_guard", mode="before")
+    @classmethod
+    def _guard(cls, value: Any) -> Any:
+        return parse_guard(value) if isinstance(value, str) else value
 
     @field_validator("sinks", mode="before")
     @classmethod

@@ -296,6 +296,10 @@ class OrgState:
     def count(self) -> int:
         return int(self.redis.hlen(self.k_fp))
 
+    def seen_count(self) -> int:
+        """How many ids the current sweep has seen (0 after an empty listing)."""
+        return int(self.redis.scard(self.k_seen))
+
     def meta(self) -> dict[str, str]:
         return text_hash(self.redis.hgetall(self.k_meta))
 
@@ -353,11 +357,20 @@ def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
 
 
 def mark_removed(client: redis.Redis, org_id: str) -> None:
-    """An org the organizations endpoint no longer lists: stop polling, keep its state."""
+    """An org the organizations endpoint no longer lists: stop polling, keep its state.
+
+    A vanished org is lost access, never deletion: nothing is emitted for it, and
+    if discovery lists it again, polling resumes from its watermark.
+    """
+    from etbridge import confirmations  # the alert's edge (log, Sentry, metric)
+
     raw = client.hget(keys.ORGS, org_id)
     facts: dict[str, Any] = json.loads(raw) if raw else {}
     facts["removed_at"] = time.time()
     client.hset(keys.ORGS, org_id, json.dumps(facts, sort_keys=True))
+    confirmations.alert_access_lost(
+        org_id, "no longer listed by the organizations endpoint", "vanished"
+    )
 
 
 def known_orgs(client: redis.Redis) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys, planstore, scheduler, state
+from etbridge import holds, keys, planstore, scheduler, state
 from etbridge.allocation import Rates
 from etbridge.planner import warnings as planner_warnings
 from etbridge.settings import Settings
@@ -50,15 +50,20 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     alloc = scheduler.plan_rates(units, settings.rate_limit, config)
     estimates = {u.key: u for u in units}
     plans = planstore.plans(client, org_ids, settings.resources)
+    held = {res: holds.read_many(client, org_ids, res) for res in settings.resources}
     orgs: dict[str, Any] = {}
     for org_id in org_ids:
+        removed = "removed_at" in registry.get(org_id, {})
         per_resource = {
             res: _unit_status(client, org_id, res, plans[(org_id, res)], now)
             | _allocated(alloc.rates.get((org_id, res)), estimates.get((org_id, res)))
+            | _held(held[res][org_id])
             for res in settings.resources
         }
         first = dict(per_resource[settings.resources[0]])
-        first["removed"] = "removed_at" in registry.get(org_id, {})
+        first["removed"] = removed
+        first["deletions_held"] = sum(u["deletions_held"] for u in per_resource.values())
+        first["accessible"] = not removed and all(u["accessible"] for u in per_resource.values())
         first["resources"] = per_resource
         orgs[org_id] = first
     tokens = TokenCache(client, settings)
@@ -109,7 +114,15 @@ def _unit_status(
         "sweep_in_progress": meta.get("sweep_active") == "1",
         "incremental_filter": "unsupported" if meta.get("filter_unsupported") == "1" else "ok",
         "records": int(client.hlen(keys.fingerprints(org_id, resource))),
+        "deletions_pending": int(meta.get("deletions_pending") or 0),
+        "inaccessible_since": from_epoch(meta.get("inaccessible_since")),
+        # Lost access (403/404 on its X-API-ORG); an org gone from discovery is not polled.
+        "accessible": not meta.get("inaccessible_since"),
     }
+
+
+def _held(hold: holds.Hold | None) -> dict[str, Any]:
+    return {"deletions_held": hold.count if hold is not None else 0}
 
 
 def _allocated(rates: Rates | None, unit: scheduler.UnitView | None) -> dict[str, Any]:
@@ -177,6 +190,10 @@ def render(doc: dict[str, Any]) -> str:
         notes = []
         if org.get("removed"):
             notes.append("gone from the organizations endpoint")
+        elif org.get("accessible") is False:
+            notes.append(f"INACCESSIBLE since {_short(org.get('inaccessible_since'))}")
+        if org.get("deletions_held"):
+            notes.append(f"deletions held: {org['deletions_held']} (etbridge deletions list)")
         if org.get("last_error"):
             notes.append(_clip(str(org["last_error"])))
         if org.get("next_retry"):

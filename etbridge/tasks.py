@@ -21,7 +21,7 @@ import redis
 from celery import Task
 
 from etbridge import logs, metrics, outbox, planner, planstore, runtime, scheduler
-from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
+from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
 log = logging.getLogger("etbridge.tasks")
@@ -86,6 +86,12 @@ def poll_org(
             metrics.record_poll_failure(mode, "retriable_error")
             delay = planstore.record_failure(rt.redis, org_id, res, str(exc), exc.retry_after)
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
+            return []
+        except AccessLost as exc:
+            # Not deletion: state kept, nothing emitted; try again on the failure backoff.
+            metrics.record_poll_failure(mode, "inaccessible")
+            delay = planstore.record_failure(rt.redis, org_id, res, str(exc))
+            log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
             metrics.record_poll_failure(mode, "auth_error")

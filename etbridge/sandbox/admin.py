@@ -77,6 +77,7 @@ class AdminApi:
             Route("/mutate", self._wrap(self.mutate), methods=["POST"]),
             Route("/churn", self._wrap(self.churn), methods=["POST"]),
             Route("/faults", self._wrap(self.faults), methods=["GET", "POST"]),
+            Route("/glitches", self._wrap(self.glitches), methods=["GET", "POST"]),
             Route("/force_429", self._wrap(self.force_429), methods=["POST"]),
             Route("/revoke_tokens", self._wrap(self.revoke_tokens), methods=["POST"]),
             Route("/orgs", self._wrap(self.add_org), methods=["POST"]),
@@ -139,6 +140,23 @@ class AdminApi:
             except ValueError as exc:
                 raise AdminError(400, str(exc)) from exc
         return {"faults": faults.settings.as_dict(), "forced_429_left": faults.forced_left}
+
+    async def glitches(self, request: Request) -> dict[str, Any]:
+        """POST ``{"org", "empty_listings"?, "drop_fraction"?, "forbidden"?, "unlisted"?}``
+        sets one org's glitches (others unchanged); GET reads every org's."""
+        glitches = self.state.glitches
+        if request.method == "POST":
+            body = await _body(request)
+            org = _org_id(body.pop("org", None))
+            if org is None:
+                raise AdminError(400, "org is required")
+            if self.state.store.org(org) is None:
+                raise AdminError(404, f"unknown org {org}")
+            try:
+                glitches.update(org, body)
+            except ValueError as exc:
+                raise AdminError(400, str(exc)) from exc
+        return {"glitches": glitches.as_dict()}
 
     async def force_429(self, request: Request) -> dict[str, Any]:
         """``{"count": n, "retry_after": s}``: the next n API calls get 429."""

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from etbridge.sandbox import pagination
 from etbridge.sandbox.auth import TokenError, parse_token_request
 from etbridge.sandbox.faults import HTML_502, truncate
+from etbridge.sandbox.glitches import Glitch
 from etbridge.sandbox.jsonapi import CONTENT_TYPE, dumps, error_document
 from etbridge.sandbox.pagination import BOOKING_SORTS, InvalidCursor, Sort
 from etbridge.sandbox.state import SandboxState
@@ -198,6 +199,10 @@ class PublicApi:
         if not org_id:
             raise ApiError(400, "The X-API-ORG header is required.")
         org = self.state.store.org(org_id.strip())
+        glitch = self.state.glitches.get(org.id) if org is not None else None
+        if glitch is not None and glitch.forbidden:
+            self.state.counters.faults_served["forbidden"] += 1
+            org = None
         if org is None:
             raise ApiError(403, f"Organization {org_id} is not accessible to this application.")
         return org
@@ -207,7 +212,12 @@ class PublicApi:
     def _organizations(self, query: QueryParams) -> bytes:
         params = _list_params(query, _ORG_SORTS, filterable=False, includable=())
         orgs = self.state.store.orgs
-        keys = sorted(int(org_id) for org_id in orgs)
+        glitches = self.state.glitches
+        keys = sorted(
+            int(org_id)
+            for org_id in orgs
+            if not ((g := glitches.get(org_id)) is not None and g.unlisted)
+        )
         page = _select_ids(keys, params, accept=None)
         data = [orgs[str(key)].resource() for key in page.keys]
         meta = _meta(page.keys, pagination.id_cursor, page.has_more)
@@ -247,6 +257,9 @@ class PublicApi:
             page_keys = _select_updated(org.by_updated, params, accept=by_updated)
             bookings = [org.bookings[key[1]] for key in page_keys.keys]
             meta = _meta(page_keys.keys, pagination.updated_cursor, page_keys.has_more)
+        glitch = state.glitches.get(org.id)
+        if glitch is not None and (glitch.empty_listings or glitch.drop_fraction):
+            bookings = self._glitched(org, glitch, bookings, meta)
 
         # Resources are pre-encoded per booking; joining bytes keeps big pages cheap.
         return b"".join(
@@ -260,6 +273,19 @@ class PublicApi:
                 b"}",
             )
         )
+
+    def _glitched(
+        self, org: Org, glitch: Glitch, bookings: list[Booking], meta: dict[str, Any]
+    ) -> list[Booking]:
+        """A listing that lies: an empty 200, or some bookings left out (cursors kept)."""
+        served = self.state.counters.faults_served
+        if glitch.empty_listings:
+            served["empty_listing"] += 1
+            meta.update(after_cursor=None, before_cursor=None, has_more=False)
+            return []
+        kept = [b for b in bookings if not glitch.drops(org.id, b.id)]
+        served["dropped_records"] += len(bookings) - len(kept)
+        return kept
 
     def _booking(self, org: Org, raw_id: str, query: QueryParams) -> bytes:
         self.state.counters.get_requests_by_org[org.id] += 1

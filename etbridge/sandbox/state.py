@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from etbridge.sandbox.auth import TokenRegistry
 from etbridge.sandbox.churn import Churn
 from etbridge.sandbox.config import SandboxConfig
 from etbridge.sandbox.counters import Counters
 from etbridge.sandbox.faults import Faults
+from etbridge.sandbox.glitches import Glitches
 from etbridge.sandbox.ratelimit import FixedWindowLimiter
 from etbridge.sandbox.store import Store
 
@@ -29,6 +30,8 @@ class SandboxState:
     churn: Churn
     #: Lifetime of tokens issued from now on (the admin config call may change it).
     token_ttl: int
+    #: Per-org lies: empty or thinned listings, a 403 org header, an unlisted org.
+    glitches: Glitches = field(default_factory=Glitches)
 
     @classmethod
     def create(cls, config: SandboxConfig, clock: Callable[[], float] = time.time) -> SandboxState:
@@ -53,6 +56,7 @@ class SandboxState:
         """
         self.counters = Counters()
         self.faults.reset()
+        self.glitches.reset()
         self.churn.set_rate(0.0)
         self.limiter.reset()
         self.limiter.limit = self.config.rate_limit

@@ -202,6 +202,11 @@ class Sandbox:
         """Set fault knobs, e.g. ``faults(error_500=0.2, slow=0.1, slow_seconds=2)``."""
         self.admin("POST", "faults", rates)
 
+    def glitch(self, org: str, **knobs: Any) -> dict[str, Any]:
+        """Set one org's glitches, e.g. ``glitch("1001", empty_listings=True)``; all orgs'."""
+        answer: dict[str, Any] = self.admin("POST", "glitches", {"org": org, **knobs})
+        return answer["glitches"]
+
     def force_429(self, count: int, retry_after: int) -> None:
         """The next ``count`` API calls get 429 with ``Retry-After: retry_after``."""
         self.admin("POST", "force_429", {"count": count, "retry_after": retry_after})
