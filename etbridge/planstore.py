@@ -123,6 +123,11 @@ def record_success(client: redis.Redis, org_id: str, events: int, pages: int, mo
     pipe.execute()
 
 
+def forget_planned(client: redis.Redis, org_id: str) -> None:
+    """A poll handed back by a worker that is shutting down: plan it again at once."""
+    client.hdel(plan_key(org_id), "last_planned")
+
+
 def record_failure(
     client: redis.Redis, org_id: str, error: str, retry_after: float | None = None
 ) -> float:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import redis
 
-from etbridge import changes, events
+from etbridge import changes, events, shutdown
 from etbridge.client import EventTempleClient, RepeatedCursor
 from etbridge.errors import FatalError, FilterRejected, LeaseLost, MalformedResponse, RateLimited
 from etbridge.ratelimit import RequestBudget
@@ -262,6 +262,9 @@ class Poller:
             )
             pages = iter(paginator)
             while True:
+                if shutdown.requested():
+                    paused = True  # SIGTERM: stop at this page boundary; resumed elsewhere
+                    break
                 # Baselines are exempt: until an org has one, nothing of it is watched.
                 if sweep and not baseline and self.sweep_budget is not None:
                     try:

@@ -259,6 +259,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     environment: str = "production"
     discovery_interval: float = Field(default=3600.0, gt=0)
+    # Issue 16: health endpoints of worker and beat; seconds a SIGTERMed worker may take.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    shutdown_grace: float = Field(default=25.0, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod

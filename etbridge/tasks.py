@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, state
+from etbridge import logs, metrics, outbox, planstore, runtime, scheduler, shutdown, state
 from etbridge.errors import AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
@@ -140,6 +140,8 @@ def poll_org(self: Task, org_id: str, mode: str = "incremental") -> list[dict[st
             planstore.record_failure(rt.redis, org_id, f"{type(exc).__name__}: {exc}")
             raise
         metrics.record_polls(results)
+        if shutdown.requested():
+            planstore.forget_planned(rt.redis, org_id)  # another worker goes on at once
         if all(r.skipped for r in results):
             return [r.as_dict() for r in results]
         planstore.record_success(
