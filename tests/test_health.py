@@ -108,6 +108,11 @@ def test_worker_and_beat_serve_health_without_secrets(
             bodies.append(raw)
             bodies.append(get(port, "/healthz")[2])
         assert get(wport, "/nope")[0] == 404
+        # The heartbeats keep coming: the worker's loop timer, beat's tick publishes.
+        for port in (wport, bport):
+            wait_for(lambda p=port: get(p, "/healthz")[1]["uptime"] > 12, 30, "12 s of uptime")
+            age = get(port, "/healthz")[1]["checks"]["heartbeat"]["age"]
+            assert age < health.HEARTBEAT_INTERVAL + 2, age
         tokens = [
             v.decode()
             for key in client.keys("etb:token:*")
