@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 
 from etbridge import health
 from etbridge.redisserver import RedisServer, free_port
@@ -22,6 +23,9 @@ from tests.support.sandbox import Sandbox
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 REDIS_PASSWORD = "redis-pass-4711-xyz"
+FERNET_KEY = Fernet.generate_key().decode()
+SENTRY_KEY = "0123456789abcdef0123456789abcdef"
+SENTRY_DSN = f"http://{SENTRY_KEY}@127.0.0.1:9/16"
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, Any], str]:
@@ -78,7 +82,13 @@ def start(
 def test_worker_and_beat_serve_health_without_secrets(
     sandbox: Sandbox, private_redis: RedisServer, tmp_path: Path
 ) -> None:
-    env = fleet_env(sandbox, private_redis.url, ETBRIDGE_WEBHOOK_SECRET=WHSEC)
+    env = fleet_env(
+        sandbox,
+        private_redis.url,
+        ETBRIDGE_WEBHOOK_SECRET=WHSEC,
+        ETBRIDGE_TOKEN_ENCRYPTION_KEY=FERNET_KEY,
+        SENTRY_DSN=SENTRY_DSN,  # nothing listens there: events are dropped
+    )
     worker, wport = start("worker", worker_args("w1"), env, tmp_path)
     beat, bport = start(
         "beat", celery("beat", "--schedule", str(tmp_path / "beat-schedule")), env, tmp_path
@@ -114,7 +124,7 @@ def test_worker_and_beat_serve_health_without_secrets(
             age = get(port, "/healthz")[1]["checks"]["heartbeat"]["age"]
             assert age < health.HEARTBEAT_INTERVAL + 2, age
         tokens = [
-            v.decode()
+            Fernet(FERNET_KEY).decrypt(v).decode()  # encrypted at rest with the key
             for key in client.keys("etb:token:*")
             if client.type(key) == b"hash"
             for v in [client.hget(key, "token")]
@@ -122,7 +132,15 @@ def test_worker_and_beat_serve_health_without_secrets(
         ]
         assert tokens, "the cached access token, to look for"
         for body in bodies:
-            for secret in (sandbox.client_secret, WHSEC, REDIS_PASSWORD, *tokens):
+            for secret in (
+                sandbox.client_secret,
+                WHSEC,
+                REDIS_PASSWORD,
+                FERNET_KEY,
+                SENTRY_DSN,
+                SENTRY_KEY,
+                *tokens,
+            ):
                 assert secret not in body
 
         # Redis goes away: neither is ready, both are still alive (no restart loop).
