@@ -262,6 +262,8 @@ class Settings(BaseSettings):
     # Issue 16: health endpoints of worker and beat; seconds a SIGTERMed worker may take.
     health_port: int | None = Field(default=None, ge=1, le=65535)
     shutdown_grace: float = Field(default=25.0, gt=0)
+    # `etbridge console` on an address other than loopback requires it.
+    console_token: SecretStr | None = None
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod

@@ -38,6 +38,7 @@ def test_the_secret_settings_are_the_ones_expected() -> None:
         "ETBRIDGE_WEBHOOK_SECRET",
         "ETBRIDGE_TOKEN_ENCRYPTION_KEY",
         "SENTRY_DSN",
+        "ETBRIDGE_CONSOLE_TOKEN",
         "ETBRIDGE_REDIS_URL",
         "ETBRIDGE_BROKER_URL",
         "ETBRIDGE_SINKS",

@@ -1,0 +1,250 @@
+"""``etbridge console``: the fleet, its orgs and its sinks as server-rendered web pages.
+
+A small Starlette app (no build step, no CDN, no JavaScript) over
+:func:`etbridge.status.collect`: it reads Redis only and never asks for a
+token, like ``etbridge status``. It binds 127.0.0.1 by default; on any other
+address it requires ``ETBRIDGE_CONSOLE_TOKEN`` (a bearer header, or once as
+``?token=`` which sets a cookie). First pages of issue 16's console: the
+booking timeline, the budget chart and redelivery are still to come.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from etbridge import status
+from etbridge.settings import Settings
+
+COOKIE = "etbridge_console"
+REFRESH_SECONDS = 10
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
+header{background:#1d2329;color:#fff;padding:.6em 1.2em}header a{color:#fff;margin-right:1.2em}
+main{padding:1em 1.2em}table{border-collapse:collapse;background:#fff;width:100%}
+th,td{border-bottom:1px solid #dde1e6;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#eef0f3}.bad{color:#b3261e;font-weight:600}.ok{color:#1b6e3a}
+.cards{display:flex;gap:1em;flex-wrap:wrap;margin-bottom:1em}
+.card{background:#fff;border:1px solid #dde1e6;padding:.6em 1em;min-width:12em}
+dl{display:grid;grid-template-columns:max-content auto;gap:.3em 1.2em;background:#fff;padding:1em}
+dt{font-weight:600}
+"""
+
+
+class ConsoleError(Exception):
+    """A console that must not start (``str()`` is one line)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, settings: Settings) -> None:
+    """Any address but loopback needs ``ETBRIDGE_CONSOLE_TOKEN``."""
+    if not is_loopback(host) and settings.console_token is None:
+        raise ConsoleError(
+            f"console: --host {host} is reachable from other machines; "
+            "set ETBRIDGE_CONSOLE_TOKEN (or keep the default 127.0.0.1)"
+        )
+
+
+# --- rendering (pure) --------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return escape(str(value))
+
+
+def page(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+        f"<title>{escape(title)} · etbridge</title><style>{_STYLE}</style></head><body>"
+        '<header><a href="/"><b>etbridge</b></a><a href="/">Fleet</a>'
+        '<a href="/sinks">Sinks</a></header>'
+        f"<main><h1>{escape(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def _token_card(tok: dict[str, Any]) -> str:
+    if tok.get("error"):
+        state = f'<span class="bad">ERROR {escape(str(tok["error"]))}</span>'
+        if tok.get("next_attempt_at"):
+            state += f"<br>next attempt {_cell(tok['next_attempt_at'])}"
+    elif tok.get("expires_at"):
+        state = f'<span class="ok">valid</span> until {_cell(tok["expires_at"])}'
+    else:
+        state = "not fetched yet"
+    return f'<div class="card"><b>Token</b><br>{state}</div>'
+
+
+def render_fleet(doc: dict[str, Any]) -> str:
+    budget = doc.get("rate_budget", {})
+    box = doc.get("outbox", {})
+    paused = budget.get("paused_until")
+    cards = [
+        _token_card(doc.get("token", {})),
+        '<div class="card"><b>Budget</b><br>'
+        f"{_cell(budget.get('used'))} of {_cell(budget.get('limit'))} requests a minute"
+        + (f'<br><span class="bad">paused until {_cell(paused)}</span>' if paused else "")
+        + "</div>",
+        '<div class="card"><b>Outbox</b><br>'
+        f"pending {_cell(box.get('pending'))}, retrying {_cell(box.get('retrying'))}, "
+        f"dead-lettered {_cell(box.get('dead_lettered'))}</div>",
+        '<div class="card"><b>Planner</b><br>'
+        f"{_cell(doc.get('planner', {}).get('orgs'))} orgs, latency bound "
+        f"{_cell(doc.get('planner', {}).get('latency_bound'))} s</div>",
+    ]
+    warnings = "".join(f'<p class="bad">{escape(w)}</p>' for w in doc.get("warnings", []))
+    rows = []
+    for org_id, org in sorted(doc.get("orgs", {}).items()):
+        errors = org.get("errors") or 0
+        rows.append(
+            "<tr>"
+            f'<td><a href="/orgs/{quote(org_id)}">{escape(org_id)}</a></td>'
+            f"<td>{_cell(org.get('last_poll'))}</td><td>{_cell(org.get('lag'))}</td>"
+            f"<td>{_cell(org.get('last_full_sweep'))}</td>"
+            f"<td>{_cell(org.get('sweep_in_progress'))}</td>"
+            f"<td>{_cell(org.get('records'))}</td>"
+            f'<td class="{"bad" if errors else ""}">{_cell(errors)}</td>'
+            f"<td>{_cell(org.get('last_error'))}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>org</th><th>last poll</th><th>lag (s)</th><th>last full sweep</th>"
+        "<th>sweeping</th><th>bookings</th><th>errors</th><th>last error</th></tr>"
+        + ("".join(rows) or '<tr><td colspan="8">no orgs yet</td></tr>')
+        + "</table>"
+    )
+    generated = f"<p>as of {_cell(doc.get('generated_at'))}</p>"
+    return page("Fleet", f'<div class="cards">{"".join(cards)}</div>{warnings}{generated}{table}')
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    items = "".join(f"<dt>{escape(k)}</dt><dd>{_cell(v)}</dd>" for k, v in facts.items())
+    return f"<dl>{items}</dl>"
+
+
+def render_org(org_id: str, org: dict[str, Any]) -> str:
+    return page(f"Org {org_id}", _facts(dict(sorted(org.items()))))
+
+
+def render_sinks(doc: dict[str, Any]) -> str:
+    sections = []
+    for url, sink in sorted(doc.get("sinks", {}).items()):
+        sections.append(f"<h2>{escape(url)}</h2>{_facts(dict(sorted(sink.items())))}")
+    return page("Sinks", "".join(sections) or "<p>no sinks</p>")
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlette:
+    """The console app; reads Redis through ``client`` (one from the settings by default)."""
+    reader = client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+    )
+    token = settings.console_token.get_secret_value() if settings.console_token else None
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        offered = header[7:] if header.lower().startswith("bearer ") else ""
+        offered = offered or request.cookies.get(COOKIE, "")
+        return bool(offered) and hmac.compare_digest(offered.encode(), token.encode())
+
+    def guarded(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            offered = request.query_params.get("token")
+            if token is not None and offered is not None:
+                if not hmac.compare_digest(offered.encode(), token.encode()):
+                    return HTMLResponse(page("Not allowed", "<p>wrong token</p>"), 403)
+                # Once: the token moves into an HttpOnly cookie and out of the URL.
+                response = RedirectResponse(request.url.path, 303)
+                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+                return response
+            if not authorized(request):
+                return HTMLResponse(
+                    page("Not allowed", "<p>open the console with ?token=…</p>"), 401
+                )
+            # status.collect blocks on Redis: off the event loop.
+            result: Response = await run_in_threadpool(handler, request)
+            return result
+
+        return endpoint
+
+    def collect() -> dict[str, Any]:
+        return status.collect(reader, settings)
+
+    def fleet(request: Request) -> Response:
+        return HTMLResponse(render_fleet(collect()))
+
+    def org(request: Request) -> Response:
+        org_id = request.path_params["org_id"]
+        facts = collect().get("orgs", {}).get(org_id)
+        if facts is None:
+            return HTMLResponse(page("Unknown org", f"<p>no org {escape(org_id)}</p>"), 404)
+        return HTMLResponse(render_org(org_id, facts))
+
+    def sinks(request: Request) -> Response:
+        return HTMLResponse(render_sinks(collect()))
+
+    return Starlette(
+        routes=[
+            Route("/", guarded(fleet)),
+            Route("/orgs/{org_id}", guarded(org)),
+            Route("/sinks", guarded(sinks)),
+        ]
+    )
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints ``console listening on URL`` once it accepts (tests and the demo wait for it)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            print(f"console listening on http://{host}:{port}/", flush=True)
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    """Run the console until SIGINT/SIGTERM."""
+    check_binding(host, settings)
+    server = _AnnouncingServer(
+        uvicorn.Config(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=3,
+        )
+    )
+    server.run()
+    return 0 if server.started else 1

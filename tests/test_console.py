@@ -1,0 +1,134 @@
+"""``etbridge console``: its pages over real Redis state, served by the real command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from etbridge.poller import Poller
+from etbridge.redisserver import free_port
+from tests.support.fleet import wait_for
+from tests.support.sandbox import Sandbox
+from tests.support.stack import runtime_for
+
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CONSOLE_TOKEN = "console-token-4711-abcdef"
+SINK_PASSWORD = "sink-pass-4711"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start(orgs=2, bookings=10, seed=11, rate_limit=10_000) as sb:
+        yield sb
+
+
+def environ(sandbox: Sandbox, redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETBRIDGE_")}
+    env.update(
+        ETBRIDGE_CLIENT_ID=sandbox.client_id,
+        ETBRIDGE_CLIENT_SECRET=sandbox.client_secret,
+        ETBRIDGE_API_URL=sandbox.url,
+        ETBRIDGE_REDIS_URL=redis_url,
+        ETBRIDGE_WEBHOOK_SECRET=WHSEC,
+        ETBRIDGE_SINKS=(
+            f"redis-stream://:{SINK_PASSWORD}@127.0.0.1:9/0/events,http://127.0.0.1:9/hook"
+        ),
+        **extra,
+    )
+    return env
+
+
+class Console:
+    def __init__(self, env: dict[str, str], tmp_path: Path, *args: str) -> None:
+        self.log = tmp_path / f"console-{free_port()}.log"
+        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "etbridge", "console", "--port", str(self.port), *args],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_listening(self) -> str:
+        line: str = wait_for(
+            lambda: next(
+                (x for x in self.log.read_text().splitlines() if "console listening on" in x),
+                None,
+            ),
+            30,
+            "the console's listening line",
+        )
+        return line.split(" on ", 1)[1]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        self._out.close()
+
+
+def test_pages_show_the_fleet_without_secrets(
+    sandbox: Sandbox, redis_url: str, tmp_path: Path
+) -> None:
+    rt = runtime_for(sandbox, redis_url, orgs=["1001", "1002"])
+    Poller(rt.redis, rt.settings, rt.api).poll("1001")  # a token, a baseline, a budget used
+    token = rt.tokens.get()
+    console = Console(environ(sandbox, redis_url, ETBRIDGE_ORGS="1001,1002"), tmp_path)
+    try:
+        base = console.wait_listening()
+        assert base == f"http://127.0.0.1:{console.port}/"
+        fleet = requests.get(base, timeout=10)
+        assert fleet.status_code == 200 and "text/html" in fleet.headers["content-type"]
+        assert '<a href="/orgs/1001">1001</a>' in fleet.text
+        assert "valid</span> until" in fleet.text  # the token card
+        assert "requests a minute" in fleet.text
+        org = requests.get(base + "orgs/1001", timeout=10)
+        assert org.status_code == 200
+        assert "<dt>baselined</dt><dd>yes</dd>" in org.text
+        assert "<dt>records</dt><dd>10</dd>" in org.text
+        assert requests.get(base + "orgs/9999", timeout=10).status_code == 404
+        sinks = requests.get(base + "sinks", timeout=10)
+        assert sinks.status_code == 200
+        assert "http://127.0.0.1:9/hook" in sinks.text
+        assert "redis-stream://:***@127.0.0.1:9/0/events" in sinks.text
+        for body in (fleet.text, org.text, sinks.text):
+            for secret in (sandbox.client_secret, WHSEC, SINK_PASSWORD, token):
+                assert secret not in body
+    finally:
+        console.stop()
+
+
+def test_other_addresses_need_the_token(sandbox: Sandbox, redis_url: str, tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "etbridge", "console", "--host", "0.0.0.0", "--port", "0"],
+        env=environ(sandbox, redis_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0
+    assert "ETBRIDGE_CONSOLE_TOKEN" in refused.stderr
+
+    env = environ(sandbox, redis_url, ETBRIDGE_CONSOLE_TOKEN=CONSOLE_TOKEN, ETBRIDGE_ORGS="1001")
+    console = Console(env, tmp_path, "--host", "0.0.0.0")
+    try:
+        console.wait_listening()
+        base = f"http://127.0.0.1:{console.port}/"
+        assert requests.get(base, timeout=10).status_code == 401
+        assert requests.get(base + "?token=wrong", timeout=10).status_code == 403
+        bearer = {"Authorization": f"Bearer {CONSOLE_TOKEN}"}
+        assert requests.get(base + "sinks", headers=bearer, timeout=10).status_code == 200
+        browser = requests.Session()
+        first = browser.get(base + f"?token={CONSOLE_TOKEN}", timeout=10)
+        assert first.status_code == 200 and first.url == base  # the token left the URL
+        assert CONSOLE_TOKEN not in first.text
+        assert browser.get(base + "orgs/1001", timeout=10).status_code == 200  # the cookie
+    finally:
+        console.stop()
