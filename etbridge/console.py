@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import secrets
 import socket
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import redis
 import uvicorn
@@ -25,8 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from etbridge import status
+from etbridge import outbox, status
+from etbridge.outbox import DeadLetter
 from etbridge.settings import Settings
+from etbridge.timeline import TimelineEvent, booking_timeline
 
 COOKIE = "etbridge_console"
 REFRESH_SECONDS = 10
@@ -149,14 +154,96 @@ def _facts(facts: dict[str, Any]) -> str:
 
 
 def render_org(org_id: str, org: dict[str, Any]) -> str:
-    return page(f"Org {org_id}", _facts(dict(sorted(org.items()))))
+    lookup = (
+        f'<form action="/orgs/{quote(org_id)}/bookings" method="get">'
+        '<label>Booking id <input name="id" required></label> '
+        '<button type="submit">Show its timeline</button></form>'
+    )
+    return page(f"Org {org_id}", lookup + _facts(dict(sorted(org.items()))))
 
 
-def render_sinks(doc: dict[str, Any]) -> str:
+def _json(value: Any) -> str:
+    # Text content: quotes need no escaping there, < > & do.
+    return escape(json.dumps(value, ensure_ascii=False), quote=False)
+
+
+def _changes(changes: dict[str, Any]) -> str:
+    if not changes:
+        return "-"
+    return "<br>".join(
+        f"<b>{escape(name)}</b>: {_json(c.get('from'))} → {_json(c.get('to'))}"
+        for name, c in sorted(changes.items())
+        if isinstance(c, dict)
+    )
+
+
+def render_timeline(org_id: str, booking_id: str, events: list[TimelineEvent]) -> str:
+    title = f"Booking {booking_id} of org {org_id}"
+    if not events:
+        return page(title, "<p>no change event of this booking is retained in the outbox</p>")
+    sinks = [d.sink for d in events[0].deliveries]
+    head = "".join(f"<th>{escape(s)}</th>" for s in sinks)
+    rows = []
+    for ev in events:
+        cells = "".join(
+            f'<td class="{"ok" if d.state in ("delivered", "filtered") else "bad"}">'
+            f"{escape(d.state)}</td>"
+            for d in ev.deliveries
+        )
+        rows.append(
+            f"<tr><td>{_cell(ev.time)}</td><td>{_cell(ev.detected_at)}</td>"
+            f"<td>{escape(ev.type)}</td><td>{_changes(ev.changes)}</td>{cells}"
+            f"<td><code>{escape(ev.id[:16])}</code></td></tr>"
+        )
+    table = (
+        "<table><tr><th>time</th><th>detected</th><th>type</th><th>changes</th>"
+        f"{head}<th>event id</th></tr>{''.join(rows)}</table>"
+    )
+    back = f'<p><a href="/orgs/{quote(org_id)}">back to org {escape(org_id)}</a></p>'
+    return page(title, back + table)
+
+
+def _dead_letters(letters: list[DeadLetter]) -> str:
+    if not letters:
+        return "<p>no dead letters</p>"
+    rows = "".join(
+        f"<tr><td><code>{escape(x.event_id[:16])}</code></td><td>{escape(x.org_id)}</td>"
+        f"<td>{escape(x.type)}</td><td>{x.attempts}</td><td>{_cell(_iso(x.failed_at))}</td>"
+        f"<td>{escape(x.error)}</td><td>"
+        f'<a href="/dlq/{quote(x.sink_name)}/{quote(x.event_id)}">redeliver…</a></td></tr>'
+        for x in letters
+    )
+    return (
+        "<table><tr><th>event</th><th>org</th><th>type</th><th>attempts</th>"
+        f"<th>failed at</th><th>last error</th><th></th></tr>{rows}</table>"
+    )
+
+
+def render_sinks(doc: dict[str, Any], letters: list[DeadLetter]) -> str:
     sections = []
     for url, sink in sorted(doc.get("sinks", {}).items()):
-        sections.append(f"<h2>{escape(url)}</h2>{_facts(dict(sorted(sink.items())))}")
+        mine = [x for x in letters if x.sink == url]
+        sections.append(
+            f"<h2>{escape(url)}</h2>{_facts(dict(sorted(sink.items())))}"
+            f"<h3>Dead letters</h3>{_dead_letters(mine)}"
+        )
     return page("Sinks", "".join(sections) or "<p>no sinks</p>")
+
+
+def render_confirm(letter: DeadLetter, csrf: str) -> str:
+    body = (
+        f"<p>Send event <code>{escape(letter.event_id)}</code> ({escape(letter.type)}, org "
+        f"{escape(letter.org_id)}) to <b>{escape(letter.sink)}</b> again, with the same id? "
+        f"It failed {letter.attempts} time(s): {escape(letter.error)}</p>"
+        f'<form method="post"><input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<button type="submit" name="confirm" value="yes">Redeliver now</button> '
+        '<a href="/sinks">cancel</a></form>'
+    )
+    return page("Redeliver a dead letter", body)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if epoch else ""
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -168,6 +255,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5
     )
     token = settings.console_token.get_secret_value() if settings.console_token else None
+    # Forms carry this, so another site cannot make an operator's browser redeliver.
+    csrf = secrets.token_urlsafe(24)
 
     def authorized(request: Request) -> bool:
         if token is None:
@@ -191,7 +280,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
                 return HTMLResponse(
                     page("Not allowed", "<p>open the console with ?token=…</p>"), 401
                 )
-            # status.collect blocks on Redis: off the event loop.
+            # The form body is read here; the handlers block on Redis: off the event loop.
+            request.state.body = await request.body() if request.method == "POST" else b""
             result: Response = await run_in_threadpool(handler, request)
             return result
 
@@ -211,13 +301,53 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         return HTMLResponse(render_org(org_id, facts))
 
     def sinks(request: Request) -> Response:
-        return HTMLResponse(render_sinks(collect()))
+        return HTMLResponse(render_sinks(collect(), outbox.dlq_list(reader, settings)))
+
+    def lookup(request: Request) -> Response:
+        org_id = request.path_params["org_id"]
+        booking_id = request.query_params.get("id", "").strip()
+        return RedirectResponse(f"/orgs/{quote(org_id)}/bookings/{quote(booking_id)}", 303)
+
+    def booking(request: Request) -> Response:
+        org_id, booking_id = request.path_params["org_id"], request.path_params["booking_id"]
+        events = booking_timeline(reader, settings, org_id, booking_id)
+        return HTMLResponse(render_timeline(org_id, booking_id, events))
+
+    def redeliver(request: Request) -> Response:
+        sink_name, event_id = request.path_params["sink"], request.path_params["event_id"]
+        letter = next(
+            (
+                x
+                for x in outbox.dlq_list(reader, settings)
+                if x.sink_name == sink_name and x.event_id == event_id
+            ),
+            None,
+        )
+        if letter is None:
+            return HTMLResponse(page("Not dead-lettered", "<p>no such dead letter</p>"), 404)
+        if request.method == "GET":
+            return HTMLResponse(render_confirm(letter, csrf))
+        form = parse_qs(request.state.body.decode())
+        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
+            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
+        if form.get("confirm") != ["yes"]:
+            return RedirectResponse("/sinks", 303)
+        sent = outbox.dlq_redeliver(reader, settings, [event_id], sink=sink_name)
+        text = (
+            f"<p>redelivered <code>{escape(event_id)}</code> to {escape(letter.sink)}</p>"
+            if sent
+            else "<p class=bad>the sink refused it again: still dead-lettered</p>"
+        )
+        return HTMLResponse(page("Redelivery", text + '<p><a href="/sinks">sinks</a></p>'))
 
     return Starlette(
         routes=[
             Route("/", guarded(fleet)),
             Route("/orgs/{org_id}", guarded(org)),
+            Route("/orgs/{org_id}/bookings", guarded(lookup)),
+            Route("/orgs/{org_id}/bookings/{booking_id}", guarded(booking)),
             Route("/sinks", guarded(sinks)),
+            Route("/dlq/{sink}/{event_id}", guarded(redeliver), methods=["GET", "POST"]),
         ]
     )
 

@@ -9,11 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from etbridge import outbox
+from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.redisserver import free_port
+from tests.support import delivery
 from tests.support.fleet import wait_for
+from tests.support.receiver import Receiver, Reply
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for
 
@@ -39,8 +44,8 @@ def environ(sandbox: Sandbox, redis_url: str, **extra: str) -> dict[str, str]:
         ETBRIDGE_SINKS=(
             f"redis-stream://:{SINK_PASSWORD}@127.0.0.1:9/0/events,http://127.0.0.1:9/hook"
         ),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -132,3 +137,71 @@ def test_other_addresses_need_the_token(sandbox: Sandbox, redis_url: str, tmp_pa
         assert browser.get(base + "orgs/1001", timeout=10).status_code == 200  # the cookie
     finally:
         console.stop()
+
+
+def test_booking_timeline_and_redelivery_of_a_dead_letter(
+    sandbox: Sandbox, redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    with Receiver(delivery.SECRET) as receiver:
+        receiver.reply_default(Reply.error(500))
+        sinks = ["redis-stream:console:events", receiver.url]
+        # One attempt, then the dead-letter stream.
+        settings = delivery.make_settings(redis_url, sinks, retry_schedule=[0.0])
+        created = delivery.envelope("1001", "4711", "created")
+        updated = delivery.envelope("1001", "4711", "updated", seq=1)
+        other = delivery.envelope("1001", "4712", "created")
+        delivery.commit(r, "1001", [created, updated, other])
+        relay = Relay(r, settings)
+        try:
+            delivery.drive(relay, lambda: len(outbox.dlq_list(r, settings)) == 3, notify=["1001"])
+        finally:
+            relay.close()
+
+        env = environ(
+            sandbox,
+            redis_url,
+            ETBRIDGE_ORGS="1001",
+            ETBRIDGE_SINKS=",".join(sinks),
+            ETBRIDGE_WEBHOOK_SECRET=delivery.SECRET,
+            ETBRIDGE_RETRY_SCHEDULE="0",
+        )
+        console = Console(env, tmp_path)
+        try:
+            base = console.wait_listening()
+            browser = requests.Session()
+            found = browser.get(base + "orgs/1001/bookings?id=4711", timeout=10)
+            assert found.url == base + "orgs/1001/bookings/4711"
+            rows = found.text.split("<tr>")[2:]
+            assert len(rows) == 2, found.text  # 4712's event is not 4711's
+            assert ">created<" in rows[0] and ">updated<" in rows[1]
+            assert '<b>status</b>: "tentative" → "definite"' in rows[1]
+            for row in rows:
+                assert ">delivered<" in row  # the Redis stream took it
+                assert ">dead-lettered<" in row  # the webhook refused it
+
+            listing = browser.get(base + "sinks", timeout=10)
+            link = f"/dlq/{settings.sinks[1].name}/{updated['id']}"
+            assert f'href="{link}"' in listing.text
+            confirm = browser.get(base + link.lstrip("/"), timeout=10)
+            assert "Redeliver now" in confirm.text and "same id" in confirm.text
+            assert browser.post(base + link.lstrip("/"), data={"confirm": "yes"}).status_code == 403
+            csrf = confirm.text.split('name="csrf" value="')[1].split('"')[0]
+            assert receiver.delivered_count() == 0
+
+            receiver.reply_default(Reply.ok())
+            done = browser.post(
+                base + link.lstrip("/"), data={"csrf": csrf, "confirm": "yes"}, timeout=30
+            )
+            assert "redelivered" in done.text, done.text
+            assert [a.envelope["id"] for a in receiver.arrivals if a.delivered] == [updated["id"]]
+            assert {x.event_id for x in outbox.dlq_list(r, settings)} == {
+                created["id"],
+                other["id"],
+            }
+            after = browser.get(base + "orgs/1001/bookings/4711", timeout=10).text
+            rows = after.split("<tr>")[2:]
+            assert ">dead-lettered<" in rows[0] and ">dead-lettered<" not in rows[1]
+            for body in (found.text, listing.text, confirm.text, done.text, after):
+                assert delivery.SECRET not in body and sandbox.client_secret not in body
+        finally:
+            console.stop()
