@@ -10,11 +10,16 @@ booking timeline, the budget chart and redelivery are still to come.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import secrets
 import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -28,13 +33,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from etbridge import outbox, status
+from etbridge import keys, outbox, status
 from etbridge.outbox import DeadLetter
+from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 from etbridge.timeline import TimelineEvent, booking_timeline
 
 COOKIE = "etbridge_console"
 REFRESH_SECONDS = 10
+# The budget chart: a sample every HISTORY_EVERY s, the last HISTORY_LENGTH of them.
+HISTORY_EVERY = 10.0
+HISTORY_LENGTH = 30
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
@@ -107,7 +116,44 @@ def _token_card(tok: dict[str, Any]) -> str:
     return f'<div class="card"><b>Token</b><br>{state}</div>'
 
 
-def render_fleet(doc: dict[str, Any]) -> str:
+class BudgetHistory:
+    """The fleet budget's use, sampled every :data:`HISTORY_EVERY` s while the console runs."""
+
+    def __init__(self, length: int = HISTORY_LENGTH) -> None:
+        self.samples: deque[tuple[float, int]] = deque(maxlen=length)
+        self._lock = threading.Lock()
+
+    def add(self, at: float, used: int) -> None:
+        with self._lock:
+            if self.samples and at - self.samples[-1][0] < HISTORY_EVERY / 2:
+                return
+            self.samples.append((at, used))
+
+    def snapshot(self) -> list[tuple[float, int]]:
+        with self._lock:
+            return list(self.samples)
+
+
+def budget_chart(samples: list[tuple[float, int]], limit: int) -> str:
+    """An inline SVG bar chart of requests used per sample, against the limit (pure)."""
+    width, height, bar = 240, 48, 240 / HISTORY_LENGTH
+    bars = []
+    for n, (at, used) in enumerate(samples[-HISTORY_LENGTH:]):
+        h = max(1.0, height * min(1.0, used / max(1, limit)))
+        when = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+        bars.append(
+            f'<rect x="{n * bar:.1f}" y="{height - h:.1f}" width="{bar - 1:.1f}" '
+            f'height="{h:.1f}" fill="{"#b3261e" if used >= limit else "#3b6fb6"}">'
+            f"<title>{when}: {used} of {limit}</title></rect>"
+        )
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="requests used in the last minute, sampled every {HISTORY_EVERY:g} s">'
+        f'<rect width="{width}" height="{height}" fill="#eef0f3"/>{"".join(bars)}</svg>'
+    )
+
+
+def render_fleet(doc: dict[str, Any], history: list[tuple[float, int]] | None = None) -> str:
     budget = doc.get("rate_budget", {})
     box = doc.get("outbox", {})
     paused = budget.get("paused_until")
@@ -116,6 +162,13 @@ def render_fleet(doc: dict[str, Any]) -> str:
         '<div class="card"><b>Budget</b><br>'
         f"{_cell(budget.get('used'))} of {_cell(budget.get('limit'))} requests a minute"
         + (f'<br><span class="bad">paused until {_cell(paused)}</span>' if paused else "")
+        + (
+            f"<br>{budget_chart(history, int(budget.get('limit') or 1))}"
+            "<br><small>each bar: the last minute's requests, every "
+            f"{HISTORY_EVERY:g} s over {HISTORY_EVERY * HISTORY_LENGTH / 60:g} min</small>"
+            if history
+            else ""
+        )
         + "</div>",
         '<div class="card"><b>Outbox</b><br>'
         f"pending {_cell(box.get('pending'))}, retrying {_cell(box.get('retrying'))}, "
@@ -291,7 +344,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         return status.collect(reader, settings)
 
     def fleet(request: Request) -> Response:
-        return HTMLResponse(render_fleet(collect()))
+        doc = collect()
+        history.add(time.time(), int(doc.get("rate_budget", {}).get("used") or 0))
+        return HTMLResponse(render_fleet(doc, history.snapshot()))
 
     def org(request: Request) -> Response:
         org_id = request.path_params["org_id"]
@@ -340,7 +395,27 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         )
         return HTMLResponse(page("Redelivery", text + '<p><a href="/sinks">sinks</a></p>'))
 
+    history = BudgetHistory()
+    budget = RequestBudget(reader, keys.digest(settings.client_id), settings.rate_limit)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        stop = threading.Event()
+
+        def sample() -> None:
+            while True:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    history.add(time.time(), int(budget.status()["used"]))
+                if stop.wait(HISTORY_EVERY):
+                    return
+
+        thread = threading.Thread(target=sample, name="console-budget", daemon=True)
+        thread.start()
+        yield
+        stop.set()
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/", guarded(fleet)),
             Route("/orgs/{org_id}", guarded(org)),
@@ -348,7 +423,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             Route("/orgs/{org_id}/bookings/{booking_id}", guarded(booking)),
             Route("/sinks", guarded(sinks)),
             Route("/dlq/{sink}/{event_id}", guarded(redeliver), methods=["GET", "POST"]),
-        ]
+        ],
     )
 
 

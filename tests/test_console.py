@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from etbridge import console as console_module
 from etbridge import outbox
 from etbridge.outbox import Relay
 from etbridge.poller import Poller
@@ -93,6 +95,8 @@ def test_pages_show_the_fleet_without_secrets(
         assert '<a href="/orgs/1001">1001</a>' in fleet.text
         assert "valid</span> until" in fleet.text  # the token card
         assert "requests a minute" in fleet.text
+        # The budget chart: the poll's requests, sampled by the console itself.
+        assert re.search(r"<title>\d\d:\d\d:\d\d: [1-9]\d* of 100</title>", fleet.text)
         org = requests.get(base + "orgs/1001", timeout=10)
         assert org.status_code == 200
         assert "<dt>baselined</dt><dd>yes</dd>" in org.text
@@ -205,3 +209,16 @@ def test_booking_timeline_and_redelivery_of_a_dead_letter(
                 assert delivery.SECRET not in body and sandbox.client_secret not in body
         finally:
             console.stop()
+
+
+def test_budget_chart() -> None:
+    history = console_module.BudgetHistory(length=3)
+    for n, used in enumerate((10, 100, 40, 5)):
+        history.add(1_800_000_000.0 + 10 * n, used)
+    assert [u for _t, u in history.snapshot()] == [100, 40, 5]  # the newest three
+    history.add(1_800_000_031.0, 7)  # too soon after the last sample: dropped
+    assert len(history.snapshot()) == 3
+    svg = console_module.budget_chart(history.snapshot(), 100)
+    assert svg.count("<rect") == 4  # the background and three bars
+    assert svg.count('fill="#b3261e"') == 1  # the full minute stands out
+    assert "08:00:10: 100 of 100" in svg
