@@ -63,9 +63,14 @@ def test_click_through_every_page_and_redeliver(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.wait import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     shots = os.environ.get("ETBRIDGE_SCREENSHOTS")
+
+    def titled(prefix: str) -> None:
+        """Wait until the page that a click asked for has loaded."""
+        WebDriverWait(browser, 30).until(lambda d: d.title.startswith(prefix))
 
     def shot(name: str) -> None:
         browser.save_screenshot(str(tmp_path / f"{name}.png"))
@@ -108,34 +113,41 @@ def test_click_through_every_page_and_redeliver(
         try:
             base = console.wait_listening()
             browser.get(base)
+            titled("Fleet")
             assert browser.find_element(By.TAG_NAME, "h1").text == "Fleet"
             assert "valid until" in browser.page_source.replace("</span>", "")
             shot("fleet")
 
             browser.find_element(By.LINK_TEXT, "1001").click()
+            titled("Org 1001")
             assert browser.find_element(By.TAG_NAME, "h1").text == "Org 1001"
             shot("org")
 
             browser.find_element(By.NAME, "id").send_keys(changed)
             browser.find_element(By.CSS_SELECTOR, "form button").click()
+            titled("Booking")
             assert browser.current_url == f"{base}orgs/1001/bookings/{changed}"
             cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
             assert "updated" in cells and "delivered" in cells and "dead-lettered" in cells
             shot("booking")
 
             browser.find_element(By.LINK_TEXT, "Sinks").click()
+            titled("Sinks")
             assert browser.find_element(By.TAG_NAME, "h1").text == "Sinks"
             shot("sinks")
             browser.find_element(By.LINK_TEXT, "redeliver…").click()
+            titled("Redeliver a dead letter")
             assert "same id" in browser.page_source
             shot("redeliver")
             receiver.reply_default(Reply.ok())
             browser.find_element(By.CSS_SELECTOR, "button[name=confirm]").click()
+            titled("Redelivery")
             assert "redelivered" in browser.find_element(By.TAG_NAME, "main").text
             assert [a.envelope["id"] for a in receiver.arrivals if a.delivered] == [letter.event_id]
             assert outbox.dlq_list(r, rt.settings) == []
 
             browser.get(f"{base}orgs/1001/bookings/{changed}")
+            titled("Booking")
             cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
             assert "dead-lettered" not in cells
             for secret in (sandbox.client_secret, delivery.SECRET, rt.tokens.get()):
