@@ -1,6 +1,6 @@
 """The ``etbridge`` command.
 
-Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``orgs``,
+Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``console``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
 ``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
 ``deletions list [ORG] | approve ORG | reject ORG``.
@@ -128,6 +128,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         else status.render(doc)
     )
     return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from etbridge import console
+
+    try:
+        return console.serve(_settings(), args.host, args.port)
+    except console.ConsoleError as exc:
+        print(f"etbridge: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_orgs(args: argparse.Namespace) -> int:
@@ -274,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=cmd_status)
 
+    console = sub.add_parser("console", help="the fleet, orgs and sinks in a browser")
+    console.add_argument("--host", default="127.0.0.1", help="other than loopback: a token")
+    console.add_argument("--port", type=int, default=8090)
+    console.set_defaults(func=cmd_console)
     orgs = sub.add_parser("orgs", help="configured or discovered orgs")
     orgs.set_defaults(func=cmd_orgs)
 

@@ -203,7 +203,7 @@ def run(
 
     say(
         f"etbridge demo: starting a private Redis, the sandbox ({orgs} orgs, "
-        f"{churn:g} changes/s), a celery worker and a celery beat; "
+        f"{churn:g} changes/s), a celery worker, a celery beat and the console; "
         + (f"stops after {duration:g}s or on Ctrl-C" if duration else "Ctrl-C stops everything")
     )
     try:
@@ -277,10 +277,20 @@ def run(
                 workdir,
             )
         )
+        console = Child(
+            "console",
+            [sys.executable, "-m", "etbridge", "console", "--port", "0"],
+            env,
+            workdir,
+            workdir,
+        )
+        children.append(console)
+        console_url = _wait_for_line(console.log_path, "listening on", console, 60).split()[-1]
         say(
             f"etbridge demo: Redis {server.url}, sandbox {api_url}, logs in {workdir}; "
             "change events appear below as they are detected"
         )
+        say(f"etbridge demo: the console is at {console_url} (open it in a browser)")
         code = _watch(server.url, api_url, children, duration, stop, say)
     except (RuntimeError, TimeoutError, OSError) as exc:
         say(f"etbridge demo: could not start: {exc}")

@@ -172,6 +172,11 @@ def record_success(
     pipe.execute()
 
 
+def forget_planned(client: redis.Redis, org_id: str, resource: str) -> None:
+    """A poll handed back by a worker that is shutting down: plan it again at once."""
+    client.hdel(plan_key(org_id, resource), "poll_due", "sweep_due", "queued_at")
+
+
 def record_failure(
     client: redis.Redis, org_id: str, resource: str, error: str, retry_after: float | None = None
 ) -> float:

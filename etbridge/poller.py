@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import redis
 
-from etbridge import changes, confirmations, deletions, events, holds, metrics
+from etbridge import changes, confirmations, deletions, events, holds, metrics, shutdown
 from etbridge.client import EventTempleClient, RepeatedCursor
 from etbridge.errors import (
     AccessLost,
@@ -287,6 +287,9 @@ class Poller:
             )
             pages = iter(paginator)
             while True:
+                if shutdown.requested():
+                    paused = True  # SIGTERM: stop at this page boundary; resumed elsewhere
+                    break
                 page = next(pages, None)
                 if page is None:
                     break

@@ -9,9 +9,11 @@ entry points print without a traceback before exiting non-zero.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -21,11 +23,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from etbridge.deletions import Guard, parse_guard
+from etbridge.secretfiles import FileSecretSource, SecretFileError, SecretLookup
 
 ENV_PREFIX = "ETBRIDGE_"
+# Directories of secret files named like the variables (pydantic-settings' secrets_dir),
+# separated by os.pathsep; read before the settings themselves.
+SECRETS_DIR_VARIABLE = "ETBRIDGE_SECRETS_DIR"
+# Settings that may carry credentials though they are not SecretStr (passwords in
+# URLs); like every SecretStr field they may be given as NAME_FILE too.
+_FILE_SECRET_FIELDS = ("redis_url", "broker_url", "sinks")
 
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 EVENT_OPS = ("created", "updated", "deleted", "snapshot")
@@ -248,6 +262,11 @@ class Settings(BaseSettings):
     discovery_interval: float = Field(default=3600.0, gt=0)
     # Deletion safety (issue 13): hold a sweep's deletions above this share AND count.
     delete_guard: Annotated[Guard, NoDecode] = Field(default_factory=Guard)
+    # Issue 16: health endpoints of worker and beat; seconds a SIGTERMed worker may take.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    shutdown_grace: float = Field(default=25.0, gt=0)
+    # `etbridge console` on an address other than loopback requires it.
+    console_token: SecretStr | None = None
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
@@ -329,6 +348,22 @@ class Settings(BaseSettings):
     def scopes(self) -> tuple[str, ...]:
         return tuple(self.scope.split())
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # NAME_FILE ranks with NAME: the environment's either over the .env file's either.
+        lookup = SecretLookup(
+            [getattr(env_settings, "env_vars", {}), getattr(dotenv_settings, "env_vars", {})]
+        )
+        files = FileSecretSource(settings_cls, lookup, secret_variables())
+        return init_settings, env_settings, files, dotenv_settings, file_secret_settings
+
 
 # Variables whose names do not follow ENV_PREFIX + field name.
 _ALIASES = {"sentry_dsn": "SENTRY_DSN"}
@@ -359,9 +394,56 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def secret_variables() -> dict[str, str]:
+    """``{field: variable}`` of every setting that may also be given as ``NAME_FILE``."""
+    return {
+        name: _variable((name,))
+        for name, info in Settings.model_fields.items()
+        if name in _FILE_SECRET_FIELDS
+        or info.annotation is SecretStr
+        or SecretStr in get_args(info.annotation)
+    }
+
+
+def _secrets_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get(SECRETS_DIR_VARIABLE, "").split(os.pathsep) if p]
+    for path in dirs:
+        if not path.is_dir():
+            raise SettingsError(
+                f"configuration error: {SECRETS_DIR_VARIABLE}: {str(path)!r} is not a directory"
+            )
+    return dirs
+
+
+def secret_lookup() -> SecretLookup:
+    """Where secrets come from: the environment, the ``.env`` file, ``ETBRIDGE_SECRETS_DIR``."""
+    from dotenv import dotenv_values
+
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    dotenv = dotenv_values(env_file) if env_file.is_file() else {}
+    return SecretLookup([dict(os.environ), dotenv], _secrets_dirs())
+
+
+def read_secrets(prefix: str) -> dict[str, SecretStr]:
+    """Dynamically named secrets: ``{variable: value}`` of every ``prefix…`` variable.
+
+    Each may be given as ``NAME``, ``NAME_FILE`` or a file in ``ETBRIDGE_SECRETS_DIR``
+    (``read_secrets("ETBRIDGE_WEBHOOK_SECRET_")`` → ``{"ETBRIDGE_WEBHOOK_SECRET_CRM": …}``).
+    A file that cannot be read is a :class:`SettingsError` naming its variable.
+    """
+    try:
+        return {k: SecretStr(v) for k, v in secret_lookup().values(prefix).items()}
+    except SecretFileError as exc:
+        raise SettingsError(f"configuration error: {exc}") from None
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings, raising :class:`SettingsError` on a mistake."""
     try:
-        return Settings(**overrides)
+        # pydantic-settings' own secrets_dir: any setting, as a file named like its variable.
+        options: dict[str, Any] = {"_secrets_dir": _secrets_dirs() or None}
+        return Settings(**options, **overrides)
+    except SecretFileError as exc:
+        raise SettingsError(f"configuration error: {exc}") from None
     except ValidationError as exc:
         raise SettingsError("configuration error: " + describe_validation_error(exc)) from None

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from etbridge import logs, metrics, outbox, planner, planstore, runtime, scheduler
+from etbridge import logs, metrics, outbox, planner, planstore, runtime, scheduler, shutdown
 from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
@@ -109,6 +109,8 @@ def poll_org(
             planstore.record_failure(rt.redis, org_id, res, f"{type(exc).__name__}: {exc}")
             raise
         metrics.record_polls(results)
+        if shutdown.requested():
+            planstore.forget_planned(rt.redis, org_id, res)  # another worker goes on at once
         for r in results:
             if r.skipped:
                 continue

@@ -16,13 +16,15 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from etbridge import logs
+from etbridge import health, logs, shutdown
 from etbridge.settings import Settings, SettingsError, load_settings
 
 # Seconds between two planner ticks of beat.
 PLAN_TICK = 1.0
 # The longest a task may run: a sweep of thousands of pages is split into
-# resumable polls long before this (the poll task stops after POLL_MAX_SECONDS).
+# resumable slices long before this (poller.SWEEP_SLICE); an incremental poll lists
+# only what changed since its watermark. On SIGTERM a poll stops at its next page
+# and the worker exits within ETBRIDGE_SHUTDOWN_GRACE (etbridge.shutdown).
 TASK_SOFT_LIMIT = 600
 TASK_HARD_LIMIT = 660
 
@@ -107,3 +109,10 @@ if settings.metrics_port is not None:
 
     # Served by the worker's main process (worker_init); beat never sends that signal.
     metrics.connect_worker_signals(settings)
+
+# A SIGTERM ends polls at the next page and the worker within ETBRIDGE_SHUTDOWN_GRACE.
+shutdown.connect_signals(settings.shutdown_grace)
+
+if settings.health_port is not None:
+    # GET /healthz and /readyz from the worker's main process and from beat.
+    health.connect_signals(settings)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -124,12 +125,25 @@ def test_demo_with_duration_shows_events_and_leaves_nothing(tmp_path: Path) -> N
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     demo = Demo("--churn", "2", "--poll-interval", "2", cwd=tmp_path)
     try:
-        wait_for(lambda: demo.events() or demo.proc.poll() is not None, 90, "a first event")
+        wait_for(
+            lambda: (
+                (demo.events() and any("token expires in" in x for x in demo.lines))
+                or demo.proc.poll() is not None
+            ),
+            90,
+            "a first event and a footer with the token",
+        )
     except AssertionError:
         demo.wait(0.1)
         raise AssertionError(demo.text) from None
     redis_port, sandbox_port = demo.ports()
     assert leftovers(redis_port, sandbox_port), "the children run while the demo does"
+    # The demo started the console and said where: it shows the demo's orgs.
+    said = re.search(r"the console is at (http://127\.0\.0\.1:\d+/)", demo.text)
+    assert said, demo.text
+    with urllib.request.urlopen(said.group(1), timeout=10) as page:
+        assert page.status == 200
+        assert '<a href="/orgs/1001">1001</a>' in page.read().decode()
     # What a terminal's Ctrl-C does: SIGINT to the foreground process group.
     os.killpg(demo.proc.pid, signal.SIGINT)
     started = time.monotonic()
