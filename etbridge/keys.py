@@ -110,6 +110,9 @@ def plan(org_id: str, resource: str) -> str:
 PLAN_SUMMARY = f"{PREFIX}:plan:summary"
 """String: JSON of the last allocation's fleet-wide figures and warnings (status reads it)."""
 
+PLAN_CURSOR = f"{PREFIX}:plan:cursor"
+"""String: the earliest send time the last tick left free (expires when it has passed)."""
+
 PLAN_DELAYS = f"{PREFIX}:plan:delays"
 """List: the latest dispatch delays, "DEADLINE DELAY" (epoch seconds), newest first."""
 

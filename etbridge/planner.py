@@ -138,7 +138,8 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
                 "warnings": found,
             },
         )
-    budget = rt.budget.status(ahead=tick_seconds)
+    budget = rt.budget.status(ahead=config.lookahead)
+    cursor = planstore.send_cursor(rt.redis)
     decisions = scheduler.dispatch(
         now,
         units,
@@ -149,10 +150,13 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
             inflight=sum(u.poll_pages for u in units if u.queued),
             freeing=int(budget.get("freeing", 0)),
             paused_for=float(budget.get("paused_for") or 0.0),
+            next_send=cursor,
         ),
         config,
     )
-    planstore.mark_queued(rt.redis, decisions, now)
+    planstore.mark_queued(
+        rt.redis, decisions, now, scheduler.next_send(decisions, units, settings.rate_limit)
+    )
     return Tick(decisions=decisions, warnings=found)
 
 

@@ -98,8 +98,16 @@ def gather(
     return views
 
 
-def mark_queued(client: redis.Redis, decisions: Sequence[scheduler.Decision], now: float) -> None:
+def mark_queued(
+    client: redis.Redis,
+    decisions: Sequence[scheduler.Decision],
+    now: float,
+    next_send: float = 0.0,
+) -> None:
+    """Mark the units queued, note their deadlines, and where the next tick's sends start."""
     pipe = client.pipeline(transaction=False)
+    if next_send > now:
+        pipe.set(keys.PLAN_CURSOR, repr(next_send), px=int((next_send - now) * 1000) + 1)
     for d in decisions:
         deadline = "poll_due" if d.mode == "incremental" else "sweep_due"
         # The next deadline counts from the send time: where several units fell due
@@ -112,6 +120,15 @@ def mark_queued(client: redis.Redis, decisions: Sequence[scheduler.Decision], no
 def record_summary(client: redis.Redis, summary: dict[str, Any]) -> None:
     """The last allocation's fleet-wide figures and warnings (the planner logs changes once)."""
     client.set(keys.PLAN_SUMMARY, json.dumps(summary))
+
+
+def send_cursor(client: redis.Redis) -> float:
+    """The earliest send time the last tick left free (0 when it lies in the past)."""
+    raw = client.get(keys.PLAN_CURSOR)
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        return 0.0
 
 
 def summary(client: redis.Redis) -> dict[str, Any]:

@@ -98,7 +98,8 @@ class Budget:
     limit: int  # requests per 60 s, fleet-wide
     used: int  # requests granted in the last window
     inflight: float = 0.0  # expected requests of polls queued and not started
-    freeing: int = 0  # grants that leave the window before the next tick
+    freeing: int = 0  # grants that leave the window within the lookahead
+    next_send: float = 0.0  # the earliest send time the last dispatch left free
     paused_for: float = 0.0  # seconds left of a 429 pause
 
 
@@ -107,6 +108,9 @@ class PlanConfig:
     poll_interval: float = 30.0
     sweep_interval: float = 3600.0
     tick: float = 1.0  # seconds between two dispatches (beat's schedule)
+    # Seconds ahead a tick sends: two ticks, so a tick that runs late or not at
+    # all (a busy worker, a beat restart) delays no poll.
+    lookahead: float = 2.0
     # Kept back from the allocation: slack, without which every late poll would
     # delay the ones after it for good (a queue at full load never drains), and
     # room for requests outside the allocation (discovery, retries, confirmations).
@@ -119,6 +123,7 @@ class PlanConfig:
             poll_interval=settings.poll_interval,
             sweep_interval=settings.sweep_interval,
             tick=tick,
+            lookahead=2 * tick,
         )
 
     def limits(self, limit: int) -> Limits:
@@ -233,11 +238,11 @@ def dispatch(
     budget: Budget,
     config: PlanConfig,
 ) -> list[Decision]:
-    """The polls and sweep pages to send before the next tick, earliest deadline first."""
+    """The polls and sweep pages to send within the lookahead, earliest deadline first."""
     if budget.paused_for > 0 or not units or budget.limit <= 0:
         return []
     available = budget.limit - budget.used - budget.inflight + budget.freeing
-    horizon = now + config.tick
+    horizon = now + config.lookahead
     due: list[tuple[float, int, UnitView, Mode, Reason]] = []
     for n, unit in enumerate(units):
         if unit.busy or unit.retry_at > now:
@@ -247,7 +252,8 @@ def dispatch(
             due.append((step[0], n, unit, step[1], step[2]))
     due.sort(key=lambda item: (item[0], item[1]))
     pace = BUDGET_WINDOW / budget.limit
-    cursor = now
+    # Sends stay a pace apart across ticks too: the last tick may have sent ahead.
+    cursor = max(now, budget.next_send)
     orgs: set[str] = set()
     out: list[Decision] = []
     for deadline, _n, unit, mode, reason in due:
@@ -264,3 +270,13 @@ def dispatch(
         available -= cost
         cursor = send_at + pace * cost
     return out
+
+
+def next_send(decisions: Sequence[Decision], units: Sequence[UnitView], limit: int) -> float:
+    """The earliest send time these decisions leave free (the next tick's cursor starts there)."""
+    if not decisions:
+        return 0.0
+    pages = {u.key: u.poll_pages for u in units}
+    last = decisions[-1]
+    cost = 1.0 if last.mode == "sweep" else max(1.0, pages.get((last.org_id, last.resource), 1.0))
+    return last.send_at + BUDGET_WINDOW / max(1, limit) * cost

@@ -37,14 +37,21 @@ def test_budget_left_bounds_the_dispatch() -> None:
     assert run(units, Budget(limit=100, used=90, inflight=10)) == []
 
 
-def test_send_times_are_paced_and_within_the_tick() -> None:
+def test_send_times_are_paced_and_within_the_lookahead() -> None:
     units = [unit(n) for n in range(10)]
     decisions = run(units, Budget(limit=100, used=0))
     pace = scheduler.BUDGET_WINDOW / 100
-    assert len(decisions) == 2  # 0.61 s apart: two fit in a 1 s tick
+    assert len(decisions) == 4  # 0.61 s apart: four fit in a 2 s lookahead
     assert decisions[1].send_at - decisions[0].send_at == pytest.approx(pace)
-    assert all(NOW <= d.send_at < NOW + CFG.tick for d in decisions)
+    assert all(NOW <= d.send_at < NOW + CFG.lookahead for d in decisions)
     assert all(d.send_at >= d.due for d in decisions)
+    # The next tick starts where this one left off: no two sends closer than the pace.
+    cursor = scheduler.next_send(decisions, units, 100)
+    assert cursor == pytest.approx(decisions[-1].send_at + pace)
+    later = [u for u in units if u.org_id not in {d.org_id for d in decisions}]
+    alloc = scheduler.plan_rates(units, 100, CFG)
+    more = scheduler.dispatch(NOW + 1, later, alloc, Budget(100, 4, next_send=cursor), CFG)
+    assert more and more[0].send_at >= cursor
 
 
 def test_earliest_deadline_first() -> None:
