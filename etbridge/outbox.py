@@ -80,7 +80,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import socket
 import time
 import uuid
@@ -88,7 +87,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 import redis
 
@@ -297,24 +295,9 @@ def wants_org(spec: SinkSpec, org_id: str) -> bool:
     return not spec.filter.orgs or org_id in spec.filter.orgs
 
 
-_SCHEDULE_SEPARATORS = re.compile(r"[,;|\s]+")
-
-
 def retry_schedule(spec: SinkSpec, settings: Settings) -> tuple[float, ...]:
-    """The sink's retry schedule: ``?retry=0;5;300`` on its URL, else the setting.
-
-    ``;`` (or ``|``) separates values because ``ETBRIDGE_SINKS`` is itself
-    comma-separated. A malformed override raises ``ValueError``.
-    """
-    query = urlsplit(spec.url).query if "://" in spec.url else spec.url.partition("?")[2]
-    raw = parse_qs(query).get("retry")
-    if not raw:
-        return tuple(settings.retry_schedule)
-    parts = [p for p in _SCHEDULE_SEPARATORS.split(raw[-1]) if p]
-    values = tuple(float(p) for p in parts)
-    if not values or any(v < 0 or v != v for v in values):
-        raise ValueError(f"sink {spec.display}: retry= needs non-negative seconds")
-    return values
+    """The sink's retry schedule: ``?retry=0;5;300`` on its URL, else the setting."""
+    return spec.retry or tuple(settings.retry_schedule)
 
 
 def next_delay(

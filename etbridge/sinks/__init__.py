@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from etbridge.errors import FatalError, RetriableError
 from etbridge.settings import SinkFilter, SinkSpec
+from etbridge.where import matches
 
 if TYPE_CHECKING:
     import celery
@@ -145,6 +146,7 @@ def route(flt: SinkFilter, envelope: Mapping[str, Any]) -> bool:
       ``relationships.room``). Other operations are decided by ``types``
       alone, so ``?types=created,updated&fields=status`` means "new bookings
       and status changes". An event that matches nothing is acked unsent.
+    - ``where``: every value clause holds (:mod:`etbridge.where`).
     """
     if flt.is_empty:
         return True
@@ -158,8 +160,9 @@ def route(flt: SinkFilter, envelope: Mapping[str, Any]) -> bool:
         changes = data.get("changes") if isinstance(data, dict) else None
         if not isinstance(changes, dict):
             return False
-        return any(name in changes for name in flt.fields)
-    return True
+        if not any(name in changes for name in flt.fields):
+            return False
+    return not flt.where or matches(flt.where, envelope)
 
 
 class Sink(abc.ABC):

@@ -1,0 +1,112 @@
+"""Value filters of sink URLs (``?where=PATH:VALUE``): parsing and matching, pure.
+
+``PATH`` is a dotted path into the CloudEvents envelope; ``PATH:V1|V2`` holds
+when the value's JSON text is one of the values, ``PATH!:VALUE`` when it is
+none of them or the path is absent, ``PATH:*`` when the path is present (and
+not ``null``), ``PATH!:*`` when it is absent. Several clauses must all hold.
+Values compare as strings against the JSON value's text: ``true``, ``12``,
+``definite`` (a string's text is the string itself, unquoted).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Where", "matches", "parse_where", "value_text"]
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class Where:
+    """One ``where=`` clause. ``values`` is empty for ``PATH:*`` (presence)."""
+
+    path: tuple[str, ...]
+    values: frozenset[str] = frozenset()
+    negate: bool = False
+
+    @property
+    def presence(self) -> bool:
+        return not self.values
+
+    def holds(self, envelope: Mapping[str, Any]) -> bool:
+        """Whether this clause holds for an envelope."""
+        found = lookup(envelope, self.path)
+        if self.presence:
+            present = found is not _MISSING and found is not None
+            return present != self.negate
+        hit = found is not _MISSING and value_text(found) in self.values
+        return hit != self.negate
+
+    def __str__(self) -> str:
+        values = "*" if self.presence else "|".join(sorted(self.values))
+        return f"{'.'.join(self.path)}{'!' if self.negate else ''}:{values}"
+
+
+def parse_where(text: str) -> Where:
+    """Parse one clause; ``ValueError`` (a message without the sink URL) when malformed.
+
+    >>> str(parse_where("data.changes.status.to:definite|tentative"))
+    'data.changes.status.to:definite|tentative'
+    """
+    path_text, sep, value_text_ = text.partition(":")
+    if not sep:
+        raise ValueError(f"where={text!r}: expected PATH:VALUE, PATH!:VALUE or PATH:*")
+    negate = path_text.endswith("!")
+    path_text = path_text.removesuffix("!").strip()
+    path = tuple(path_text.split("."))
+    if not path_text or any(not part.strip() for part in path):
+        raise ValueError(f"where={text!r}: the path needs dotted names, e.g. data.changes.status")
+    if value_text_ == "*":
+        return Where(tuple(p.strip() for p in path), frozenset(), negate)
+    values = value_text_.split("|")
+    if any(v == "" for v in values):
+        raise ValueError(f"where={text!r}: empty value (use PATH:* to test presence)")
+    return Where(tuple(p.strip() for p in path), frozenset(values), negate)
+
+
+def parse_all(texts: Iterable[str]) -> tuple[Where, ...]:
+    """Every clause of a sink URL, in order."""
+    return tuple(parse_where(t) for t in texts)
+
+
+def matches(clauses: Sequence[Where], envelope: Mapping[str, Any]) -> bool:
+    """Whether every clause holds (no clause: everything matches)."""
+    return all(clause.holds(envelope) for clause in clauses)
+
+
+def lookup(value: Any, path: Sequence[str]) -> Any:
+    """The value at a dotted path, or the module's missing marker.
+
+    A key may hold dots itself (``changes`` names relationships
+    ``relationships.room``): at each level the longest key that matches wins.
+    A list takes a decimal index.
+    """
+    if not path:
+        return value
+    if isinstance(value, Mapping):
+        for size in range(len(path), 0, -1):
+            key = ".".join(path[:size]) if size > 1 else path[0]
+            if key in value:
+                found = lookup(value[key], path[size:])
+                if found is not _MISSING:
+                    return found
+        return _MISSING
+    if isinstance(value, list) and path[0].isdigit():
+        index = int(path[0])
+        return lookup(value[index], path[1:]) if index < len(value) else _MISSING
+    return _MISSING
+
+
+def value_text(value: Any) -> str:
+    """The text a value compares as: a string itself, anything else its compact JSON.
+
+    >>> [value_text(v) for v in ("definite", True, 12, None, 1.5)]
+    ['definite', 'true', '12', 'null', '1.5']
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
