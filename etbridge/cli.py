@@ -197,7 +197,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"sink enable: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    print(f"sink {args.sink}: enabled; delivery resumes with the event that got the 410")
+    print(f"sink {args.sink}: enabled; delivery resumes with the event it stopped at")
     return 0
 
 
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sink = sub.add_parser("sink", help="manage sinks")
     sink_sub = sink.add_subparsers(dest="sink_command", required=True)
-    enable = sink_sub.add_parser("enable", help="re-enable a sink disabled by 410 Gone")
+    enable = sink_sub.add_parser("enable", help="re-enable a disabled sink (410 Gone, or failing)")
     enable.add_argument("sink", help="the sink's URL (as in ETBRIDGE_SINKS) or its name")
     sink.set_defaults(func=cmd_sink)
 

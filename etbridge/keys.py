@@ -140,3 +140,20 @@ def sink_state(sink_name: str) -> str:
 def dead_letters(sink_name: str) -> str:
     """Stream: events a sink gave up on, with their last error."""
     return f"{PREFIX}:sink:{sink_name}:dlq"
+
+
+# --- delivery options (issue 14) -----------------------------------------------
+
+
+RELAY_RETRY = f"{PREFIX}:relay:retry"
+"""Sorted set: "SINK:ORG" partitions of ``order=none`` sinks, scored by their next retry."""
+
+
+def sink_pace(sink_name: str) -> str:
+    """String: the sink's ``rate=`` pace (GCRA theoretical arrival time, ms)."""
+    return f"{PREFIX}:sink:{sink_name}:pace"
+
+
+def attempt_log(org_id: str, event_id: str, sink_name: str) -> str:
+    """List: the last delivery attempts of one event at one sink (JSON, oldest first)."""
+    return f"{PREFIX}:{org_tag(org_id)}:attempts:{event_id}:{sink_name}"

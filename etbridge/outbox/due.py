@@ -5,7 +5,9 @@ time it is due). Beat's tick takes what is due (leased for
 :data:`ENQUEUE_LEASE`, so a queued task is not enqueued again); the poller's
 notify marks an org's partitions due at once; a sweep every
 :data:`SWEEP_EVERY` seconds finds partitions with pending events that nobody
-scheduled. See ``docs/relay.md``.
+scheduled. Partitions of ``order=none`` sinks whose failed events wait for
+their retries are in a second set, ``etb:relay:retry``, so that a new event's
+notify is never held up by them. See ``docs/relay.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ENQUEUE_LEASE: Final = 30.0
 SWEEP_EVERY: Final = 30.0
 
 DUE: Final = keys.RELAY_DUE
+RETRY: Final = keys.RELAY_RETRY
 SWEEP: Final = keys.RELAY_SWEEP
 
 
@@ -85,8 +88,19 @@ class DueSet:
         return [split_member(text(m)) for m in taken]
 
     def take(self, now: float, limit: int) -> list[str]:
-        """The members due by ``now`` (at most ``limit``), leased."""
-        return [text(m) for m in self._take(keys=[DUE], args=[now, now + ENQUEUE_LEASE, limit])]
+        """The members due by ``now`` (at most ``limit`` of each set), leased."""
+        out: list[str] = []
+        for key in (DUE, RETRY):
+            taken = self._take(keys=[key], args=[now, now + ENQUEUE_LEASE, limit])
+            out += [text(m) for m in taken if text(m) not in out]
+        return out
+
+    def schedule_retry(self, member: str, at: float | None) -> None:
+        """``order=none``: the partition's earliest waiting retry (``None``: none waits)."""
+        if at is None:
+            self.redis.zrem(RETRY, member)
+        else:
+            self.redis.zadd(RETRY, {member: at})
 
     def schedule(self, member: str, at: float) -> None:
         self.redis.zadd(DUE, {member: at})
@@ -95,9 +109,12 @@ class DueSet:
         """Due at ``at``, unless it is due sooner already."""
         self.redis.zadd(DUE, {member: at}, lt=True)
 
-    def remove(self, *members: str) -> None:
+    def remove(self, *members: str, retries: bool = False) -> None:
+        """Out of the due set (``retries``: out of the retry set too)."""
         if members:
             self.redis.zrem(DUE, *members)
+            if retries:
+                self.redis.zrem(RETRY, *members)
 
     def sweep_turn(self, every: float) -> bool:
         """True for one caller in the fleet per ``every`` seconds."""
@@ -130,12 +147,13 @@ class DueSet:
         pipe = self.redis.pipeline(transaction=False)
         for org_id, sink_name in candidates:
             pipe.zscore(DUE, due_member(org_id, sink_name))
+            pipe.zscore(RETRY, due_member(org_id, sink_name))
             pipe.exists(keys.relay_lock(org_id, sink_name))
         answers = pipe.execute()
         out: list[tuple[str, str]] = []
         for index, (org_id, sink_name) in enumerate(candidates):
-            score, locked = answers[2 * index], answers[2 * index + 1]
-            if score is None and not locked:
+            score, retry, locked = answers[3 * index : 3 * index + 3]
+            if score is None and retry is None and not locked:
                 out.append((org_id, sink_name))
         if out:
             self.redis.zadd(DUE, {due_member(o, s): now + ENQUEUE_LEASE for o, s in out}, nx=True)

@@ -49,13 +49,23 @@ if left < 1 then left = 1 end
 return left
 """
 
-# KEYS[1] lock  KEYS[2] "again" note
-# ARGV[1] token
+# KEYS[1] lock  KEYS[2] "again" note  KEYS[3] outbox stream
+# ARGV[1] token  ARGV[2] group  ARGV[3] consumer  ARGV[4] idle ms  ARGV[5..] ids
 # The holder found nothing more to send: release the lock, unless a note asks
-# to look again (then keep it). 1 released, 0 look again, -1 the lock was lost.
+# to look again (then keep it). Releasing parks the entries it still holds
+# (order=none: failed ones waiting for their retries). 1 released, 0 look
+# again, -1 the lock was lost.
 _FINISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('DEL', KEYS[2]) == 1 then return 0 end
+if #ARGV >= 5 then
+  local args = {'XCLAIM', KEYS[3], ARGV[2], ARGV[3], 0}
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = ARGV[4]
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -149,6 +159,14 @@ class Partition:
         self.token = uuid.uuid4().hex
         # Entries read or claimed by this relay and not settled yet.
         self.held: list[str] = []
+        # Per run: when it must stop, and (order=none) the earliest waiting retry.
+        self.deadline = float("inf")
+        self.earliest_retry: float | None = None
+
+    def note_retry(self, at: float) -> None:
+        """``order=none``: an entry of this partition waits for a retry at ``at``."""
+        if self.earliest_retry is None or at < self.earliest_retry:
+            self.earliest_retry = at
 
     def acquire(self) -> int:
         """0 when this relay holds the partition now, else the holder's lock PTTL (ms)."""
@@ -160,7 +178,15 @@ class Partition:
 
     def finish(self) -> int:
         """Caught up: let go, unless a task asked meanwhile. 1 done, 0 look again, -1 lost."""
-        return int(self.scripts.finish(keys=[self.lock, self.again], args=[self.token]))
+        done = int(
+            self.scripts.finish(
+                keys=[self.lock, self.again, self.stream],
+                args=[self.token, self.group, self.relay.consumer, PARK_IDLE_MS, *self.held],
+            )
+        )
+        if done == 1:
+            self.held = []
+        return done
 
     def extend(self, ids: Sequence[str]) -> bool:
         """Extend the lock and mark ``ids`` in flight from now; False when the lock is lost."""

@@ -4,8 +4,11 @@
 holds the partition's lock (:mod:`.locking`), reclaims what a dead relay
 left, reads new entries through the sink's consumer group, sends them in
 commit order (batched where the sink takes batches), and records a failure's
-retry time in the partition's hash and the due set (:mod:`.due`); the last
-failure dead-letters (:mod:`.deadletters`). Never sleeps. See ``docs/relay.md``.
+retry time (:mod:`.retrystate`) and the due set (:mod:`.due`); the last
+failure dead-letters (:mod:`.deadletters`). ``order=none`` lets later events
+pass a failing one; ``rate=`` paces the sink (:mod:`.pacing`); the breaker
+disables a sink failing for ``disable_after`` (:mod:`.sinkstate`). It sleeps
+only to keep a ``rate=`` (at most :data:`MAX_PACE_SLEEP`). See ``docs/relay.md``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from etbridge.outbox import deadletters
 from etbridge.outbox.due import SWEEP_EVERY, DueSet, due_member, split_member
 from etbridge.outbox.locking import CLAIM_MARGIN, LockScripts, Partition
 from etbridge.outbox.outcomes import DeliveryResult, Outcome
+from etbridge.outbox.pacing import Pacer, burst
+from etbridge.outbox.retrystate import RetryState
 from etbridge.outbox.schedule import next_delay, retry_schedule
 from etbridge.outbox.sinkcache import SinkCache
 from etbridge.outbox.sinkstate import (
     disable,
     disabled_names,
     is_disabled,
+    note_failure,
     record_error,
     record_run,
 )
@@ -47,12 +53,14 @@ log = logging.getLogger("etbridge.outbox")
 # partition with a backlog does not hold a worker from the others.
 MAX_SECONDS: Final = 10.0
 MAX_EVENTS: Final = 2000
+# A paced run waits in-process at most this long for its next slot, else it
+# stops and the partition is due when the pace allows.
+MAX_PACE_SLEEP: Final = 1.0
 
-# How _process sees an entry, and what _attempt tells it.
-_SEND, _SKIP, _GONE, _POISON = "send", "skip", "gone", "poison"
-_DEAD, _SINGLE = "dead", "single"
-
-_CLEAR_STATE: Final = {"head": "", "attempts": "", "next_at": "", "error": "", "error_at": ""}
+# How _process sees an entry (_LATER: order=none, its retry is not due), and
+# what _attempt tells it (_NEXT: order=none, failed; go on with the next one).
+_SEND, _SKIP, _GONE, _POISON, _LATER = "send", "skip", "gone", "poison", "later"
+_DEAD, _SINGLE, _NEXT = "dead", "single", "next"
 
 
 class Relay:
@@ -89,6 +97,7 @@ class Relay:
         )
         self.locks = LockScripts(redis_client)
         self.due_set = DueSet(redis_client)
+        self.pacer = Pacer(redis_client)
         self._groups: set[tuple[str, str]] = set()
 
     # -- wiring ---------------------------------------------------------------
@@ -175,7 +184,8 @@ class Relay:
         (then its retry time is recorded and later events of this org wait,
         for this sink only). Returns at once when another relay holds the
         partition, when its retry time has not come, or when the sink is
-        disabled. Never sleeps.
+        disabled. With ``order=none`` a failed event waits for its own retry
+        while the later ones go on.
         """
         if isinstance(sink, str) and sink not in self.specs:
             # A task from before a configuration change: that sink is gone.
@@ -190,7 +200,7 @@ class Relay:
             result.outcome = Outcome.FILTERED
             return result
         if is_disabled(self.redis, spec.name):
-            self.due_set.remove(member)
+            self.due_set.remove(member, retries=True)
             result.outcome = Outcome.DISABLED
             return result
         part = Partition(self, org_id, spec)
@@ -243,9 +253,11 @@ class Relay:
         self, part: Partition, result: DeliveryResult, max_events: int, deadline: float
     ) -> None:
         self._ensure_group(part)
-        state = {text(k): text(v) for k, v in self.redis.hgetall(part.state_key).items()}
+        fields = {text(k): text(v) for k, v in self.redis.hgetall(part.state_key).items()}
+        state = RetryState(fields, strict=part.spec.order == "strict")
+        part.deadline = deadline
         now = time.time()
-        next_at = float(state.get("next_at") or 0)
+        next_at = state.partition_next_at()
         if next_at > now:
             result.outcome = Outcome.WAITING
             result.next_at = next_at
@@ -292,6 +304,9 @@ class Relay:
                     finished = part.finish()
                     if finished == 1:
                         result.outcome = Outcome.CAUGHT_UP
+                        if not state.strict:
+                            # Failed events wait in the retry set, never in the due set.
+                            self.due_set.schedule_retry(part.member, part.earliest_retry)
                         return
                     if finished < 0:
                         result.outcome = Outcome.LOST
@@ -334,7 +349,7 @@ class Relay:
         part: Partition,
         sink: Sink,
         entries: Sequence[tuple[str, Any]],
-        state: dict[str, str],
+        state: RetryState,
         result: DeliveryResult,
     ) -> bool:
         """Send a batch of entries in order. False: stop this run (outcome set)."""
@@ -343,22 +358,29 @@ class Relay:
         first_wait = schedule[0] if schedule else 0.0
         events: list[OutboxEvent] = []
         kinds: list[str] = []
+        now = time.time()
         for entry_id, fields in entries:
             event = OutboxEvent(event_body(fields), entry_id)
             events.append(event)
-            kinds.append(self._classify(spec, event, fields))
-            if kinds[-1] == _SKIP:
+            kind = self._classify(spec, event, fields)
+            if kind == _SEND and not state.strict:
+                retry_at = state.entry_next_at(entry_id)
+                if retry_at > now:
+                    kind = _LATER  # stays held (parked on release) until its retry
+                    part.note_retry(retry_at)
+            kinds.append(kind)
+            if kind == _SKIP:
                 result.skipped += 1
 
         def delayed(event: OutboxEvent) -> float | None:
             # The first attempt waits the schedule's first value after the commit.
-            if first_wait <= 0 or state.get("head") == event.entry_id:
+            if first_wait <= 0 or state.tried(event.entry_id):
                 return None
             at = event.committed_at + first_wait
             return at if at > time.time() else None
 
         ack: list[str] = []  # entries that need no sending: acked with the next settle
-        batch_limit = sink.max_batch
+        batch_limit = sink.max_batch if not spec.rate else min(sink.max_batch, burst(spec))
         i = 0
         while i < len(events):
             kind, event = kinds[i], events[i]
@@ -366,10 +388,13 @@ class Relay:
                 ack.append(event.entry_id)
                 i += 1
                 continue
+            if kind == _LATER:
+                i += 1
+                continue
             if kind == _POISON:
                 # Not an event envelope: no attempt can fix it.
                 error = f"outbox entry {event.entry_id} is not an event envelope"
-                if not self._dead_letter(part, event, 0, error, ack, result):
+                if not self._dead_letter(part, event, 0, error, ack, result, state):
                     result.outcome = Outcome.LOST
                     return False
                 ack = []
@@ -390,19 +415,22 @@ class Relay:
                 if kinds[j] in (_SKIP, _GONE):
                     # Acking a filtered entry early is harmless: it is never sent.
                     ack.append(events[j].entry_id)
-                elif kinds[j] == _POISON or (chunk and delayed(events[j]) is not None):
+                elif kinds[j] in (_POISON, _LATER) or (chunk and delayed(events[j]) is not None):
                     break
                 else:
                     chunk.append(events[j])
                 j += 1
+            if spec.rate and not self._pace(part, len(chunk), ack, result):
+                return False
             outcome = self._attempt(part, sink, chunk, ack, state, schedule, result)
             if outcome is None:
                 ack = []
                 i = j
             elif outcome == _SINGLE:
-                # A chunk of several failed for good: find the culprit one by one.
+                # A chunk of several failed for good (or, with order=none, at all):
+                # find the culprit one by one.
                 batch_limit = 1
-            elif outcome == _DEAD:
+            elif outcome in (_DEAD, _NEXT):
                 ack = []
                 i = events.index(chunk[0]) + 1
             else:
@@ -410,6 +438,23 @@ class Relay:
         if ack and not part.settle(ack, {}):
             result.outcome = Outcome.LOST
             return False
+        return True
+
+    def _pace(self, part: Partition, count: int, ack: list[str], result: DeliveryResult) -> bool:
+        """Wait for the sink's ``rate=`` to allow ``count`` events; False: stop (PACED)."""
+        wait = self.pacer.take(part.spec, count)
+        while wait > 0:
+            if wait > MAX_PACE_SLEEP or time.monotonic() + wait > part.deadline:
+                if not part.settle(ack, {}):
+                    result.outcome = Outcome.LOST
+                    return False
+                ack.clear()
+                result.outcome = Outcome.PACED
+                result.next_at = time.time() + wait
+                self._schedule(part.member, result.next_at)
+                return False
+            time.sleep(wait)
+            wait = self.pacer.take(part.spec, count)
         return True
 
     @staticmethod
@@ -432,14 +477,13 @@ class Relay:
         sink: Sink,
         chunk: list[OutboxEvent],
         skip: list[str],
-        state: dict[str, str],
+        state: RetryState,
         schedule: Sequence[float],
         result: DeliveryResult,
     ) -> str | None:
         """One attempt at a chunk. None: accepted; "dead"/"single": go on; else stop."""
         head = chunk[0]
-        attempts = int(state.get("attempts") or 0) if state.get("head") == head.entry_id else 0
-        attempt_no = attempts + 1
+        attempt_no = state.attempts(head.entry_id) + 1
         ids = [e.entry_id for e in chunk]
         if not part.extend(ids):
             result.outcome = Outcome.LOST
@@ -451,7 +495,7 @@ class Relay:
                 sink.send_many(chunk, attempt_no)
         except SinkGone as exc:
             disable(self.redis, part.spec, str(exc))
-            part.settle(skip, {"next_at": ""})
+            part.settle(skip, {"next_at": ""} if state.strict else {})
             result.outcome = Outcome.DISABLED
             result.error = str(exc)
             return Outcome.DISABLED
@@ -464,10 +508,9 @@ class Relay:
             )
             error = RetriableError(f"{type(exc).__name__} in {type(sink).__name__}")
             return self._failed(part, chunk, skip, state, schedule, attempt_no, error, result)
-        if not part.settle([*skip, *ids], _CLEAR_STATE if state.get("head") else {}):
+        if not part.settle([*skip, *ids], state.settled(ids)):
             result.outcome = Outcome.LOST
             return Outcome.LOST
-        state.clear()
         result.delivered += len(chunk)
         return None
 
@@ -476,7 +519,7 @@ class Relay:
         part: Partition,
         chunk: list[OutboxEvent],
         skip: list[str],
-        state: dict[str, str],
+        state: RetryState,
         schedule: Sequence[float],
         attempt_no: int,
         exc: EtbridgeError,
@@ -484,20 +527,30 @@ class Relay:
     ) -> str:
         head = chunk[0]
         error = str(exc)
-        if isinstance(exc, FatalError) and len(chunk) > 1:
+        if len(chunk) > 1 and (isinstance(exc, FatalError) or not state.strict):
             return _SINGLE
         retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
         delay = (
             None if isinstance(exc, FatalError) else next_delay(schedule, attempt_no, retry_after)
         )
-        record_error(self.redis, part.spec, error)
+        now = time.time()
+        # Only failures a receiver's recovery can fix count for the breaker.
+        if isinstance(exc, RetriableError) and note_failure(self.redis, part.spec, error, now):
+            # Every attempt failed for disable_after: stop trying (the breaker).
+            days = (part.spec.disable_after or 0) / 86400
+            disable(self.redis, part.spec, f"every attempt failed for {days:g} days: {error}")
+            part.settle(skip, {})
+            result.outcome = Outcome.DISABLED
+            result.error = error
+            return Outcome.DISABLED
+        if not isinstance(exc, RetriableError):
+            record_error(self.redis, part.spec, error)
         if delay is None:
-            if not self._dead_letter(part, head, attempt_no, error, skip, result):
+            if not self._dead_letter(part, head, attempt_no, error, skip, result, state):
                 result.outcome = Outcome.LOST
                 return Outcome.LOST
-            state.clear()
             return _DEAD
-        next_at = time.time() + delay
+        next_at = now + delay
         log.warning(
             "delivery failed org_id=%s sink=%s event=%s attempt=%d retry_in=%.1fs error=%s",
             part.org_id,
@@ -507,21 +560,15 @@ class Relay:
             delay,
             error,
         )
-        new_state = {
-            "head": head.entry_id,
-            "attempts": str(attempt_no),
-            "next_at": repr(next_at),
-            "error": error,
-            "error_at": repr(time.time()),
-        }
-        if not part.settle(skip, new_state):
+        if not part.settle(skip, state.failed(head.entry_id, attempt_no, next_at, error, now)):
             result.outcome = Outcome.LOST
             return Outcome.LOST
-        state.clear()
-        state.update(new_state)
+        result.error = error
+        if not state.strict:
+            part.note_retry(next_at)
+            return _NEXT
         result.outcome = Outcome.RETRY
         result.next_at = next_at
-        result.error = error
         self._schedule(part.member, next_at)
         return Outcome.RETRY
 
@@ -533,12 +580,13 @@ class Relay:
         error: str,
         skip: list[str],
         result: DeliveryResult,
+        state: RetryState,
     ) -> bool:
         # The dead letter first, the ack second: a crash in between leaves a
         # duplicate dead letter, never a lost event.
         deadletters.add(self.redis, self.settings, part.spec, part.org_id, event, attempts, error)
         result.dead_lettered += 1
-        return part.settle([*skip, event.entry_id], _CLEAR_STATE)
+        return part.settle([*skip, event.entry_id], state.settled([event.entry_id]))
 
     def _record(self, spec: SinkSpec, result: DeliveryResult, elapsed: float) -> None:
         record_run(self.redis, spec, result.delivered, result.dead_lettered)

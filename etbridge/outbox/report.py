@@ -8,6 +8,7 @@ import redis
 
 from etbridge import keys
 from etbridge.outbox.locking import partition_key
+from etbridge.outbox.retrystate import RetryState
 from etbridge.outbox.streams import (
     group_infos,
     group_name,
@@ -38,7 +39,7 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         pipe.hgetall(keys.sink_state(spec.name))
         pipe.xlen(keys.dead_letters(spec.name))
         for org_id in orgs:
-            pipe.hmget(partition_key(org_id, spec.name), ["attempts", "next_at", "error"])
+            pipe.hgetall(partition_key(org_id, spec.name))
     answers = iter(pipe.execute())
     sinks: dict[str, dict[str, Any]] = {}
     totals = {"pending": 0, "retrying": 0, "dead_lettered": 0}
@@ -48,11 +49,10 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         pending = 0
         retrying = 0
         for org_id in orgs:
-            attempts, _next_at, _error = next(answers)
+            fields = {text(k): text(v) for k, v in next(answers).items()}
             if not wants_org(spec, org_id):
                 continue
-            if attempts:
-                retrying += 1
+            retrying += RetryState(fields, strict=spec.order == "strict").retrying()
             length, groups = infos[org_id]
             info = groups.get(group_name(spec.name))
             if info is None:
@@ -72,6 +72,9 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
             "last_error_at": iso(sink_state.get("last_error_at")),
             "delivered": int(sink_state.get("delivered") or 0),
             "last_delivered_at": iso(sink_state.get("last_delivered_at")),
+            "failing_since": iso(sink_state.get("failing_since")),
+            "order": spec.order,
+            "rate_per_s": spec.rate,
         }
         sinks[spec.display] = entry
         totals["pending"] += pending

@@ -1,6 +1,7 @@
 """Per-sink facts in ``etb:sink:SINK``: disabled or not, last error, counters.
 
-A sink is disabled by a ``410 Gone`` or by its circuit breaker, and enabled
+A sink is disabled by a ``410 Gone`` or by its circuit breaker (every attempt
+failed for its ``disable_after``), and enabled
 again by an operator (``etbridge sink enable``); a disabled sink's partitions
 are not scheduled, and its events stay in the outbox within retention.
 """
@@ -15,7 +16,8 @@ import redis
 
 from etbridge import keys
 from etbridge.outbox.due import DUE, due_member
-from etbridge.outbox.streams import known_orgs, resolve_sink, wants_org
+from etbridge.outbox.retrystate import RetryState
+from etbridge.outbox.streams import known_orgs, resolve_sink, text, wants_org
 from etbridge.settings import Settings, SinkSpec
 
 log = logging.getLogger("etbridge.outbox")
@@ -58,14 +60,30 @@ def record_error(client: redis.Redis, spec: SinkSpec, error: str) -> None:
     )
 
 
+def note_failure(client: redis.Redis, spec: SinkSpec, error: str, now: float) -> bool:
+    """Record a failed attempt; True when the circuit breaker trips (then disable the sink).
+
+    The breaker counts from the first failure after the last accepted event
+    (``failing_since``); it trips once every attempt failed for the sink's
+    ``disable_after``.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(keys.sink_state(spec.name), mapping={"last_error": error, "last_error_at": now})
+    pipe.hsetnx(keys.sink_state(spec.name), "failing_since", repr(now))
+    pipe.hget(keys.sink_state(spec.name), "failing_since")
+    since = float(pipe.execute()[2] or now)
+    return spec.disable_after is not None and now - since >= spec.disable_after
+
+
 def record_run(client: redis.Redis, spec: SinkSpec, delivered: int, dead_lettered: int) -> None:
-    """Add a run's counts to the sink's counters."""
+    """Add a run's counts to the sink's counters; a delivery resets the breaker."""
     if not (delivered or dead_lettered):
         return
     pipe = client.pipeline(transaction=False)
     if delivered:
         pipe.hincrby(keys.sink_state(spec.name), "delivered", delivered)
         pipe.hset(keys.sink_state(spec.name), "last_delivered_at", repr(time.time()))
+        pipe.hdel(keys.sink_state(spec.name), "failing_since")
     if dead_lettered:
         pipe.hincrby(keys.sink_state(spec.name), "dead_lettered", dead_lettered)
     pipe.execute()
@@ -74,12 +92,27 @@ def record_run(client: redis.Redis, spec: SinkSpec, delivered: int, dead_lettere
 def enable_sink(client: redis.Redis, settings: Settings, sink: str | SinkSpec) -> None:
     """Re-enable a disabled sink; its orgs become due at once.
 
-    Delivery resumes with the event that was refused (it was not acked).
+    Delivery resumes with the event that was refused (it was not acked), its
+    retries due now on a fresh schedule; the breaker counts anew.
     """
     spec = resolve_sink(settings, sink)
-    client.hdel(keys.sink_state(spec.name), "disabled", "disabled_at", "disabled_reason")
-    orgs = known_orgs(client)
-    members = {due_member(o, spec.name): time.time() for o in orgs if wants_org(spec, o)}
+    client.hdel(
+        keys.sink_state(spec.name), "disabled", "disabled_at", "disabled_reason", "failing_since"
+    )
+    orgs = [o for o in known_orgs(client) if wants_org(spec, o)]
+    pipe = client.pipeline(transaction=False)
+    for org_id in orgs:
+        pipe.hgetall(keys.relay_partition(org_id, spec.name))
+    states = pipe.execute()
+    for org_id, fields in zip(orgs, states, strict=True):
+        state = RetryState(
+            {text(k): text(v) for k, v in fields.items()}, strict=spec.order == "strict"
+        )
+        gone = list(state.resumed())
+        if gone:
+            pipe.hdel(keys.relay_partition(org_id, spec.name), *gone)
+    members = {due_member(o, spec.name): time.time() for o in orgs}
     if members:
-        client.zadd(DUE, members)
+        pipe.zadd(DUE, members)
+    pipe.execute()
     log.info("sink enabled sink=%s", spec.display)
