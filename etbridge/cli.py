@@ -2,7 +2,9 @@
 
 Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
-``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``.
+``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
+``dlq purge (ID… | --before TIME)``, ``events show EVENT_ID``,
+``events list --org ORG --booking ID``.
 
 Operator mistakes (settings, bad arguments) print one line and exit non-zero,
 never a traceback.
@@ -201,6 +203,25 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from etbridge.outbox import attempts
+
+    settings = _settings()
+    client = _redis(settings)
+    if args.events_command == "show":
+        lines = attempts.show_lines(client, settings, args.event_id, args.org)
+        if lines is None:
+            print(f"events show: no retained event has id {args.event_id}", file=sys.stderr)
+            return 1
+    else:
+        lines = attempts.history_lines(client, args.org, args.booking, args.limit)
+        if not lines:
+            print(f"no retained event of booking {args.booking} in org {args.org}")
+    for line in lines:
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etbridge", description="Event Temple change events over Celery and Redis."
@@ -244,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     enable = sink_sub.add_parser("enable", help="re-enable a disabled sink (410 Gone, or failing)")
     enable.add_argument("sink", help="the sink's URL (as in ETBRIDGE_SINKS) or its name")
     sink.set_defaults(func=cmd_sink)
+
+    events = sub.add_parser("events", help="retained change events and their attempts")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    show = events_sub.add_parser("show", help="an event and its delivery attempts per sink")
+    show.add_argument("event_id")
+    show.add_argument("--org", default=None, help="its org (faster when given)")
+    history = events_sub.add_parser("list", help="a booking's change events, newest first")
+    history.add_argument("--org", required=True)
+    history.add_argument("--booking", required=True)
+    history.add_argument("--limit", type=int, default=100)
+    events.set_defaults(func=cmd_events)
 
     replay = sub.add_parser("replay", help="re-send retained events to a sink (same ids)")
     replay.add_argument("--sink", required=True, help="a sink URL, e.g. redis-stream:KEY")

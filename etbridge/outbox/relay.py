@@ -24,6 +24,7 @@ import redis
 
 from etbridge.errors import EtbridgeError, FatalError, RetriableError
 from etbridge.outbox import deadletters
+from etbridge.outbox.attempts import AttemptLog
 from etbridge.outbox.due import SWEEP_EVERY, DueSet, due_member, split_member
 from etbridge.outbox.locking import CLAIM_MARGIN, LockScripts, Partition
 from etbridge.outbox.outcomes import DeliveryResult, Outcome
@@ -98,6 +99,7 @@ class Relay:
         self.locks = LockScripts(redis_client)
         self.due_set = DueSet(redis_client)
         self.pacer = Pacer(redis_client)
+        self.attempts = AttemptLog(redis_client, settings)
         self._groups: set[tuple[str, str]] = set()
 
     # -- wiring ---------------------------------------------------------------
@@ -488,11 +490,16 @@ class Relay:
         if not part.extend(ids):
             result.outcome = Outcome.LOST
             return Outcome.LOST
+        started = time.monotonic()
         try:
-            if len(chunk) == 1:
-                sink.send(head, attempt_no)
-            else:
-                sink.send_many(chunk, attempt_no)
+            try:
+                if len(chunk) == 1:
+                    sink.send(head, attempt_no)
+                else:
+                    sink.send_many(chunk, attempt_no)
+            except Exception as exc:
+                self._log_attempt(part, sink, chunk, attempt_no, started, exc)
+                raise
         except SinkGone as exc:
             disable(self.redis, part.spec, str(exc))
             part.settle(skip, {"next_at": ""} if state.strict else {})
@@ -508,11 +515,37 @@ class Relay:
             )
             error = RetriableError(f"{type(exc).__name__} in {type(sink).__name__}")
             return self._failed(part, chunk, skip, state, schedule, attempt_no, error, result)
+        self._log_attempt(part, sink, chunk, attempt_no, started, None)
         if not part.settle([*skip, *ids], state.settled(ids)):
             result.outcome = Outcome.LOST
             return Outcome.LOST
         result.delivered += len(chunk)
         return None
+
+    def _log_attempt(
+        self,
+        part: Partition,
+        sink: Sink,
+        chunk: Sequence[OutboxEvent],
+        attempt_no: int,
+        started: float,
+        exc: BaseException | None,
+    ) -> None:
+        """One line per event in the attempt log (written before the ack or retry state)."""
+        status = sink.last_status or ("accepted" if exc is None else "")
+        if exc is not None:
+            status = f"{type(exc).__name__} {status}".strip()
+        excerpt = sink.last_excerpt if exc is None or sink.last_status else str(exc)
+        self.attempts.record(
+            part.org_id,
+            part.spec.name,
+            chunk,
+            attempt_no,
+            ok=exc is None,
+            status=status,
+            seconds=time.monotonic() - started,
+            excerpt=excerpt,
+        )
 
     def _failed(
         self,

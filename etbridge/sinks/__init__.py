@@ -170,13 +170,18 @@ class Sink(abc.ABC):
 
     ``max_batch`` is how many events :meth:`send_many` takes at once; the
     relay sends one event per call when it is 1. ``attempt_timeout`` bounds
-    one call (the relay's reclaim timeout is longer than it).
+    one call (the relay's reclaim timeout is longer than it). A sink that
+    hears an answer sets ``last_status`` and ``last_excerpt`` (the attempt log).
     """
 
     max_batch: int = 1
 
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
+        # The receiver's answer to the last call, for the attempt log: a status
+        # ("HTTP 200") and a short excerpt of the body; None when it gives none.
+        self.last_status: str | None = None
+        self.last_excerpt = ""
 
     @abc.abstractmethod
     def send(self, event: OutboxEvent, attempt_no: int) -> None:

@@ -134,6 +134,7 @@ class WebhookSink(Sink):
     def send(self, event: OutboxEvent, attempt_no: int) -> None:
         headers = self.headers(event, int(time.time()))
         deadline = time.monotonic() + self.timeout
+        self.last_status, self.last_excerpt = None, ""
         try:
             response = self.session.post(
                 self.url,
@@ -152,10 +153,10 @@ class WebhookSink(Sink):
             raise TransportError(f"{type(exc).__name__} posting to {self.spec.display}") from None
         with response:
             body = self._read_body(response, deadline)
-            snippet = ""
-            if not 200 <= response.status_code < 300:
-                text = body[:_SNIPPET_BYTES].decode("utf-8", "replace")
-                snippet = " ".join(text.split())[:200]
+            text = body[:_SNIPPET_BYTES].decode("utf-8", "replace")
+            self.last_status = f"HTTP {response.status_code}"
+            self.last_excerpt = " ".join(text.split())[:200]
+            snippet = "" if 200 <= response.status_code < 300 else self.last_excerpt
             raise_for_delivery(response.status_code, response.headers, self.spec.display, snippet)
 
     @staticmethod
