@@ -26,7 +26,9 @@ def rx() -> Iterator[Receiver]:
 def test_scrub_drops_keys_and_tokens() -> None:
     text = attempts.scrub(LEAKY + " " + "x" * 500)
     assert SECRET not in text and "abc.def.ghi" not in text
-    assert "whsec_***" in text and "Bearer ***" in text
+    assert "key ***" in text or "whsec_***" in text  # a registered secret, or the shape
+    assert "Bearer ***" in text
+    assert attempts.scrub("whsec_c29tZXRoaW5nLXVua25vd24=") == "whsec_***"
     assert len(text) <= attempts.EXCERPT_CHARS
 
 

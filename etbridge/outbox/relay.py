@@ -8,7 +8,7 @@ retry time (:mod:`.retrystate`) and the due set (:mod:`.due`); the last
 failure dead-letters (:mod:`.deadletters`). ``order=none`` lets later events
 pass a failing one; ``rate=`` paces the sink (:mod:`.pacing`); the breaker
 disables a sink failing for ``disable_after`` (:mod:`.sinkstate`). It sleeps
-only to keep a ``rate=`` (at most :data:`MAX_PACE_SLEEP`). See ``docs/relay.md``.
+only to keep a ``rate=`` (:mod:`.sending`). See ``docs/relay.md``.
 """
 
 from __future__ import annotations
@@ -22,27 +22,23 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
-from etbridge.errors import EtbridgeError, FatalError, RetriableError
-from etbridge.outbox import deadletters
-from etbridge.outbox.attempts import AttemptLog
+from etbridge.errors import FatalError
 from etbridge.outbox.due import SWEEP_EVERY, DueSet, due_member, split_member
 from etbridge.outbox.locking import CLAIM_MARGIN, LockScripts, Partition
 from etbridge.outbox.outcomes import DeliveryResult, Outcome
-from etbridge.outbox.pacing import Pacer, burst
+from etbridge.outbox.pacing import burst
 from etbridge.outbox.retrystate import RetryState
-from etbridge.outbox.schedule import next_delay, retry_schedule
+from etbridge.outbox.schedule import retry_schedule
+from etbridge.outbox.sending import DEAD, NEXT, SINGLE, Sender
 from etbridge.outbox.sinkcache import SinkCache
 from etbridge.outbox.sinkstate import (
-    disable,
     disabled_names,
     is_disabled,
-    note_failure,
-    record_error,
     record_run,
 )
 from etbridge.outbox.streams import event_body, text, wants_org
 from etbridge.settings import Settings, SinkSpec
-from etbridge.sinks import OutboxEvent, Sink, SinkGone, route
+from etbridge.sinks import OutboxEvent, Sink, route
 
 if TYPE_CHECKING:
     import celery
@@ -54,14 +50,10 @@ log = logging.getLogger("etbridge.outbox")
 # partition with a backlog does not hold a worker from the others.
 MAX_SECONDS: Final = 10.0
 MAX_EVENTS: Final = 2000
-# A paced run waits in-process at most this long for its next slot, else it
-# stops and the partition is due when the pace allows.
-MAX_PACE_SLEEP: Final = 1.0
 
 # How _process sees an entry (_LATER: order=none, its retry is not due), and
 # what _attempt tells it (_NEXT: order=none, failed; go on with the next one).
 _SEND, _SKIP, _GONE, _POISON, _LATER = "send", "skip", "gone", "poison", "later"
-_DEAD, _SINGLE, _NEXT = "dead", "single", "next"
 
 
 class Relay:
@@ -98,8 +90,7 @@ class Relay:
         )
         self.locks = LockScripts(redis_client)
         self.due_set = DueSet(redis_client)
-        self.pacer = Pacer(redis_client)
-        self.attempts = AttemptLog(redis_client, settings)
+        self.sender = Sender(redis_client, settings, self.due_set)
         self._groups: set[tuple[str, str]] = set()
 
     # -- wiring ---------------------------------------------------------------
@@ -396,7 +387,7 @@ class Relay:
             if kind == _POISON:
                 # Not an event envelope: no attempt can fix it.
                 error = f"outbox entry {event.entry_id} is not an event envelope"
-                if not self._dead_letter(part, event, 0, error, ack, result, state):
+                if not self.sender.dead_letter(part, event, 0, error, ack, result, state):
                     result.outcome = Outcome.LOST
                     return False
                 ack = []
@@ -422,17 +413,17 @@ class Relay:
                 else:
                     chunk.append(events[j])
                 j += 1
-            if spec.rate and not self._pace(part, len(chunk), ack, result):
+            if spec.rate and not self.sender.pace(part, len(chunk), ack, result):
                 return False
-            outcome = self._attempt(part, sink, chunk, ack, state, schedule, result)
+            outcome = self.sender.attempt(part, sink, chunk, ack, state, schedule, result)
             if outcome is None:
                 ack = []
                 i = j
-            elif outcome == _SINGLE:
+            elif outcome == SINGLE:
                 # A chunk of several failed for good (or, with order=none, at all):
                 # find the culprit one by one.
                 batch_limit = 1
-            elif outcome in (_DEAD, _NEXT):
+            elif outcome in (DEAD, NEXT):
                 ack = []
                 i = events.index(chunk[0]) + 1
             else:
@@ -440,23 +431,6 @@ class Relay:
         if ack and not part.settle(ack, {}):
             result.outcome = Outcome.LOST
             return False
-        return True
-
-    def _pace(self, part: Partition, count: int, ack: list[str], result: DeliveryResult) -> bool:
-        """Wait for the sink's ``rate=`` to allow ``count`` events; False: stop (PACED)."""
-        wait = self.pacer.take(part.spec, count)
-        while wait > 0:
-            if wait > MAX_PACE_SLEEP or time.monotonic() + wait > part.deadline:
-                if not part.settle(ack, {}):
-                    result.outcome = Outcome.LOST
-                    return False
-                ack.clear()
-                result.outcome = Outcome.PACED
-                result.next_at = time.time() + wait
-                self._schedule(part.member, result.next_at)
-                return False
-            time.sleep(wait)
-            wait = self.pacer.take(part.spec, count)
         return True
 
     @staticmethod
@@ -472,154 +446,6 @@ class Relay:
         except FatalError:
             return _POISON
         return _SEND if spec.filter.is_empty or route(spec.filter, envelope) else _SKIP
-
-    def _attempt(
-        self,
-        part: Partition,
-        sink: Sink,
-        chunk: list[OutboxEvent],
-        skip: list[str],
-        state: RetryState,
-        schedule: Sequence[float],
-        result: DeliveryResult,
-    ) -> str | None:
-        """One attempt at a chunk. None: accepted; "dead"/"single": go on; else stop."""
-        head = chunk[0]
-        attempt_no = state.attempts(head.entry_id) + 1
-        ids = [e.entry_id for e in chunk]
-        if not part.extend(ids):
-            result.outcome = Outcome.LOST
-            return Outcome.LOST
-        started = time.monotonic()
-        try:
-            try:
-                if len(chunk) == 1:
-                    sink.send(head, attempt_no)
-                else:
-                    sink.send_many(chunk, attempt_no)
-            except Exception as exc:
-                self._log_attempt(part, sink, chunk, attempt_no, started, exc)
-                raise
-        except SinkGone as exc:
-            disable(self.redis, part.spec, str(exc))
-            part.settle(skip, {"next_at": ""} if state.strict else {})
-            result.outcome = Outcome.DISABLED
-            result.error = str(exc)
-            return Outcome.DISABLED
-        except EtbridgeError as exc:
-            return self._failed(part, chunk, skip, state, schedule, attempt_no, exc, result)
-        except Exception as exc:
-            # A bug in a sink must not spin: treat it as a failed attempt, with backoff.
-            log.exception(
-                "sink raised unexpectedly sink=%s org_id=%s", part.spec.display, part.org_id
-            )
-            error = RetriableError(f"{type(exc).__name__} in {type(sink).__name__}")
-            return self._failed(part, chunk, skip, state, schedule, attempt_no, error, result)
-        self._log_attempt(part, sink, chunk, attempt_no, started, None)
-        if not part.settle([*skip, *ids], state.settled(ids)):
-            result.outcome = Outcome.LOST
-            return Outcome.LOST
-        result.delivered += len(chunk)
-        return None
-
-    def _log_attempt(
-        self,
-        part: Partition,
-        sink: Sink,
-        chunk: Sequence[OutboxEvent],
-        attempt_no: int,
-        started: float,
-        exc: BaseException | None,
-    ) -> None:
-        """One line per event in the attempt log (written before the ack or retry state)."""
-        status = sink.last_status or ("accepted" if exc is None else "")
-        if exc is not None:
-            status = f"{type(exc).__name__} {status}".strip()
-        excerpt = sink.last_excerpt if exc is None or sink.last_status else str(exc)
-        self.attempts.record(
-            part.org_id,
-            part.spec.name,
-            chunk,
-            attempt_no,
-            ok=exc is None,
-            status=status,
-            seconds=time.monotonic() - started,
-            excerpt=excerpt,
-        )
-
-    def _failed(
-        self,
-        part: Partition,
-        chunk: list[OutboxEvent],
-        skip: list[str],
-        state: RetryState,
-        schedule: Sequence[float],
-        attempt_no: int,
-        exc: EtbridgeError,
-        result: DeliveryResult,
-    ) -> str:
-        head = chunk[0]
-        error = str(exc)
-        if len(chunk) > 1 and (isinstance(exc, FatalError) or not state.strict):
-            return _SINGLE
-        retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
-        delay = (
-            None if isinstance(exc, FatalError) else next_delay(schedule, attempt_no, retry_after)
-        )
-        now = time.time()
-        # Only failures a receiver's recovery can fix count for the breaker.
-        if isinstance(exc, RetriableError) and note_failure(self.redis, part.spec, error, now):
-            # Every attempt failed for disable_after: stop trying (the breaker).
-            days = (part.spec.disable_after or 0) / 86400
-            disable(self.redis, part.spec, f"every attempt failed for {days:g} days: {error}")
-            part.settle(skip, {})
-            result.outcome = Outcome.DISABLED
-            result.error = error
-            return Outcome.DISABLED
-        if not isinstance(exc, RetriableError):
-            record_error(self.redis, part.spec, error)
-        if delay is None:
-            if not self._dead_letter(part, head, attempt_no, error, skip, result, state):
-                result.outcome = Outcome.LOST
-                return Outcome.LOST
-            return _DEAD
-        next_at = now + delay
-        log.warning(
-            "delivery failed org_id=%s sink=%s event=%s attempt=%d retry_in=%.1fs error=%s",
-            part.org_id,
-            part.spec.display,
-            head.event_id,
-            attempt_no,
-            delay,
-            error,
-        )
-        if not part.settle(skip, state.failed(head.entry_id, attempt_no, next_at, error, now)):
-            result.outcome = Outcome.LOST
-            return Outcome.LOST
-        result.error = error
-        if not state.strict:
-            part.note_retry(next_at)
-            return _NEXT
-        result.outcome = Outcome.RETRY
-        result.next_at = next_at
-        self._schedule(part.member, next_at)
-        return Outcome.RETRY
-
-    def _dead_letter(
-        self,
-        part: Partition,
-        event: OutboxEvent,
-        attempts: int,
-        error: str,
-        skip: list[str],
-        result: DeliveryResult,
-        state: RetryState,
-    ) -> bool:
-        # The dead letter first, the ack second: a crash in between leaves a
-        # duplicate dead letter, never a lost event.
-        deadletters.add(self.redis, self.settings, part.spec, part.org_id, event, attempts, error)
-        result.dead_lettered += 1
-        return part.settle([*skip, event.entry_id], state.settled([event.entry_id]))
 
     def _record(self, spec: SinkSpec, result: DeliveryResult, elapsed: float) -> None:
         record_run(self.redis, spec, result.delivered, result.dead_lettered)
