@@ -41,7 +41,7 @@ def _parse_time(text: str) -> datetime:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--since: expected ISO 8601 or an age like 2h, got {text!r}"
+            f"expected ISO 8601 or an age like 2h, got {text!r}"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -168,6 +168,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for line in outbox.dlq_lines(client, settings):
             print(line)
         return 0
+    if args.dlq_command == "purge":
+        if bool(args.ids) == (args.before is not None):
+            print("dlq purge: name event ids, or --before TIME (not both)", file=sys.stderr)
+            return 2
+        purged = outbox.dlq_purge(client, settings, args.ids or None, before=args.before)
+        print(f"purged {purged} dead letter(s)")
+        return 0
     if not args.ids and not args.all:
         print("dlq redeliver: name event ids, or --all", file=sys.stderr)
         return 2
@@ -258,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver = dlq_sub.add_parser("redeliver", help="send dead-lettered events again")
     redeliver.add_argument("ids", nargs="*")
     redeliver.add_argument("--all", action="store_true")
+    purge = dlq_sub.add_parser("purge", help="drop dead letters for good")
+    purge.add_argument("ids", nargs="*", help="event ids")
+    purge.add_argument("--before", type=_parse_time, help="those that failed before: ISO or 7d")
     dlq.set_defaults(func=cmd_dlq)
 
     sink = sub.add_parser("sink", help="manage sinks")

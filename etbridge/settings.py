@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     environment: str = "production"
     discovery_interval: float = Field(default=3600.0, gt=0)
+    # Dead letters: their own retention and cap (issue 14), never ETBRIDGE_STREAM_MAXLEN.
+    dlq_retention: float = Field(default=30 * 86400.0, gt=0)
+    dlq_maxlen: int = Field(default=100_000, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod

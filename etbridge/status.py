@@ -85,7 +85,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     tokens = TokenCache(client, settings)
     budget = RequestBudget(client, keys.digest(settings.client_id), settings.rate_limit)
     delivery = outbox.status(client, settings)
-    warnings = []
+    warnings = list(delivery.get("warnings", []))
     if not scheduler.sweep_affordable(len(active), 1.0, settings.rate_limit, config):
         warnings.append(
             "the rate budget cannot afford a sweep of every org each ETBRIDGE_SWEEP_INTERVAL"

@@ -11,6 +11,8 @@ this package's names (``outbox.Relay``, ``outbox.trim``, ``outbox.BUDGET``).
 from __future__ import annotations
 
 from etbridge.outbox.deadletters import DeadLetter, dlq_lines, dlq_list, dlq_redeliver
+from etbridge.outbox.deadletters import expire as expire_dead_letters
+from etbridge.outbox.deadletters import purge as dlq_purge
 from etbridge.outbox.due import DUE, ENQUEUE_LEASE, SWEEP, SWEEP_EVERY, due_member
 from etbridge.outbox.locking import CLAIM_MARGIN, Partition, lock_key, partition_key
 from etbridge.outbox.outcomes import DeliveryResult, Outcome
@@ -61,9 +63,11 @@ __all__ = [
     "Relay",
     "dlq_lines",
     "dlq_list",
+    "dlq_purge",
     "dlq_redeliver",
     "due_member",
     "enable_sink",
+    "expire_dead_letters",
     "group_name",
     "lock_key",
     "next_delay",

@@ -2,7 +2,10 @@
 
 Each entry keeps the event as committed, its org, the attempts and the last
 error; ``etbridge dlq list`` prints them, ``dlq redeliver`` sends them again
-with the same ids.
+with the same ids, ``dlq purge`` drops them. They are kept for
+``ETBRIDGE_DLQ_RETENTION`` (30 days) up to ``ETBRIDGE_DLQ_MAXLEN`` per sink;
+nothing leaves silently: expiry is logged, a letter pushed out by the cap is an
+ERROR (Sentry) and counted, and ``status`` warns from :data:`WARN_FILL` of the cap.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger("etbridge.outbox")
+
+# status warns (and the fill gauge shows) from this fraction of the cap.
+WARN_FILL: Final = 0.8
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,9 @@ def add(
         event_type = str(event.envelope.get("type", ""))
     except FatalError:
         event_type = ""
+    stream = keys.dead_letters(spec.name)
     client.xadd(
-        keys.dead_letters(spec.name),
+        stream,
         {
             "event_id": event.event_id,
             "org_id": org_id,
@@ -100,10 +107,19 @@ def add(
             "failed_at": repr(time.time()),
             "event": event.body,
         },
-        maxlen=settings.stream_maxlen,
-        approximate=True,
     )
     record_error(client, spec, error)
+    if client.xlen(stream) > settings.dlq_maxlen:
+        # Over the cap: the oldest go, loudly (an ERROR reaches Sentry; status counts them).
+        dropped = int(client.xtrim(stream, maxlen=settings.dlq_maxlen, approximate=False))
+        if dropped:
+            client.hincrby(keys.sink_state(spec.name), "dead_letters_dropped", dropped)
+            log.error(
+                "dead letters over ETBRIDGE_DLQ_MAXLEN dropped sink=%s count=%d cap=%d",
+                spec.display,
+                dropped,
+                settings.dlq_maxlen,
+            )
     log.warning(
         "dead-lettered org_id=%s sink=%s event=%s attempts=%d error=%s",
         org_id,
@@ -180,3 +196,58 @@ def _group_by_sink(letters: Iterable[DeadLetter]) -> dict[str, list[DeadLetter]]
     for letter in letters:
         out.setdefault(letter.sink_name, []).append(letter)
     return out
+
+
+def purge(
+    client: redis.Redis,
+    settings: Settings,
+    ids: Iterable[str] | None = None,
+    *,
+    before: datetime | None = None,
+) -> int:
+    """``etbridge dlq purge``: drop dead letters by event id, or those that failed before a time.
+
+    Returns how many were dropped (each is logged).
+    """
+    removed = 0
+    wanted = None if ids is None else set(ids)
+    for spec in settings.sinks:
+        stream = keys.dead_letters(spec.name)
+        if before is not None:
+            if before.tzinfo is None:
+                before = before.replace(tzinfo=UTC)
+            cut = f"{int(before.timestamp() * 1000)}-0"
+            count = int(client.xtrim(stream, minid=cut, approximate=False))
+        else:
+            doomed = [
+                d.dlq_id
+                for d in dlq_list(client, settings, spec.name)
+                if wanted is not None and d.event_id in wanted
+            ]
+            count = int(client.xdel(stream, *doomed)) if doomed else 0
+        if count:
+            log.info("dead letters purged sink=%s count=%d", spec.display, count)
+        removed += count
+    return removed
+
+
+def expire(client: redis.Redis, settings: Settings, *, now: float | None = None) -> int:
+    """Retention: drop dead letters older than ``ETBRIDGE_DLQ_RETENTION`` (logged)."""
+    now = time.time() if now is None else now
+    cut = f"{int((now - settings.dlq_retention) * 1000)}-0"
+    removed = 0
+    for spec in settings.sinks:
+        count = int(client.xtrim(keys.dead_letters(spec.name), minid=cut, approximate=False))
+        if count:
+            log.warning(
+                "dead letters expired sink=%s count=%d (ETBRIDGE_DLQ_RETENTION)",
+                spec.display,
+                count,
+            )
+        removed += count
+    return removed
+
+
+def fill(settings: Settings, count: int) -> float:
+    """The fraction of the dead-letter cap a sink uses."""
+    return round(count / settings.dlq_maxlen, 4)

@@ -7,6 +7,7 @@ from typing import Any
 import redis
 
 from etbridge import keys
+from etbridge.outbox.deadletters import WARN_FILL, fill
 from etbridge.outbox.locking import partition_key
 from etbridge.outbox.retrystate import RetryState
 from etbridge.outbox.streams import (
@@ -65,6 +66,8 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
             "pending": pending,
             "retrying": retrying,
             "dead_lettered": dead,
+            "dead_letter_fill": fill(settings, dead),
+            "dead_letters_dropped": int(sink_state.get("dead_letters_dropped") or 0),
             "disabled": bool(sink_state.get("disabled")),
             "disabled_reason": sink_state.get("disabled_reason") or None,
             "disabled_at": iso(sink_state.get("disabled_at")),
@@ -80,4 +83,15 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         totals["pending"] += pending
         totals["retrying"] += retrying
         totals["dead_lettered"] += dead
-    return {"outbox": totals, "sinks": sinks}
+    warnings = [
+        f"sink {url}: dead letters at {entry['dead_letter_fill']:.0%} of ETBRIDGE_DLQ_MAXLEN"
+        " (the oldest are dropped past it): redeliver or purge them"
+        for url, entry in sinks.items()
+        if entry["dead_letter_fill"] >= WARN_FILL
+    ]
+    warnings += [
+        f"sink {url} is disabled: {entry['disabled_reason'] or 'see etbridge status'}"
+        for url, entry in sinks.items()
+        if entry["disabled"]
+    ]
+    return {"outbox": totals, "sinks": sinks, "warnings": warnings}
