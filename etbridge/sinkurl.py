@@ -68,13 +68,31 @@ class SinkSpec:
 
     @property
     def name(self) -> str:
-        """A stable, secret-free identifier (consumer group names, Redis keys, metrics)."""
-        return hashlib.sha256(self.url.encode()).hexdigest()[:12]
+        """A stable, secret-free identifier (consumer group names, Redis keys, metrics).
+
+        Tuning a sink (``rate=``, ``order=``, ``secret=``, ``disable_after=``)
+        keeps its name, so it keeps its place in the outbox instead of
+        receiving the retained history again as a new sink would.
+        """
+        return hashlib.sha256(_identity(self.url).encode()).hexdigest()[:12]
 
     @property
     def display(self) -> str:
         """The URL with any password masked, for logs and ``status``."""
         return mask_url(self.url)
+
+
+# Options that tune delivery without changing what a sink receives (not in its name).
+_TUNING_KEYS = ("rate", "order", "secret", "disable_after")
+
+
+def _identity(url: str) -> str:
+    """The URL without its tuning options (textually: the rest stays as written)."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    kept = [p for p in query.split("&") if p.split("=", 1)[0] not in _TUNING_KEYS]
+    return head + ("?" + "&".join(kept) if kept else "")
 
 
 _FILTER_KEYS = ("types", "fields", "orgs")

@@ -109,3 +109,40 @@ def test_invalid_filters_are_setting_errors_naming_sinks(
     text = str(info.value)
     assert text.startswith("configuration error: ETBRIDGE_SINKS: ")
     assert "where=" in text and "\n" not in text
+
+
+def test_tuning_a_sink_keeps_its_name_filtering_does_not() -> None:
+    base = "https://hooks.example/et?token=abc&types=updated"
+    name = parse_sink(base).name
+    tuned = parse_sink(base + "&rate=5/s&order=none&disable_after=2d&secret=partner")
+    assert tuned.name == name  # same consumer group: no history sent again
+    assert (tuned.rate, tuned.order, tuned.disable_after, tuned.secret) == (
+        5.0,
+        "none",
+        172800.0,
+        "PARTNER",
+    )
+    assert parse_sink(base + "&where=type:x").name != name
+    assert parse_sink("redis-stream:k?rate=2/m").name == parse_sink("redis-stream:k").name
+    assert parse_sink("redis-stream:k?rate=120/m").rate == 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("rate=0/s", "rate="),
+        ("rate=fast", "rate="),
+        ("order=random", "order="),
+        ("disable_after=soon", "disable_after="),
+        ("retry=1;x", "retry="),
+        ("secret=a-b", "secret="),
+    ],
+)
+def test_malformed_options_fail_at_start(
+    option: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")
+    with pytest.raises(SettingsError) as info:
+        load_settings(client_id="c", client_secret="s", sinks=f"redis-stream:k?{option}")
+    assert str(info.value).startswith("configuration error: ETBRIDGE_SINKS: ")
+    assert message in str(info.value)
