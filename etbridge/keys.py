@@ -154,6 +154,6 @@ def sink_pace(sink_name: str) -> str:
     return f"{PREFIX}:sink:{sink_name}:pace"
 
 
-def attempt_log(org_id: str, event_id: str, sink_name: str) -> str:
-    """List: the last delivery attempts of one event at one sink (JSON, oldest first)."""
-    return f"{PREFIX}:{org_tag(org_id)}:attempts:{event_id}:{sink_name}"
+def attempt_log(org_id: str, sink_name: str, day: int) -> str:
+    """Hash: event id -> JSON list of its attempts at one sink that day (UTC day number)."""
+    return f"{PREFIX}:{org_tag(org_id)}:attempts:{sink_name}:{day}"

@@ -35,11 +35,12 @@ class Where:
     def holds(self, envelope: Mapping[str, Any]) -> bool:
         """Whether this clause holds for an envelope."""
         found = lookup(envelope, self.path)
-        if self.presence:
-            present = found is not _MISSING and found is not None
-            return present != self.negate
-        hit = found is not _MISSING and value_text(found) in self.values
-        return hit != self.negate
+        if not self.values:
+            return (found is not _MISSING and found is not None) != self.negate
+        if found is _MISSING:
+            return self.negate
+        text = found if type(found) is str else value_text(found)
+        return (text in self.values) != self.negate
 
     def __str__(self) -> str:
         values = "*" if self.presence else "|".join(sorted(self.values))
@@ -82,22 +83,33 @@ def lookup(value: Any, path: Sequence[str]) -> Any:
     """The value at a dotted path, or the module's missing marker.
 
     A key may hold dots itself (``changes`` names relationships
-    ``relationships.room``): at each level the longest key that matches wins.
-    A list takes a decimal index.
+    ``relationships.room``): where no plain key matches, the dotted keys are
+    tried, shortest first. A list takes a decimal index.
     """
-    if not path:
-        return value
-    if isinstance(value, Mapping):
-        for size in range(len(path), 0, -1):
-            key = ".".join(path[:size]) if size > 1 else path[0]
-            if key in value:
-                found = lookup(value[key], path[size:])
-                if found is not _MISSING:
-                    return found
+    node = value
+    for index, part in enumerate(path):
+        # type() rather than isinstance(): JSON gives plain dicts and lists, and
+        # this runs for every event of a filtered sink.
+        kind = type(node)
+        if kind is dict:
+            if part in node:
+                node = node[part]
+                continue
+            return _dotted(node, path[index:])
+        if kind is list and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
         return _MISSING
-    if isinstance(value, list) and path[0].isdigit():
-        index = int(path[0])
-        return lookup(value[index], path[1:]) if index < len(value) else _MISSING
+    return node
+
+
+def _dotted(node: dict[str, Any], path: Sequence[str]) -> Any:
+    for size in range(2, len(path) + 1):
+        key = ".".join(path[:size])
+        if key in node:
+            found = lookup(node[key], path[size:])
+            if found is not _MISSING:
+                return found
     return _MISSING
 
 
@@ -107,6 +119,6 @@ def value_text(value: Any) -> str:
     >>> [value_text(v) for v in ("definite", True, 12, None, 1.5)]
     ['definite', 'true', '12', 'null', '1.5']
     """
-    if isinstance(value, str):
+    if type(value) is str:
         return value
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

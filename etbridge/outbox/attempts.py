@@ -1,10 +1,11 @@
 """The attempt log: the last delivery attempts of each event at each sink, for operators.
 
-One Redis list per (org, event, sink), ``etb:{org:ID}:attempts:EVENT:SINK``,
-of JSON records ``{at, attempt, ok, status, ms, excerpt, entry}``; the newest
-:data:`KEPT` stay, and the list expires with the outbox retention. Excerpts
-are short and scrubbed of known secrets. ``etbridge events show`` and
-``events list`` read it here, with the events from the outbox.
+One hash per (org, sink, UTC day), ``etb:{org:ID}:attempts:SINK:DAY``: event
+id -> JSON list of records ``{at, attempt, ok, status, ms, excerpt, entry}``
+(the newest :data:`KEPT` per day); a day's hash expires once the outbox
+retention has passed after it. One field per event, no key per event: cheap
+enough for every event of a batch sink. Excerpts are short and scrubbed.
+``etbridge events show`` and ``events list`` read it here, with the outbox.
 """
 
 from __future__ import annotations
@@ -57,12 +58,46 @@ class Attempt:
         return f"{when}  #{self.attempt:<2} {mark} {self.status:<28} {self.ms:8.1f} ms{tail}"
 
 
+DAY: Final = 86400
+
+
+def _day(at: float) -> int:
+    return int(at // DAY)
+
+
+# KEYS[1] the day's hash (one org: one hash tag)
+# ARGV[1] expire at (epoch ms)  ARGV[2] kept  ARGV[3] the first event's record
+# ARGV[4] the others' record (their first attempt), both JSON objects without
+# "entry"; ARGV[5..] pairs of event id, entry id.
+# Appends one record per event to its list, keeps the newest `kept`.
+# One call per chunk: a batch of 500 events costs one round trip.
+_RECORD = """
+local kept = tonumber(ARGV[2])
+for i = 5, #ARGV, 2 do
+  local base = (i == 5) and ARGV[3] or ARGV[4]
+  local record = string.sub(base, 1, -2) .. ',"entry":"' .. ARGV[i + 1] .. '"}'
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if current then
+    local list = cjson.decode(current)
+    table.insert(list, cjson.decode(record))
+    while #list > kept do table.remove(list, 1) end
+    redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(list))
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], '[' .. record .. ']')
+  end
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class AttemptLog:
-    """Writes attempts (one pipeline per chunk: a list push, trim and expiry per event)."""
+    """Writes attempts: one script call per chunk, one hash field per event."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
-        self.ttl_ms = int(settings.outbox_retention * 1000)
+        self.retention = settings.outbox_retention
+        self._record = client.register_script(_RECORD)
 
     def record(
         self,
@@ -76,39 +111,52 @@ class AttemptLog:
         seconds: float,
         excerpt: str = "",
     ) -> None:
+        if not events:
+            return
         now = time.time()
-        clean = scrub(excerpt) if excerpt else ""
-        pipe = self.redis.pipeline(transaction=False)
-        for index, event in enumerate(events):
-            record = {
-                "at": round(now, 3),
-                "attempt": attempt_no if index == 0 else 1,
-                "ok": ok,
-                "status": status,
-                "ms": round(seconds * 1000, 1),
-                "excerpt": clean,
-                "entry": event.entry_id,
-            }
-            key = keys.attempt_log(org_id, event.event_id, sink_name)
-            pipe.rpush(key, json.dumps(record, separators=(",", ":")))
-            if attempt_no > 1:
-                pipe.ltrim(key, -KEPT, -1)  # a first attempt leaves a list of one
-            pipe.pexpire(key, self.ttl_ms)
-        pipe.execute()
+        base = {
+            "at": round(now, 3),
+            "attempt": attempt_no,
+            "ok": ok,
+            "status": status,
+            "ms": round(seconds * 1000, 1),
+            "excerpt": scrub(excerpt) if excerpt else "",
+        }
+        first = json.dumps(base, separators=(",", ":"))
+        others = json.dumps({**base, "attempt": 1}, separators=(",", ":"))
+        day = _day(now)
+        expire_at = int(((day + 1) * DAY + self.retention) * 1000)
+        args: list[str | int] = [expire_at, KEPT, first, others]
+        for event in events:
+            args += [event.event_id, event.entry_id]
+        self._record(keys=[keys.attempt_log(org_id, sink_name, day)], args=args)
 
 
 def read(
-    client: redis.Redis, org_id: str, event_id: str, sink_names: Iterable[str]
+    client: redis.Redis,
+    settings: Settings,
+    org_id: str,
+    event_id: str,
+    sink_names: Iterable[str],
 ) -> dict[str, list[Attempt]]:
     """Per sink name: the event's recorded attempts, oldest first (sinks without any left out)."""
     names = list(sink_names)
+    today = _day(time.time())
+    days = range(today - int(settings.outbox_retention // DAY) - 1, today + 1)
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.lrange(keys.attempt_log(org_id, event_id, name), 0, -1)
+        for day in days:
+            pipe.hget(keys.attempt_log(org_id, name, day), event_id)
+    answers = iter(pipe.execute())
     out: dict[str, list[Attempt]] = {}
-    for name, rows in zip(names, pipe.execute(), strict=True):
-        if rows:
-            out[name] = [Attempt(**json.loads(row)) for row in rows]
+    for name in names:
+        found: list[Attempt] = []
+        for _day_no in days:
+            raw = next(answers)
+            if raw:
+                found += [Attempt(**row) for row in json.loads(raw)]
+        if found:
+            out[name] = sorted(found, key=lambda a: a.at)[-KEPT:]
     return out
 
 
@@ -123,7 +171,7 @@ def find_event(
     orgs = [org_id] if org_id else known_orgs(client)
     names = [s.name for s in settings.sinks]
     for org in orgs:
-        for attempts in read(client, org, event_id, names).values():
+        for attempts in read(client, settings, org, event_id, names).values():
             rows = client.xrange(keys.outbox(org), attempts[-1].entry, attempts[-1].entry)
             if rows:
                 entry, fields = rows[0]
@@ -184,7 +232,7 @@ def show_lines(
         f"event {event_id}  org={org}  type={kind}  entry={event.entry_id}  committed={committed}"
     ]
     lines.append(json.dumps(envelope, indent=2, sort_keys=True, ensure_ascii=False))
-    logged = read(client, org, event_id, [s.name for s in settings.sinks])
+    logged = read(client, settings, org, event_id, [s.name for s in settings.sinks])
     for spec in settings.sinks:
         lines.append(f"sink {spec.display} [{spec.kind} {spec.name}]:")
         attempts = logged.get(spec.name)
