@@ -99,7 +99,7 @@ CHANGES = Counter(
 DELIVERIES = Counter(
     "etbridge_deliveries",
     "Relay runs of one org's outbox to one sink, by sink name, kind and outcome "
-    "(caught_up|budget|retry|waiting|busy|disabled|filtered|lost_lock|unknown_sink).",
+    "(caught_up|budget|retry|waiting|paced|busy|disabled|filtered|lost_lock|unknown_sink).",
     ["sink", "kind", "outcome"],
 )
 EVENTS_DELIVERED = Counter(
