@@ -126,11 +126,21 @@ def prefill(client: redis.Redis, orgs: list[str], per_org: int) -> int:
 
 
 def relay_worker(
-    redis_url: str, sink_url: str, work: Any, stop: Any, started: Any, counts: Any, slot: int
+    redis_url: str,
+    sink_url: str,
+    work: Any,
+    stop: Any,
+    started: Any,
+    counts: Any,
+    slot: int,
+    ready: Any,
 ) -> None:
     """One relay process: partitions from the queue (the broker), then those due again."""
     client = redis.Redis.from_url(redis_url)
     relay = outbox.Relay(client, settings_for(redis_url, sink_url), sweep_every=0)
+    client.ping()
+    with ready.get_lock():
+        ready.value += 1
     delivered = 0
     started.wait()
     while not stop.is_set():
@@ -153,17 +163,29 @@ class Fleet:
         self.stop = ctx.Event()
         self.started = ctx.Event()
         self.counts: Any = ctx.Array("q", processes)
+        self.ready: Any = ctx.Value("i", 0)
         self.procs = [
             ctx.Process(
                 target=relay_worker,
-                args=(redis_url, sink_url, self.work, self.stop, self.started, self.counts, i),
+                args=(
+                    redis_url,
+                    sink_url,
+                    self.work,
+                    self.stop,
+                    self.started,
+                    self.counts,
+                    i,
+                    self.ready,
+                ),
                 daemon=True,
             )
             for i in range(processes)
         ]
         for proc in self.procs:
             proc.start()
-        time.sleep(1.5)  # let the spawned interpreters import etbridge before the clock starts
+        # The clock starts once every spawned interpreter has imported etbridge and
+        # connected (a loaded machine takes seconds; a fixed sleep skewed the p99).
+        wait_until(lambda: self.ready.value >= processes, timeout=120)
 
     def delivered(self) -> int:
         return int(sum(self.counts[:]))

@@ -150,7 +150,7 @@ class Relay:
         if stale:
             # Unknown sinks (removed from the config) and disabled ones are not
             # scheduled; enable_sink() marks a re-enabled sink's orgs due again.
-            self.due_set.remove(*stale)
+            self.due_set.remove(*stale, retries=True)
         if self.due_set.sweep_turn(self.sweep_every):
             seen = set(out)
             specs = [s for s in self.specs.values() if s.name not in disabled]
@@ -182,14 +182,14 @@ class Relay:
         """
         if isinstance(sink, str) and sink not in self.specs:
             # A task from before a configuration change: that sink is gone.
-            self.due_set.remove(due_member(org_id, sink))
+            self.due_set.remove(due_member(org_id, sink), retries=True)
             log.warning("deliver for an unknown sink name=%s org_id=%s", sink, org_id)
             return DeliveryResult(org_id, sink, outcome=Outcome.UNKNOWN)
         spec = self.spec(sink)
         result = DeliveryResult(org_id, spec.name)
         member = due_member(org_id, spec.name)
         if not wants_org(spec, org_id):
-            self.due_set.remove(member)
+            self.due_set.remove(member, retries=True)
             result.outcome = Outcome.FILTERED
             return result
         if is_disabled(self.redis, spec.name):

@@ -29,8 +29,8 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     URL: {...}}}``: the totals over all sinks, and the facts of each sink.
     ``pending`` counts events the sink has not accepted yet (unread, or read
     but unacknowledged) over all orgs; ``retrying`` the orgs whose head event
-    waits for a retry. Sinks appear by display URL (password masked); times
-    are RFC 3339 UTC.
+    waits for a retry (``order=none``: the events that wait for their own).
+    Sinks appear by display URL (password masked); times are RFC 3339 UTC.
     """
     orgs = known_orgs(client)
     infos = group_infos(client, orgs) if orgs else {}
