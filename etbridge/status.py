@@ -174,6 +174,8 @@ def render(doc: dict[str, Any]) -> str:
             )
             if sink.get("disabled"):
                 line += f"  DISABLED ({sink.get('disabled_reason') or 'see etbridge dlq'})"
+            elif sink.get("failing_since"):
+                line += f"  failing since {_short(sink.get('failing_since'))} UTC"
             if sink.get("last_error"):
                 line += f"  last error {_short(sink.get('last_error_at'))}: "
                 line += _clip(str(sink["last_error"]), 80)
