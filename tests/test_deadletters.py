@@ -53,6 +53,14 @@ def test_the_cap_drops_the_oldest_loudly(
     assert (facts["dead_lettered"], facts["dead_letters_dropped"]) == (3, 2)
     assert facts["dead_letter_fill"] == 1.0
     assert any("dead letters at 100% of ETBRIDGE_DLQ_MAXLEN" in w for w in state["warnings"])
+    # `etbridge status` carries the warning, and the fill gauge reads it.
+    from etbridge import metrics, status
+
+    doc = status.collect(r, settings)
+    assert any("ETBRIDGE_DLQ_MAXLEN" in w for w in doc["warnings"])
+    assert "WARNING: sink" in status.render(doc)
+    fill = {m.name: m for m in metrics.gauges_from_status(doc, time.time())}
+    assert fill["etbridge_dead_letter_fill"].samples[0].value == 1.0
 
 
 def test_status_warns_as_the_cap_nears(r: redis.Redis, redis_url: str, rx: Receiver) -> None:
