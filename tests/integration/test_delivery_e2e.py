@@ -356,3 +356,39 @@ def test_where_delivers_only_bookings_that_became_definite(
     relay2.close()
     assert counted["id"] in rx.delivered_ids()
     assert skipped["id"] not in rx.delivered_ids()
+
+
+# --- order=none and rate= with relay processes -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_order_none_with_relay_processes_loses_nothing(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    """Two relay processes, a receiver that refuses one event of each org for a while."""
+    url = f"{rx.url}?order=none&retry=0;0.3;0.3;0.3;0.3;0.3;0.3;0.3;0.3;0.3&rate=200/s"
+    committed = commit_many(r, ["1001", "1002", "1003"], 20)
+    stuck = {committed[i]["id"] for i in (2, 12, 25)}
+    for event_id in stuck:
+        rx.reply_for(event_id, Reply.error(503))
+    # No notify: the processes' first tick sweeps and finds the committed work.
+    relays = RelayProcesses(redis_url, [url], webhook_timeout=1.0).start(2)
+    try:
+        others = {e["id"] for e in committed} - stuck
+        rx.wait_for(lambda: set(rx.delivered_ids()) >= others, timeout=60)
+        assert not stuck & set(rx.delivered_ids())  # refused so far, the others passed them
+        for event_id in stuck:
+            rx.reply_for(event_id, None)
+        rx.wait_for(lambda: set(rx.delivered_ids()) >= stuck, timeout=60)
+    finally:
+        relays.stop()
+    delivered = rx.delivered_ids()
+    assert len(delivered) == len(committed)  # each exactly once: no crash here
+    # Per org, the events that never failed kept their commit order.
+    order = [a.envelope or {} for a in rx.delivered() if a.webhook_id not in stuck]
+    expected = [e for e in committed if e["id"] not in stuck]
+    assert per_org_first_arrivals(order) == per_org_first_arrivals(expected)
+    settings = make_settings(redis_url, [url])
+    assert outbox.dlq_list(r, settings) == []
+    facts = outbox.status(r, settings)["outbox"]
+    assert (facts["pending"], facts["retrying"]) == (0, 0)
