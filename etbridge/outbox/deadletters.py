@@ -21,6 +21,7 @@ import redis
 
 from etbridge import keys
 from etbridge.errors import EtbridgeError, FatalError
+from etbridge.outbox.attempts import AttemptLog
 from etbridge.outbox.sinkcache import SinkCache
 from etbridge.outbox.sinkstate import is_disabled, record_error
 from etbridge.outbox.streams import resolve_sink, text
@@ -163,6 +164,7 @@ def dlq_redeliver(
     wanted = None if ids is None else set(ids)
     delivered = 0
     targets = SinkCache(client, settings, broker_app=broker_app, session=session)
+    attempt_log = AttemptLog(client, settings)  # redeliveries show in `etbridge events show`
     try:
         for letter_sink, letters in _group_by_sink(dlq_list(client, settings, sink)).items():
             spec = resolve_sink(settings, letter_sink)
@@ -173,9 +175,22 @@ def dlq_redeliver(
             for letter in letters:
                 if wanted is not None and letter.event_id not in wanted:
                     continue
+                event = OutboxEvent(letter.body, letter.entry_id)
+                started = time.monotonic()
                 try:
-                    target.send(OutboxEvent(letter.body, letter.entry_id), letter.attempts + 1)
+                    target.send(event, letter.attempts + 1)
                 except EtbridgeError as exc:
+                    status = f"{type(exc).__name__} {target.last_status or ''}".strip()
+                    attempt_log.record(
+                        letter.org_id,
+                        spec.name,
+                        [event],
+                        letter.attempts + 1,
+                        ok=False,
+                        status=status,
+                        seconds=time.monotonic() - started,
+                        excerpt=target.last_excerpt if target.last_status else str(exc),
+                    )
                     log.warning(
                         "dlq redeliver failed sink=%s event=%s error=%s",
                         spec.display,
@@ -183,6 +198,16 @@ def dlq_redeliver(
                         exc,
                     )
                     break
+                attempt_log.record(
+                    letter.org_id,
+                    spec.name,
+                    [event],
+                    letter.attempts + 1,
+                    ok=True,
+                    status=target.last_status or "accepted",
+                    seconds=time.monotonic() - started,
+                    excerpt=target.last_excerpt,
+                )
                 client.xdel(keys.dead_letters(spec.name), letter.dlq_id)
                 delivered += 1
                 log.info("dlq redelivered sink=%s event=%s", spec.display, letter.event_id)
