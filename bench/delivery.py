@@ -134,6 +134,7 @@ def relay_worker(
     counts: Any,
     slot: int,
     ready: Any,
+    cpu: Any,
 ) -> None:
     """One relay process: partitions from the queue (the broker), then those due again."""
     client = redis.Redis.from_url(redis_url)
@@ -143,6 +144,7 @@ def relay_worker(
         ready.value += 1
     delivered = 0
     started.wait()
+    cpu_started = time.process_time()
     while not stop.is_set():
         try:
             org_id, sink_name = work.get(timeout=0.005)
@@ -153,6 +155,7 @@ def relay_worker(
         for org_id, sink_name in partitions:
             delivered += relay.deliver(org_id, sink_name).delivered
             counts[slot] = delivered
+            cpu[slot] = time.process_time() - cpu_started
     relay.close()
     client.close()
 
@@ -164,6 +167,9 @@ class Fleet:
         self.started = ctx.Event()
         self.counts: Any = ctx.Array("q", processes)
         self.ready: Any = ctx.Value("i", 0)
+        # CPU seconds each relay process spent delivering: events per CPU second
+        # is what a neighbour's load on this shared machine does not distort.
+        self.cpu: Any = ctx.Array("d", processes)
         self.procs = [
             ctx.Process(
                 target=relay_worker,
@@ -176,6 +182,7 @@ class Fleet:
                     self.counts,
                     i,
                     self.ready,
+                    self.cpu,
                 ),
                 daemon=True,
             )
@@ -222,6 +229,7 @@ def run_throughput(
         fleet.started.set()
         wait_until(lambda: done(client) >= total, timeout=600)
         elapsed = time.perf_counter() - start
+        cpu_seconds = float(sum(fleet.cpu[:]))
     finally:
         fleet.close()
         client.close()
@@ -232,6 +240,8 @@ def run_throughput(
         "seconds": round(elapsed, 3),
         "events_per_s": round(rate),
         "per_process": round(rate / processes),
+        "relay_cpu_s": round(cpu_seconds, 3),
+        "events_per_cpu_s": round(total / cpu_seconds) if cpu_seconds else None,
     }
 
 
@@ -382,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
         if "filters" in parts:
             # Alternated, so a neighbour's load hits both sides alike.
-            for round_no in range(1 if args.quick else 3):
+            for round_no in range(1 if args.quick else 5):
                 for label, query in (("off", ""), ("on", FILTERS)):
                     print(f"filters {label}, round {round_no + 1} ...", flush=True)
                     row = run_throughput(
@@ -444,12 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     if results["latency"]:
         targets["webhook_p99_met"] = max(row["p99_ms"] for row in results["latency"]) < 250
     if results["filters"]:
+        # Per CPU second of the relay process (a neighbour's load hits wall clock,
+        # not the relay's own CPU time); wall-clock rates are in the rows.
         best = {
-            label: max(r["events_per_s"] for r in results["filters"] if r["filters"] == label)
+            label: max(r["events_per_cpu_s"] for r in results["filters"] if r["filters"] == label)
             for label in ("off", "on")
         }
         slowdown = 1 - best["on"] / best["off"]
-        results["filters_summary"] = {**best, "slowdown": round(slowdown, 4)}
+        # Each round runs off then on back to back: the median of those pairs'
+        # ratios is less at the mercy of a neighbour's burst than one best-of.
+        rows = results["filters"]
+        pairs = [
+            1 - rows[i + 1]["events_per_cpu_s"] / rows[i]["events_per_cpu_s"]
+            for i in range(0, len(rows) - 1, 2)
+        ]
+        results["filters_summary"] = {
+            **best,
+            "slowdown": round(slowdown, 4),
+            "median_pair_slowdown": round(statistics.median(pairs), 4),
+        }
         targets["filters_met"] = slowdown <= 0.10
     results["targets"] = targets
     print_table(results)
@@ -470,7 +493,12 @@ def print_table(results: dict[str, Any]) -> None:
         )
     for row in results["filters"]:
         label = f"relay -> redis-stream, filters {row['filters']}"
-        print(f"{label:38} {row['events']:>8} {row['events_per_s']:>10} {row['per_process']:>10}")
+        print(
+            f"{label:38} {row['events']:>8} {row['events_per_s']:>10} {row['per_process']:>10}"
+            f"  ({row['events_per_cpu_s']} per relay CPU s)"
+        )
+    if "filters_summary" in results:
+        print(f"filters: {results['filters_summary']}")
     for row in results["stream"]:
         label = f"relay -> redis-stream, {row['processes']} proc"
         print(f"{label:38} {row['events']:>8} {row['events_per_s']:>10} {row['per_process']:>10}")

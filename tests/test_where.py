@@ -146,3 +146,30 @@ def test_malformed_options_fail_at_start(
         load_settings(client_id="c", client_secret="s", sinks=f"redis-stream:k?{option}")
     assert str(info.value).startswith("configuration error: ETBRIDGE_SINKS: ")
     assert message in str(info.value)
+
+
+def test_compiled_clauses_agree_with_holds() -> None:
+    envs = [
+        _booking("definite", guest_count=12, vip=True, note=None, tags=["a", "b"]),
+        _booking(None),
+        envelope("1001", "7", "updated", changes={"relationships.room": {"from": None, "to": 1}}),
+        {"type": "x", "data": "not a dict"},
+    ]
+    clauses = [
+        "data.changes.status.to:definite",
+        "data.changes.status.to!:definite|tentative",
+        "data.after.attributes.guest_count:12",
+        "data.after.attributes.vip:true",
+        "data.after.attributes.note:*",
+        "data.after.attributes.note!:*",
+        "data.after.attributes.tags.1:b",
+        "data.after.attributes.tags.9:b",
+        "data.changes.relationships.room.to:1",
+        "data.id.x!:1",
+        "type:x",
+    ]
+    for text in clauses:
+        clause = parse_where(text)
+        compiled = clause.predicate()
+        for env in envs:
+            assert compiled(env) == clause.holds(env), (text, env.get("type"))

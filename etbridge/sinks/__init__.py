@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etbridge.errors import FatalError, RetriableError
 from etbridge.settings import SinkFilter, SinkSpec
-from etbridge.where import matches
 
 if TYPE_CHECKING:
     import celery
@@ -150,19 +149,39 @@ def route(flt: SinkFilter, envelope: Mapping[str, Any]) -> bool:
     """
     if flt.is_empty:
         return True
-    if flt.orgs and str(envelope.get("orgid", "")) not in flt.orgs:
-        return False
-    op = event_op(str(envelope.get("type", "")))
-    if flt.types and op not in flt.types:
-        return False
-    if flt.fields and op == "updated":
-        data = envelope.get("data")
-        changes = data.get("changes") if isinstance(data, dict) else None
-        if not isinstance(changes, dict):
+    found = _COMPILED.get(id(flt))
+    if found is None or found[0] is not flt:
+        found = _COMPILED[id(flt)] = (flt, _compile(flt))
+    return found[1](envelope)
+
+
+# Compiled filters by the filter object's id (hashing a filter costs more than
+# checking it); the filter is kept alongside, so an id is never reused under us.
+_COMPILED: dict[int, tuple[SinkFilter, Callable[[Mapping[str, Any]], bool]]] = {}
+
+
+def _compile(flt: SinkFilter) -> Callable[[Mapping[str, Any]], bool]:
+    """The filter as one closure over frozensets (it runs for every event of the sink)."""
+    orgs = frozenset(flt.orgs)
+    types = frozenset(flt.types)
+    fields = flt.fields
+    where = [clause.predicate() for clause in flt.where]
+
+    def check(envelope: Mapping[str, Any]) -> bool:
+        if orgs and str(envelope.get("orgid", "")) not in orgs:
             return False
-        if not any(name in changes for name in flt.fields):
-            return False
-    return not flt.where or matches(flt.where, envelope)
+        if types or fields:
+            op = event_op(str(envelope.get("type", "")))
+            if types and op not in types:
+                return False
+            if fields and op == "updated":
+                data = envelope.get("data")
+                changes = data.get("changes") if isinstance(data, dict) else None
+                if not isinstance(changes, dict) or not any(n in changes for n in fields):
+                    return False
+        return all(holds(envelope) for holds in where)
+
+    return check
 
 
 class Sink(abc.ABC):
