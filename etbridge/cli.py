@@ -3,7 +3,8 @@
 Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``console``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
 ``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
-``deletions list [ORG] | approve ORG | reject ORG``.
+``dlq purge (ID… | --before TIME)``, ``events show EVENT_ID``,
+``events list --org ORG --booking ID``, ``deletions list [ORG] | approve ORG | reject ORG``.
 
 Operator mistakes (settings, bad arguments) print one line and exit non-zero,
 never a traceback.
@@ -40,7 +41,7 @@ def _parse_time(text: str) -> datetime:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--since: expected ISO 8601 or an age like 2h, got {text!r}"
+            f"expected ISO 8601 or an age like 2h, got {text!r}"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -177,6 +178,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for line in outbox.dlq_lines(client, settings):
             print(line)
         return 0
+    if args.dlq_command == "purge":
+        if bool(args.ids) == (args.before is not None):
+            print("dlq purge: name event ids, or --before TIME (not both)", file=sys.stderr)
+            return 2
+        purged = outbox.dlq_purge(client, settings, args.ids or None, before=args.before)
+        print(f"purged {purged} dead letter(s)")
+        return 0
     if not args.ids and not args.all:
         print("dlq redeliver: name event ids, or --all", file=sys.stderr)
         return 2
@@ -257,7 +265,26 @@ def cmd_sink(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"sink enable: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    print(f"sink {args.sink}: enabled; delivery resumes with the event that got the 410")
+    print(f"sink {args.sink}: enabled; delivery resumes with the event it stopped at")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from etbridge.outbox import attempts
+
+    settings = _settings()
+    client = _redis(settings)
+    if args.events_command == "show":
+        lines = attempts.show_lines(client, settings, args.event_id, args.org)
+        if lines is None:
+            print(f"events show: no retained event has id {args.event_id}", file=sys.stderr)
+            return 1
+    else:
+        lines = attempts.history_lines(client, args.org, args.booking, args.limit)
+        if not lines:
+            print(f"no retained event of booking {args.booking} in org {args.org}")
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -301,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver = dlq_sub.add_parser("redeliver", help="send dead-lettered events again")
     redeliver.add_argument("ids", nargs="*")
     redeliver.add_argument("--all", action="store_true")
+    purge = dlq_sub.add_parser("purge", help="drop dead letters for good")
+    purge.add_argument("ids", nargs="*", help="event ids")
+    purge.add_argument("--before", type=_parse_time, help="those that failed before: ISO or 7d")
     dlq.set_defaults(func=cmd_dlq)
 
     sink = sub.add_parser("sink", help="manage sinks")
     sink_sub = sink.add_subparsers(dest="sink_command", required=True)
-    enable = sink_sub.add_parser("enable", help="re-enable a sink disabled by 410 Gone")
+    enable = sink_sub.add_parser("enable", help="re-enable a disabled sink (410 Gone, or failing)")
     enable.add_argument("sink", help="the sink's URL (as in ETBRIDGE_SINKS) or its name")
     sink.set_defaults(func=cmd_sink)
 
@@ -319,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         dele_sub.add_parser(verb, help=text).add_argument("org")
     dele.set_defaults(func=cmd_deletions)
+
+    events = sub.add_parser("events", help="retained change events and their attempts")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    show = events_sub.add_parser("show", help="an event and its delivery attempts per sink")
+    show.add_argument("event_id")
+    show.add_argument("--org", default=None, help="its org (faster when given)")
+    history = events_sub.add_parser("list", help="a booking's change events, newest first")
+    history.add_argument("--org", required=True)
+    history.add_argument("--booking", required=True)
+    history.add_argument("--limit", type=int, default=100)
+    events.set_defaults(func=cmd_events)
 
     replay = sub.add_parser("replay", help="re-send retained events to a sink (same ids)")
     replay.add_argument("--sink", required=True, help="a sink URL, e.g. redis-stream:KEY")

@@ -155,3 +155,20 @@ def sink_state(sink_name: str) -> str:
 def dead_letters(sink_name: str) -> str:
     """Stream: events a sink gave up on, with their last error."""
     return f"{PREFIX}:sink:{sink_name}:dlq"
+
+
+# --- delivery options (issue 14) -----------------------------------------------
+
+
+RELAY_RETRY = f"{PREFIX}:relay:retry"
+"""Sorted set: "SINK:ORG" partitions of ``order=none`` sinks, scored by their next retry."""
+
+
+def sink_pace(sink_name: str) -> str:
+    """String: the sink's ``rate=`` pace (GCRA theoretical arrival time, ms)."""
+    return f"{PREFIX}:sink:{sink_name}:pace"
+
+
+def attempt_log(org_id: str, sink_name: str, day: int) -> str:
+    """Hash: event id -> JSON list of its attempts at one sink that day (UTC day number)."""
+    return f"{PREFIX}:{org_tag(org_id)}:attempts:{sink_name}:{day}"

@@ -15,7 +15,10 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from etbridge.settings import Settings
 
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "etbridge_log_context", default=None
@@ -43,6 +46,26 @@ def add_secret(value: str | None, *, transient: bool = False) -> None:
     _transient[value] = None
     while len(_transient) > MAX_TRANSIENT:
         del _transient[next(iter(_transient))]
+
+
+def add_settings_secrets(settings: Settings) -> None:
+    """Register every secret the settings hold: the client secret, each webhook key
+    (the default ones and those a sink names, each alone and without its ``whsec_``
+    prefix), the token encryption key and the console token."""
+    add_secret(settings.client_secret.get_secret_value())
+    for field in (settings.webhook_secret, settings.token_encryption_key, settings.console_token):
+        if field is not None:
+            add_secret(field.get_secret_value())
+    for spec in settings.sinks:
+        if spec.kind != "webhook":
+            continue
+        try:
+            keys = settings.webhook_keys_for(spec)
+        except ValueError:
+            continue  # the settings' own validation reports it
+        for key in keys:
+            add_secret(key)
+            add_secret(key.removeprefix("whsec_"))
 
 
 def scrub(text: str) -> str:

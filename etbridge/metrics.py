@@ -99,7 +99,7 @@ CHANGES = Counter(
 DELIVERIES = Counter(
     "etbridge_deliveries",
     "Relay runs of one org's outbox to one sink, by sink name, kind and outcome "
-    "(caught_up|budget|retry|waiting|busy|disabled|filtered|lost_lock|unknown_sink).",
+    "(caught_up|budget|retry|waiting|paced|busy|disabled|filtered|lost_lock|unknown_sink).",
     ["sink", "kind", "outcome"],
 )
 EVENTS_DELIVERED = Counter(
@@ -148,7 +148,8 @@ FLEET_GAUGES = {
     "etbridge_outbox_pending": "Events not yet accepted by a sink (unread + in flight), by sink.",
     "etbridge_outbox_retrying": "Orgs whose head event waits for a retry, by sink.",
     "etbridge_dead_letters": "Events in a sink's dead-letter stream, by sink.",
-    "etbridge_sink_disabled": "1 when a sink is disabled (it answered 410 Gone), by sink.",
+    "etbridge_sink_disabled": "1 when a sink is disabled (410 Gone, or failing), by sink.",
+    "etbridge_dead_letter_fill": "Fraction of ETBRIDGE_DLQ_MAXLEN a sink's dead letters use.",
     "etbridge_org_lag_seconds": "Seconds since an org's last completed poll.",
     "etbridge_org_sweep_age_seconds": "Seconds since an org's last complete sweep.",
     "etbridge_org_poll_errors": "Failed polls of an org since it was first polled.",
@@ -291,6 +292,9 @@ def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
         gauge("etbridge_outbox_pending", sink_labels).add_metric(lv, sink.get("pending") or 0)
         gauge("etbridge_outbox_retrying", sink_labels).add_metric(lv, sink.get("retrying") or 0)
         gauge("etbridge_dead_letters", sink_labels).add_metric(lv, sink.get("dead_lettered") or 0)
+        gauge("etbridge_dead_letter_fill", sink_labels).add_metric(
+            lv, sink.get("dead_letter_fill") or 0.0
+        )
         gauge("etbridge_sink_disabled", sink_labels).add_metric(
             lv, 1.0 if sink.get("disabled") else 0.0
         )

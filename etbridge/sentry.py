@@ -107,9 +107,7 @@ def init(settings: Settings) -> None:
         return
     from celery import signals
 
-    logs.add_secret(settings.client_secret.get_secret_value())
-    if settings.webhook_secret is not None:
-        logs.add_secret(settings.webhook_secret.get_secret_value())
+    logs.add_settings_secrets(settings)
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         release=f"etbridge@{__version__}",

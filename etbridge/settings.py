@@ -8,16 +8,16 @@ entry points print without a traceback before exiting non-zero.
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import binascii
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -33,6 +33,36 @@ from pydantic_settings import (
 from etbridge.deletions import Guard, parse_guard
 from etbridge.secretfiles import FileSecretSource, SecretFileError, SecretLookup
 
+# Sink URLs live in their own module; these names stay importable from here.
+from etbridge.sinkurl import (
+    DEFAULT_DISABLE_AFTER,
+    EVENT_OPS,
+    SINK_OPTIONS,
+    SinkFilter,
+    SinkSpec,
+    mask_url,
+    parse_duration,
+    parse_sink,
+    split_sink_list,
+)
+
+__all__ = [
+    "DEFAULT_DISABLE_AFTER",
+    "EVENT_OPS",
+    "SINK_OPTIONS",
+    "Settings",
+    "SettingsError",
+    "SinkFilter",
+    "SinkSpec",
+    "load_settings",
+    "mask_url",
+    "parse_duration",
+    "parse_sink",
+    "secret_setting",
+    "split_sink_list",
+    "webhook_keys",
+]
+
 ENV_PREFIX = "ETBRIDGE_"
 # Directories of secret files named like the variables (pydantic-settings' secrets_dir),
 # separated by os.pathsep; read before the settings themselves.
@@ -42,7 +72,6 @@ SECRETS_DIR_VARIABLE = "ETBRIDGE_SECRETS_DIR"
 _FILE_SECRET_FIELDS = ("redis_url", "broker_url", "sinks")
 
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
-EVENT_OPS = ("created", "updated", "deleted", "snapshot")
 
 
 class SettingsError(Exception):
@@ -50,137 +79,43 @@ class SettingsError(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Sinks
+# Webhook secrets
 
 
-@dataclass(frozen=True)
-class SinkFilter:
-    """Routing filter from a sink URL's query: ``?types=updated&fields=status&orgs=12,34``.
+def secret_setting(variable: str) -> str | None:
+    """A secret setting looked up by name at run time (``ETBRIDGE_WEBHOOK_SECRET_<NAME>``,
+    named by a sink's ``?secret=NAME``): the environment, then ``.env``, each also as
+    ``NAME_FILE``, then ``ETBRIDGE_SECRETS_DIR``; names match case-insensitively.
 
-    Empty tuples mean "everything". ``types`` holds operation names
-    (``created``, ``updated``, ``deleted``, ``snapshot``, ``schema.changed``).
+    A file that cannot be read raises ``ValueError`` naming its variable (the
+    validator that calls this turns it into a one-line setting error).
     """
-
-    types: tuple[str, ...] = ()
-    fields: tuple[str, ...] = ()
-    orgs: tuple[str, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.types or self.fields or self.orgs)
+    try:
+        return secret_lookup().get(variable)
+    except SecretFileError as exc:
+        raise ValueError(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class SinkSpec:
-    """A parsed sink URL.
+def webhook_keys(variable: str, raw: str) -> tuple[str, ...]:
+    """The ``whsec_`` keys of a secret setting (one or more, space-separated).
 
-    ``kind`` is ``redis-stream``, ``celery`` or ``webhook``. ``url`` is the URL
-    as configured (it may hold a password: never log it, use ``display``).
+    ``ValueError`` names the variable (without ``ETBRIDGE_``) and which key is
+    wrong, never a key itself.
     """
-
-    kind: Literal["redis-stream", "celery", "webhook"]
-    url: str
-    # redis-stream: the stream key and, for another Redis, its connection URL.
-    key: str = ""
-    redis_url: str | None = None
-    # celery
-    queue: str = ""
-    task: str = ""
-    # webhook: the URL that is POSTed to (routing parameters removed).
-    target: str = ""
-    filter: SinkFilter = field(default_factory=SinkFilter)
-
-    @property
-    def name(self) -> str:
-        """A stable, secret-free identifier (consumer group names, Redis keys, metrics)."""
-        return hashlib.sha256(self.url.encode()).hexdigest()[:12]
-
-    @property
-    def display(self) -> str:
-        """The URL with any password masked, for logs and ``status``."""
-        return mask_url(self.url)
-
-
-_FILTER_KEYS = ("types", "fields", "orgs")
-
-
-_SECRET_PARAM = re.compile(r"(token|secret|key|sig|signature|pass|auth|code)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password and secret-looking query values replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        netloc = f"{parts.username or ''}:***@{netloc}"
-    query = parts.query
-    if query:
-        pairs = parse_qs(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if _SECRET_PARAM.search(k) else v) for k, vs in pairs.items() for v in vs],
-            safe="*,",
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _split_filter(query: str) -> tuple[SinkFilter, str]:
-    """Take the routing parameters out of a query string; return the rest."""
-    params = parse_qs(query, keep_blank_values=True)
-    values: dict[str, tuple[str, ...]] = {}
-    for key in _FILTER_KEYS:
-        raw = params.pop(key, [])
-        values[key] = tuple(v.strip() for item in raw for v in item.split(",") if v.strip())
-    for op in values["types"]:
-        if op not in (*EVENT_OPS, "schema.changed"):
-            raise ValueError(f"unknown event type {op!r} in types= filter")
-    rest = urlencode([(k, v) for k, vs in params.items() for v in vs])
-    return SinkFilter(**values), rest
-
-
-def parse_sink(url: str) -> SinkSpec:
-    """Parse one sink URL of the contract into a :class:`SinkSpec`.
-
-    >>> parse_sink("redis-stream:etbridge:events").key
-    'etbridge:events'
-    """
-    url = url.strip()
-    if url.startswith("redis-stream:") and not url.startswith("redis-stream://"):
-        rest = url[len("redis-stream:") :]
-        key, _, query = rest.partition("?")
-        flt, _ = _split_filter(query)
-        if not key:
-            raise ValueError(f"sink {mask_url(url)!r} names no stream key")
-        return SinkSpec(kind="redis-stream", url=url, key=key, filter=flt)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    flt, query = _split_filter(parts.query)
-    if scheme in ("redis-stream", "redis-streams"):
-        # redis-stream://[:PASSWORD@]HOST[:PORT]/DB/KEY
-        segments = parts.path.lstrip("/").split("/", 1)
-        if len(segments) != 2 or not segments[0].isdigit() or not segments[1]:
-            raise ValueError(f"sink {mask_url(url)!r}: expected redis-stream://HOST:PORT/DB/KEY")
-        db, key = segments
-        redis_scheme = "rediss" if scheme == "redis-streams" else "redis"
-        redis_url = urlunsplit((redis_scheme, parts.netloc, f"/{db}", "", ""))
-        return SinkSpec(kind="redis-stream", url=url, key=key, redis_url=redis_url, filter=flt)
-    if scheme == "celery":
-        queue = parts.netloc
-        task = parts.path.lstrip("/")
-        if not queue or not task:
-            raise ValueError(f"sink {url!r}: expected celery://QUEUE/TASK_NAME")
-        return SinkSpec(kind="celery", url=url, queue=queue, task=task, filter=flt)
-    if scheme in ("http", "https"):
-        if not parts.hostname:
-            raise ValueError(f"sink {mask_url(url)!r} has no host")
-        target = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, ""))
-        return SinkSpec(kind="webhook", url=url, target=target, filter=flt)
-    raise ValueError(
-        f"unknown sink scheme in {mask_url(url)!r} "
-        "(expected redis-stream:KEY, redis-stream://, celery://, http:// or https://)"
-    )
+    keys = tuple(raw.split())
+    if not keys:
+        raise ValueError(f"{variable}: expected one or more whsec_… keys separated by spaces")
+    for index, key in enumerate(keys, 1):
+        which = f"key {index} of {len(keys)}" if len(keys) > 1 else "the key"
+        if not key.startswith("whsec_"):
+            raise ValueError(f"{variable}: {which} is not a whsec_… key (Standard Webhooks)")
+        try:
+            decoded = base64.b64decode(key.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if not decoded:
+            raise ValueError(f"{variable}: {which} is not whsec_ followed by base64")
+    return keys
 
 
 # ---------------------------------------------------------------------------
@@ -194,23 +129,6 @@ def _split_csv(value: Any) -> Any:
 
 
 CsvList = Annotated[list[str], NoDecode]
-
-_SINK_START = re.compile(r"^\s*(redis-streams?:|celery://|https?://)", re.IGNORECASE)
-
-
-def split_sink_list(value: str) -> list[str]:
-    """Split ``ETBRIDGE_SINKS`` on the commas that start a new sink URL.
-
-    Routing filters hold commas of their own (``?types=updated,created``), so a
-    piece that does not start with a sink scheme continues the previous URL.
-    """
-    urls: list[str] = []
-    for piece in value.split(","):
-        if urls and not _SINK_START.match(piece):
-            urls[-1] += "," + piece
-        elif piece.strip():
-            urls.append(piece.strip())
-    return urls
 
 
 class Settings(BaseSettings):
@@ -267,6 +185,9 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=25.0, gt=0)
     # `etbridge console` on an address other than loopback requires it.
     console_token: SecretStr | None = None
+    # Dead letters: their own retention and cap (issue 14), never ETBRIDGE_STREAM_MAXLEN.
+    dlq_retention: float = Field(default=30 * 86400.0, gt=0)
+    dlq_maxlen: int = Field(default=100_000, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
@@ -330,19 +251,48 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a resource name")
         return value
 
+    # Resolved signing keys per webhook sink name (see webhook_keys_for).
+    _sink_keys: dict[str, tuple[SecretStr, ...]] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.api_url}/oauth/token")
         if not self.broker_url:
             object.__setattr__(self, "broker_url", self.redis_url)
-        has_webhook = any(s.kind == "webhook" for s in self.sinks)
         secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
-        if has_webhook and not secret:
-            raise ValueError("WEBHOOK_SECRET: required when a sink is http(s)")
-        if secret and not secret.startswith("whsec_"):
-            raise ValueError("WEBHOOK_SECRET: expected a whsec_… key (Standard Webhooks)")
+        if secret.strip():
+            webhook_keys("WEBHOOK_SECRET", secret)  # checked even when no sink uses it
+        resolved: dict[str, tuple[SecretStr, ...]] = {}
+        for spec in self.sinks:
+            if spec.kind == "webhook":
+                resolved[spec.name] = tuple(SecretStr(k) for k in self._resolve_keys(spec))
+        self._sink_keys = resolved
         return self
+
+    def _resolve_keys(self, spec: SinkSpec) -> tuple[str, ...]:
+        """Read and check a webhook sink's keys; ``ValueError`` names the variable."""
+        if spec.secret is None:
+            secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+            if not secret.strip():
+                raise ValueError("WEBHOOK_SECRET: required when a sink is http(s)")
+            return webhook_keys("WEBHOOK_SECRET", secret)
+        variable = f"WEBHOOK_SECRET_{spec.secret}"
+        raw = secret_setting(ENV_PREFIX + variable)
+        if not raw or not raw.strip():
+            raise ValueError(f"{variable}: is required but not set (sink {spec.display} names it)")
+        return webhook_keys(variable, raw)
+
+    def webhook_keys_for(self, spec: SinkSpec) -> tuple[str, ...]:
+        """The signing keys of a webhook sink: its ``?secret=NAME``'s, else the default.
+
+        ``ValueError`` (naming the variable) for a sink outside ``ETBRIDGE_SINKS``
+        whose keys are missing or malformed.
+        """
+        found = self._sink_keys.get(spec.name)
+        if found is None:
+            return self._resolve_keys(spec)
+        return tuple(k.get_secret_value() for k in found)
 
     @property
     def scopes(self) -> tuple[str, ...]:

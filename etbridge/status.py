@@ -78,6 +78,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "units": len(units),
     }
     warnings = planner_warnings(alloc, settings)
+    warnings = list(delivery.get("warnings", [])) + warnings
     return {
         "generated_at": from_epoch(now),
         "orgs": orgs,
@@ -220,6 +221,8 @@ def render(doc: dict[str, Any]) -> str:
             )
             if sink.get("disabled"):
                 line += f"  DISABLED ({sink.get('disabled_reason') or 'see etbridge dlq'})"
+            elif sink.get("failing_since"):
+                line += f"  failing since {_short(sink.get('failing_since'))} UTC"
             if sink.get("last_error"):
                 line += f"  last error {_short(sink.get('last_error_at'))}: "
                 line += _clip(str(sink["last_error"]), 80)

@@ -150,8 +150,9 @@ def deliver(self: Task, org_id: str, sink_name: str) -> dict[str, Any]:
 
 @app.task(name="etbridge.trim")
 def trim() -> dict[str, Any]:
-    """Drop outbox entries older than the retention that every sink has acknowledged."""
+    """Drop outbox entries older than the retention that every sink acknowledged; expire DLQs."""
     rt = runtime.get(settings)
     removed = outbox.trim(rt.redis, settings)
-    log.info("outbox trimmed removed=%d", removed)
-    return {"removed": removed}
+    expired = outbox.expire_dead_letters(rt.redis, settings)
+    log.info("outbox trimmed removed=%d dead_letters_expired=%d", removed, expired)
+    return {"removed": removed, "dead_letters_expired": expired}

@@ -94,9 +94,7 @@ app.conf.update(
 def _setup_logging(**_: Any) -> None:
     """etbridge's key=value (or JSON) lines for Celery's own logs too."""
     logs.configure(settings.log_format, settings.log_level)
-    logs.add_secret(settings.client_secret.get_secret_value())
-    if settings.webhook_secret is not None:
-        logs.add_secret(settings.webhook_secret.get_secret_value())
+    logs.add_settings_secrets(settings)
 
 
 if settings.sentry_dsn is not None:

@@ -210,6 +210,18 @@ def test_dead_letter_then_redeliver(r: redis.Redis, redis_url: str, rx: Receiver
     assert outbox.dlq_redeliver(r, settings, ["unknown-id"]) == 0
     assert outbox.dlq_redeliver(r, settings, [doomed]) == 1
     assert rx.delivered_ids()[-1] == doomed
+    # The attempt log has the three attempts, the failed and the good redelivery.
+    from etbridge.outbox import attempts
+
+    logged = attempts.read(r, settings, "1001", doomed, [settings.sinks[0].name])
+    tries = logged[settings.sinks[0].name]
+    assert [(a.attempt, a.ok) for a in tries] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, False),
+        (4, True),
+    ]
     assert outbox.dlq_list(r, settings) == []
     assert outbox.status(r, settings)["outbox"]["dead_lettered"] == 0
 

@@ -323,3 +323,120 @@ def test_webhook_without_secret_is_refused(redis_url: str) -> None:
     settings = make_settings(redis_url, ["redis-stream:x"], webhook_secret=None)
     with pytest.raises(FatalError, match="WEBHOOK_SECRET"):
         make_sink(parse_sink("http://127.0.0.1:9/hook"), settings)
+
+
+# --- several secrets (CONTRACT.md "Additions") ------------------------------------------
+
+KEY_B = "whsec_" + base64.b64encode(b"etbridge-test-second-key-4567").decode()
+KEY_NAMED = "whsec_" + base64.b64encode(b"etbridge-test-named-key-89ab").decode()
+# The Standard Webhooks specification's own example (its README and test suites).
+SPEC_KEY = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SPEC_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+SPEC_TIMESTAMP = 1614265330
+SPEC_BODY = b'{"test": 2432232314}'
+SPEC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def _headers(arrival: object) -> dict[str, str]:
+    return {
+        "webhook-id": arrival.webhook_id,  # type: ignore[attr-defined]
+        "webhook-timestamp": arrival.timestamp,  # type: ignore[attr-defined]
+        "webhook-signature": arrival.signature,  # type: ignore[attr-defined]
+    }
+
+
+def test_several_keys_sign_once_each(redis_url: str, receiver: Receiver) -> None:
+    sink = _webhook(redis_url, receiver.url, webhook_secret=f"{SECRET}  {KEY_B}")
+    env = envelope("1001", "7")
+    sink.send(OutboxEvent.from_envelope(env, "1700000000000-0"), 1)
+    sink.close()
+    (arrival,) = receiver.arrivals
+    assert arrival.verified  # the receiver knows the first key only
+    signatures = arrival.signature.split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    # The official verifier, with each key alone: both verify the same request.
+    for key in (SECRET, KEY_B):
+        assert Webhook(key).verify(arrival.body, _headers(arrival)) == env
+    with pytest.raises(Exception, match="signature"):
+        Webhook(KEY_NAMED).verify(arrival.body, _headers(arrival))
+
+
+def test_signatures_match_the_specification_vector(redis_url: str) -> None:
+    sink = _webhook(redis_url, "http://127.0.0.1:9/hook", webhook_secret=f"{SPEC_KEY} {KEY_B}")
+    event = OutboxEvent(SPEC_BODY, "1614265330000-0", envelope={"id": SPEC_ID})
+    headers = sink.headers(event, SPEC_TIMESTAMP)
+    sink.close()
+    assert headers["webhook-id"] == SPEC_ID
+    assert headers["webhook-timestamp"] == str(SPEC_TIMESTAMP)
+    first, second = headers["webhook-signature"].split(" ")
+    assert first == SPEC_SIGNATURE  # byte for byte what the specification says
+    assert second != SPEC_SIGNATURE and second.startswith("v1,")
+
+
+def test_a_sink_names_its_own_secret(
+    redis_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", f"{KEY_NAMED} {KEY_B}")
+    with Receiver(KEY_NAMED) as partner:
+        settings = make_settings(redis_url, [receiver.url, partner.url + "?secret=partner"])
+        default_sink, named_sink = (make_sink(s, settings) for s in settings.sinks)
+        assert isinstance(named_sink, WebhookSink)
+        assert "secret" not in named_sink.url  # etbridge's own parameter stays home
+        event = OutboxEvent.from_envelope(envelope("1001", "7"), "1700000000000-0")
+        default_sink.send(event, 1)
+        named_sink.send(event, 1)
+        default_sink.close()
+        named_sink.close()
+        (mine,) = receiver.arrivals
+        (theirs,) = partner.arrivals
+    assert mine.verified and theirs.verified
+    assert len(theirs.signature.split(" ")) == 2
+    Webhook(KEY_B).verify(theirs.body, _headers(theirs))
+    # Two receivers never share a key: neither verifies the other's request.
+    with pytest.raises(Exception, match="signature"):
+        Webhook(SECRET).verify(theirs.body, _headers(theirs))
+    with pytest.raises(Exception, match="signature"):
+        Webhook(KEY_NAMED).verify(mine.body, _headers(mine))
+    assert "***" in settings.sinks[1].display  # status shows secret=***, never a key
+
+
+@pytest.mark.parametrize(
+    ("secret", "named", "message"),
+    [
+        (f"{SECRET} nope", None, "ETBRIDGE_WEBHOOK_SECRET: key 2 of 2 is not a whsec_"),
+        ("whsec_!!!notbase64", None, "ETBRIDGE_WEBHOOK_SECRET: the key is not whsec_ followed"),
+        (SECRET, None, "ETBRIDGE_WEBHOOK_SECRET_PARTNER: is required but not set"),
+        (SECRET, f"{KEY_B} sk_live_other", "ETBRIDGE_WEBHOOK_SECRET_PARTNER: key 2 of 2"),
+    ],
+)
+def test_bad_secrets_are_one_line_setting_errors(
+    monkeypatch: pytest.MonkeyPatch, secret: str, named: str | None, message: str
+) -> None:
+    from etbridge.settings import SettingsError, load_settings
+
+    monkeypatch.chdir("/")  # no .env file
+    monkeypatch.delenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", raising=False)
+    if named is not None:
+        monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", named)
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            client_id="c",
+            client_secret="s",
+            sinks="http://127.0.0.1:9/a,http://127.0.0.1:9/b?secret=partner",
+            webhook_secret=secret,
+        )
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+    for value in (secret, *(secret.split()), named or "-", *((named or "-").split())):
+        assert value not in text.replace("ETBRIDGE_WEBHOOK_SECRET", "")
+
+
+def test_every_key_is_scrubbed_from_logs(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etbridge import logs
+
+    monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", KEY_NAMED)
+    sink = _webhook(redis_url, "http://127.0.0.1:9/hook?secret=partner")
+    sink.close()
+    line = logs.scrub(f"oops {KEY_NAMED} and {KEY_NAMED.removeprefix('whsec_')}")
+    assert KEY_NAMED.removeprefix("whsec_") not in line

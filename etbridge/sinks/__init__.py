@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from etbridge.errors import FatalError, RetriableError
@@ -145,21 +145,43 @@ def route(flt: SinkFilter, envelope: Mapping[str, Any]) -> bool:
       ``relationships.room``). Other operations are decided by ``types``
       alone, so ``?types=created,updated&fields=status`` means "new bookings
       and status changes". An event that matches nothing is acked unsent.
+    - ``where``: every value clause holds (:mod:`etbridge.where`).
     """
     if flt.is_empty:
         return True
-    if flt.orgs and str(envelope.get("orgid", "")) not in flt.orgs:
-        return False
-    op = event_op(str(envelope.get("type", "")))
-    if flt.types and op not in flt.types:
-        return False
-    if flt.fields and op == "updated":
-        data = envelope.get("data")
-        changes = data.get("changes") if isinstance(data, dict) else None
-        if not isinstance(changes, dict):
+    found = _COMPILED.get(id(flt))
+    if found is None or found[0] is not flt:
+        found = _COMPILED[id(flt)] = (flt, _compile(flt))
+    return found[1](envelope)
+
+
+# Compiled filters by the filter object's id (hashing a filter costs more than
+# checking it); the filter is kept alongside, so an id is never reused under us.
+_COMPILED: dict[int, tuple[SinkFilter, Callable[[Mapping[str, Any]], bool]]] = {}
+
+
+def _compile(flt: SinkFilter) -> Callable[[Mapping[str, Any]], bool]:
+    """The filter as one closure over frozensets (it runs for every event of the sink)."""
+    orgs = frozenset(flt.orgs)
+    types = frozenset(flt.types)
+    fields = flt.fields
+    where = [clause.predicate() for clause in flt.where]
+
+    def check(envelope: Mapping[str, Any]) -> bool:
+        if orgs and str(envelope.get("orgid", "")) not in orgs:
             return False
-        return any(name in changes for name in flt.fields)
-    return True
+        if types or fields:
+            op = event_op(str(envelope.get("type", "")))
+            if types and op not in types:
+                return False
+            if fields and op == "updated":
+                data = envelope.get("data")
+                changes = data.get("changes") if isinstance(data, dict) else None
+                if not isinstance(changes, dict) or not any(n in changes for n in fields):
+                    return False
+        return all(holds(envelope) for holds in where)
+
+    return check
 
 
 class Sink(abc.ABC):
@@ -167,13 +189,18 @@ class Sink(abc.ABC):
 
     ``max_batch`` is how many events :meth:`send_many` takes at once; the
     relay sends one event per call when it is 1. ``attempt_timeout`` bounds
-    one call (the relay's reclaim timeout is longer than it).
+    one call (the relay's reclaim timeout is longer than it). A sink that
+    hears an answer sets ``last_status`` and ``last_excerpt`` (the attempt log).
     """
 
     max_batch: int = 1
 
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
+        # The receiver's answer to the last call, for the attempt log: a status
+        # ("HTTP 200") and a short excerpt of the body; None when it gives none.
+        self.last_status: str | None = None
+        self.last_excerpt = ""
 
     @abc.abstractmethod
     def send(self, event: OutboxEvent, attempt_no: int) -> None:

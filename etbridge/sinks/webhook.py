@@ -6,8 +6,9 @@ Standard Webhooks headers: ``webhook-id`` (the event id, the same on every
 attempt, redelivery and replay, so receivers de-duplicate on it),
 ``webhook-timestamp`` (the send time of *this* attempt, so a receiver's
 freshness check passes on a retry a day later) and ``webhook-signature``
-(``v1,<base64 HMAC-SHA256>`` computed by the ``standardwebhooks`` package,
-the reference receivers verify with).
+(one ``v1,<base64 HMAC-SHA256>`` per key of the sink's secret, space-separated,
+computed by the ``standardwebhooks`` package that receivers verify with, so a
+receiver that knows any one key verifies: rotation without a failed window).
 
 The receiver's answer becomes an error in exactly one function,
 :func:`raise_for_delivery`. Redirects are not followed: requests would turn
@@ -20,12 +21,12 @@ import email.utils
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from standardwebhooks.webhooks import Webhook
 
 from etbridge import __version__ as _version
+from etbridge import logs
 from etbridge.errors import FatalError, RateLimited, ServerError, TransportError
 from etbridge.settings import Settings, SinkSpec
 from etbridge.sinks import OutboxEvent, ReceiverRejected, Sink, SinkGone
@@ -38,8 +39,6 @@ MAX_RETRY_AFTER = 86400.0
 _SNIPPET_BYTES = 512
 # Answers longer than this are not read to the end (receivers should answer briefly).
 _MAX_BODY = 64 * 1024
-# Query parameters of the sink URL that configure etbridge, not the receiver.
-_OWN_PARAMS = frozenset({"retry"})
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -92,16 +91,6 @@ def raise_for_delivery(
     raise ReceiverRejected(detail, status=status)
 
 
-def _strip_own_params(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    kept = [
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OWN_PARAMS
-    ]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-
-
 class WebhookSink(Sink):
     """POSTs each event, signed, to ``spec.target``."""
 
@@ -111,11 +100,16 @@ class WebhookSink(Sink):
         self, spec: SinkSpec, settings: Settings, *, session: requests.Session | None = None
     ) -> None:
         super().__init__(spec)
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-        if not secret:
-            raise FatalError(f"webhook sink {spec.display}: ETBRIDGE_WEBHOOK_SECRET is not set")
-        self._signer = Webhook(secret)
-        self.url = _strip_own_params(spec.target or spec.url)
+        try:
+            keys = settings.webhook_keys_for(spec)
+        except ValueError as exc:
+            raise FatalError(f"webhook sink {spec.display}: ETBRIDGE_{exc}") from None
+        for key in keys:
+            # Each key alone (not only the setting's whole value), with and without its prefix.
+            logs.add_secret(key)
+            logs.add_secret(key.removeprefix("whsec_"))
+        self._signers = [Webhook(key) for key in keys]
+        self.url = spec.target or spec.url
         self.timeout = settings.webhook_timeout
         self._own = session is None
         self.session = session or requests.Session()
@@ -124,10 +118,10 @@ class WebhookSink(Sink):
     def headers(self, event: OutboxEvent, sent_at: int) -> dict[str, str]:
         """The headers of one attempt sent at ``sent_at`` (epoch seconds)."""
         event_id = event.event_id
-        signature = self._signer.sign(
-            msg_id=event_id,
-            timestamp=datetime.fromtimestamp(sent_at, tz=UTC),
-            data=event.body.decode(),
+        when = datetime.fromtimestamp(sent_at, tz=UTC)
+        data = event.body.decode()
+        signature = " ".join(
+            signer.sign(msg_id=event_id, timestamp=when, data=data) for signer in self._signers
         )
         return {
             "Content-Type": CONTENT_TYPE,
@@ -140,6 +134,7 @@ class WebhookSink(Sink):
     def send(self, event: OutboxEvent, attempt_no: int) -> None:
         headers = self.headers(event, int(time.time()))
         deadline = time.monotonic() + self.timeout
+        self.last_status, self.last_excerpt = None, ""
         try:
             response = self.session.post(
                 self.url,
@@ -158,10 +153,10 @@ class WebhookSink(Sink):
             raise TransportError(f"{type(exc).__name__} posting to {self.spec.display}") from None
         with response:
             body = self._read_body(response, deadline)
-            snippet = ""
-            if not 200 <= response.status_code < 300:
-                text = body[:_SNIPPET_BYTES].decode("utf-8", "replace")
-                snippet = " ".join(text.split())[:200]
+            text = body[:_SNIPPET_BYTES].decode("utf-8", "replace")
+            self.last_status = f"HTTP {response.status_code}"
+            self.last_excerpt = " ".join(text.split())[:200]
+            snippet = "" if 200 <= response.status_code < 300 else self.last_excerpt
             raise_for_delivery(response.status_code, response.headers, self.spec.display, snippet)
 
     @staticmethod

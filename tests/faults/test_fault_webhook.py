@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from etbridge.redisserver import RedisServer
-from tests.support.faults import WEBHOOK_SECRET, RestartableReceiver, fault_run
+from tests.support.faults import STREAM_SINK, WEBHOOK_SECRET, RestartableReceiver, fault_run
 from tests.support.fleet import read_sink, wait_for
 from tests.support.grader import grade
 from tests.support.receiver import Reply
@@ -72,3 +73,47 @@ def test_webhook_receiver_down_then_back_gets_everything(
         assert refused, "the receiver never answered 503"
         assert all(a.verified for a in rx.arrivals)
         print(f"receiver away {outage:.0f}s; 503s {len(refused)}; arrivals {len(rx.arrivals)}")
+
+
+NEW_KEY = "whsec_cm90YXRlZC1mYXVsdC1zdWl0ZS1rZXktNjc4OQ=="
+
+
+def test_key_rotation_through_the_fleet(fault_redis: RedisServer, tmp_path: Path) -> None:
+    """A sink with its own secret holding the new and the old key, through real workers.
+
+    The receiver still knows only the old key: every request verifies with it
+    (and, checked here, with the new one), nothing is refused or dead-lettered,
+    and no key reaches the fleet's logs.
+    """
+    with (
+        RestartableReceiver(WEBHOOK_SECRET) as rx,
+        fault_run(
+            tmp_path,
+            fault_redis,
+            orgs=2,
+            bookings=10,
+            seed=67,
+            receiver=rx,
+            ETBRIDGE_SINKS=f"{STREAM_SINK},{rx.url}?secret=rotating",
+            ETBRIDGE_WEBHOOK_SECRET="",
+            ETBRIDGE_WEBHOOK_SECRET_ROTATING=f"{NEW_KEY} {WEBHOOK_SECRET}",
+        ) as run,
+    ):
+        run.wait_baseline()
+        run.sandbox.churn(3)
+        wait_for(lambda: len(run.sandbox.log()) >= 15, 60, "changes to deliver")
+        run.settle(90)
+        run.check_logs()
+        assert run.dead_letters() == 0
+        assert rx.arrivals and all(a.verified for a in rx.arrivals)
+        for arrival in rx.arrivals:
+            headers = {
+                "webhook-id": arrival.webhook_id,
+                "webhook-timestamp": arrival.timestamp,
+                "webhook-signature": arrival.signature,
+            }
+            assert len(arrival.signature.split(" ")) == 2
+            Webhook(NEW_KEY).verify(arrival.body, headers)  # the receivers' next key works too
+        logs = run.fleet.logs()
+        assert NEW_KEY.removeprefix("whsec_") not in logs
+        assert WEBHOOK_SECRET.removeprefix("whsec_") not in logs

@@ -21,14 +21,17 @@ from typing import Any
 
 import pytest
 import redis
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from etbridge import outbox
 from etbridge.outbox import Relay
 from tests.support import celery_sink_app
 from tests.support.delivery import (
     SECRET,
+    commit,
     commit_events,
     drive,
+    envelope,
     make_settings,
     relay_loop,
     wait_for,
@@ -299,3 +302,93 @@ def test_relay_killed_mid_delivery_is_reclaimed(
         per_org_first_arrivals(committed)
     )
     assert outbox.status(r, settings)["outbox"]["pending"] == 0
+
+
+# --- value filters -----------------------------------------------------------------------
+
+
+def test_where_delivers_only_bookings_that_became_definite(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    hook = rx.url + "?where=data.changes.status.to:definite"
+    guests = rx.url + "?where=data.after.attributes.guest_count:12|20&where=type!:com.x"
+    settings = make_settings(redis_url, [hook, STREAM])
+    relay = Relay(r, settings)
+    became = [
+        envelope("1001", "1", changes={"status": {"from": "tentative", "to": "definite"}}, seq=1),
+        envelope("1002", "2", changes={"status": {"from": "prospect", "to": "definite"}}, seq=2),
+    ]
+    others = [
+        envelope("1001", "1", changes={"status": {"from": "definite", "to": "cancelled"}}, seq=3),
+        envelope("1001", "3", changes={"name": {"from": "a", "to": "b"}}, seq=4),
+        envelope("1002", "4", "created", seq=5),
+        envelope("1002", "4", "deleted", seq=6),
+    ]
+    commit(r, "1001", [became[0], others[0], others[1]])
+    commit(r, "1002", [others[2], became[1], others[3]])
+    drive(
+        relay,
+        lambda: outbox.status(r, settings)["outbox"]["pending"] == 0,
+        notify=["1001", "1002"],
+    )
+    parsed = [
+        from_http_event(HTTPMessage(headers={"content-type": a.content_type}, body=a.body))
+        for a in rx.delivered()
+    ]
+    assert sorted(e.get_id() for e in parsed) == sorted(e["id"] for e in became)
+    assert all(e.get_data()["changes"]["status"]["to"] == "definite" for e in parsed)
+    assert {e.get_extension("orgid") for e in parsed} == {"1001", "1002"}
+    # What the filter dropped counts as delivered: nothing is pending or retrying.
+    facts = outbox.status(r, settings)["sinks"][settings.sinks[0].display]
+    assert facts["pending"] == 0 and facts["retrying"] == 0
+    assert r.xlen("etb-test:events") == 6  # the unfiltered sink got everything
+    # Numbers compare as their JSON text, on a second sink (the same receiver).
+    attrs = {"id": "5", "type": "bookings", "attributes": {"guest_count": 12}}
+    counted = envelope("1001", "5", "created", seq=7)
+    counted["data"]["after"] = attrs
+    skipped = envelope("1001", "6", "created", seq=8)
+    skipped["data"]["after"] = {**attrs, "attributes": {"guest_count": 13}}
+    settings2 = make_settings(redis_url, [guests])
+    relay2 = Relay(r, settings2)
+    commit(r, "1001", [counted, skipped])
+    drive(relay2, lambda: outbox.status(r, settings2)["outbox"]["pending"] == 0, notify=["1001"])
+    relay.close()
+    relay2.close()
+    assert counted["id"] in rx.delivered_ids()
+    assert skipped["id"] not in rx.delivered_ids()
+
+
+# --- order=none and rate= with relay processes -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_order_none_with_relay_processes_loses_nothing(
+    r: redis.Redis, redis_url: str, rx: Receiver
+) -> None:
+    """Two relay processes, a receiver that refuses one event of each org for a while."""
+    url = f"{rx.url}?order=none&retry=0;0.3;0.3;0.3;0.3;0.3;0.3;0.3;0.3;0.3&rate=200/s"
+    committed = commit_many(r, ["1001", "1002", "1003"], 20)
+    stuck = {committed[i]["id"] for i in (2, 12, 25)}
+    for event_id in stuck:
+        rx.reply_for(event_id, Reply.error(503))
+    # No notify: the processes' first tick sweeps and finds the committed work.
+    relays = RelayProcesses(redis_url, [url], webhook_timeout=1.0).start(2)
+    try:
+        others = {e["id"] for e in committed} - stuck
+        rx.wait_for(lambda: set(rx.delivered_ids()) >= others, timeout=60)
+        assert not stuck & set(rx.delivered_ids())  # refused so far, the others passed them
+        for event_id in stuck:
+            rx.reply_for(event_id, None)
+        rx.wait_for(lambda: set(rx.delivered_ids()) >= stuck, timeout=60)
+    finally:
+        relays.stop()
+    delivered = rx.delivered_ids()
+    assert len(delivered) == len(committed)  # each exactly once: no crash here
+    # Per org, the events that never failed kept their commit order.
+    order = [a.envelope or {} for a in rx.delivered() if a.webhook_id not in stuck]
+    expected = [e for e in committed if e["id"] not in stuck]
+    assert per_org_first_arrivals(order) == per_org_first_arrivals(expected)
+    settings = make_settings(redis_url, [url])
+    assert outbox.dlq_list(r, settings) == []
+    facts = outbox.status(r, settings)["outbox"]
+    assert (facts["pending"], facts["retrying"]) == (0, 0)
