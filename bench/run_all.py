@@ -44,14 +44,23 @@ from _common import RESULTS_DIR, ROOT, machine_facts, write_results
 BENCH = ROOT / "bench"
 # Typographic signs for the Markdown report, spelled as escapes so the source stays ASCII
 # where the linter asks for it.
-TIMES, NA, MINUS = "\u00d7", "\u2013", "\u2212"
-ORDER = ("diff", "sandbox_throughput", "token_fleet", "delivery", "rate_budget", "latency")
+TIMES, NA, MINUS, LE = "\u00d7", "\u2013", "\u2212", "\u2264"
+ORDER = (
+    "diff",
+    "sandbox_throughput",
+    "token_fleet",
+    "delivery",
+    "rate_budget",
+    "deletions",
+    "latency",
+)
 FULL_ARGS: dict[str, list[str]] = {
     "diff": [],
     "sandbox_throughput": ["--duration", "8"],
     "token_fleet": [],
     "delivery": [],
     "rate_budget": ["--quick"],
+    "deletions": [],
     "latency": [],
 }
 QUICK_ARGS: dict[str, list[str]] = {
@@ -60,6 +69,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "token_fleet": ["--quick"],
     "delivery": ["--quick"],
     "rate_budget": ["--limit", "300", "--windows", "1"],
+    "deletions": ["--quick"],
     "latency": ["--quick"],
 }
 # Generous per-benchmark deadlines: a hung benchmark must not hold the report forever.
@@ -69,7 +79,8 @@ TIMEOUTS = {
     "token_fleet": 600,
     "delivery": 600,
     "rate_budget": 600,
-    "latency": 900,
+    "deletions": 900,
+    "latency": 2400,
 }
 
 
@@ -293,107 +304,167 @@ def section_diff(d: dict[str, Any], headline: dict[str, Any]) -> list[str]:
     return lines
 
 
+def section_deletions(d: dict[str, Any], headline: dict[str, Any]) -> list[str]:
+    lines = [
+        "## What deletion safety costs (`bench/deletions.py`, issue 13)",
+        "",
+        "Confirmation GETs (`GET /v2/bookings/{id}`) per 100 real deletions, counted by the "
+        "sandbox (the real poller, client and Redis, rate limit lifted):",
+        "",
+    ]
+    rows = [
+        [
+            c["case"],
+            fmt(c["bookings"]),
+            fmt(c["sweeps"]),
+            fmt(c["deleted"]),
+            fmt(c["announced"]),
+            fmt(c["confirmation_gets"]),
+            fmt(c.get("gets_per_100_deletions"), 0),
+        ]
+        for c in d["cost"]
+    ]
+    lines += table(
+        ["case", "bookings", "sweeps", "deleted", "announced", "GETs", "GETs per 100 deletions"],
+        rows,
+    )
+    lat = d["latency"]
+    s = lat["latency_s"]
+    lines += [
+        "",
+        f"Deletion-detection latency with confirmation on, B = {lat['rate_limit']}/min, "
+        f"{lat['orgs']} orgs {TIMES} {lat['bookings_per_org']} bookings, "
+        f"`ETBRIDGE_SWEEP_INTERVAL={lat['sweep_interval']:g}` (real worker and beat): "
+        f"{lat['deletions']} deletions, mean {fmt(s.get('mean'), 1)} s, p50 "
+        f"{fmt(s.get('p50'), 1)} s, p95 {fmt(s.get('p95'), 1)} s, max {fmt(s.get('max'), 1)} s; "
+        f"{lat['confirmation_gets']} confirmation GETs, {lat['served_429']} {TIMES} 429.",
+    ]
+    headline["deletions"] = {
+        "gets_per_100_deletions": {c["case"]: c.get("gets_per_100_deletions") for c in d["cost"]},
+        "latency_s": s,
+    }
+    return lines
+
+
 def section_latency(d: dict[str, Any], headline: dict[str, Any], plots: list[str]) -> list[str]:
     cfg = d["config"]
     lines = [
-        "## Detection latency under the budget (`bench/latency.py`, issue 7)",
+        "## Detection latency under the budget (`bench/latency.py`, issues 7 and 12)",
         "",
-        f"B = {cfg['limit_per_minute']}/min, churn {cfg['churn_per_s']:g} changes/s "
-        f"({cfg['hot_orgs']}; kinds {', '.join(cfg['kinds'])}), {cfg['bookings_per_org']} "
-        f"bookings per org. The three policies ran at the same time, each against its own "
-        f"sandbox and Redis database, fed identical mutations: {cfg['warmup_s']:g} s warm-up, "
-        f"{cfg['window_s']:g} s of measured mutations, then a drain. planner = real "
-        "`celery worker` + `celery beat` (`ETBRIDGE_POLL_INTERVAL=1`); round-robin = a "
-        "driver calling etbridge's `Poller.poll` for one org after the other every "
-        "61·O/B s per org (B requests per the budget's 61 s window); fixed-60s = the same "
-        f"driver, every org every 60 s. Latency = outbox commit {MINUS} mutation time (s). "
-        "A change still undetected when polling stopped counts at its lower bound "
-        f"(stop {MINUS} mutation). "
-        "bound = 60·O/B s (a full cycle of one request per org); target planner "
-        f"p99 ≤ 1.2 {TIMES} bound + 2 s.",
+        f"Groups of O orgs and a churn shape (uniform, or {cfg['hot_orgs']}), "
+        f"{cfg['churn_per_org_per_s']:g} changes/s per org (kinds {', '.join(cfg['kinds'])}), "
+        f"{cfg['bookings_per_org']} bookings per org. Each group's three policies ran at the same "
+        "time, each against its own sandbox and Redis database, fed identical mutations: "
+        f"{cfg['warmup_s']:g} s warm-up, {cfg['window_s']:g} s of measured mutations, then a "
+        "drain. planner = real `celery worker` + `celery beat` (`ETBRIDGE_POLL_INTERVAL=1`); "
+        "round-robin = a driver calling etbridge's `Poller.poll` for one org after the other "
+        "every 61·O/B s per org (B requests per the budget's 61 s window); fixed-60s = the same "
+        f"driver, every org every 60 s. Latency = outbox commit {MINUS} mutation time (s); a "
+        "change still undetected when polling stopped counts at its lower bound. T = 60·O/B. "
+        "util = requests per full API minute during the churn over B; delay = dispatch delay "
+        "(deadline to poll start) p99; analytic = the allocation's expected mean with the true "
+        "rates over round-robin's.",
         "",
     ]
     rows = []
     headline["latency"] = {}
-    for orgs, per in d["latency"].items():
+    for name, per in d["latency"].items():
+        group = d["groups"][name]
+        t = d["targets"][name]
         rr_mean = per["round-robin"]["latency_s"].get("mean")
-        fx_mean = per["fixed-60s"]["latency_s"].get("mean")
         for policy in ("planner", "round-robin", "fixed-60s"):
             r = per[policy]
             s = r["latency_s"]
+            delay = r.get("dispatch_delay_s", {}).get("p99")
             rows.append(
                 [
-                    orgs,
+                    name,
+                    fmt(group["limit"]),
                     policy,
                     fmt(s.get("n")),
-                    f"{fmt(s.get('mean'), 2)} ± {fmt(s.get('sem'), 2)}",
+                    fmt(s.get("mean"), 2),
                     fmt(s.get("p50"), 2),
-                    fmt(s.get("p95"), 2),
                     fmt(s.get("p99"), 2),
                     fmt(r["hot_orgs"].get("mean"), 2),
                     fmt(r["quiet_orgs"].get("mean"), 2),
                     f"{fmt(r.get('polls_per_hot_org'), 0)} / "
                     f"{fmt(r.get('polls_per_quiet_org'), 0)}",
+                    fmt(r.get("utilisation"), 2),
+                    fmt(delay, 2) if policy == "planner" else NA,
                     fmt(r["undetected"]),
                     fmt(r["served_429"]),
                     ratio(s.get("mean"), rr_mean, 2),
-                    ratio(s.get("mean"), fx_mean, 2),
                 ]
             )
-        b, t = d["bounds"][orgs], d["targets"][orgs]
-        headline["latency"][orgs] = {
+        headline["latency"][name] = {
             "planner": per["planner"]["latency_s"],
             "round_robin": per["round-robin"]["latency_s"],
             "fixed_60s": per["fixed-60s"]["latency_s"],
-            "bound_s": b["cycle_bound_s"],
-            "target_p99_s": b["target_p99_s"],
+            "T_s": t["T_s"],
+            "analytic_over_round_robin": t["analytic"]["over_round_robin"],
         }
     lines += table(
         [
-            "O",
+            "group",
+            "B/min",
             "policy",
             "n",
-            "mean ± sem",
+            "mean",
             "p50",
-            "p95",
             "p99",
             "hot-org mean",
             "quiet-org mean",
             "polls per hot / quiet org",
+            "util",
+            "delay p99",
             "undetected",
             "429s",
             "mean / round-robin",
-            "mean / fixed-60s",
         ],
         rows,
     )
-    lines += ["", "Bounds and targets:", ""]
-    brows = []
-    for orgs, b in d["bounds"].items():
-        t = d["targets"][orgs]
-        brows.append(
+    lines += ["", "Targets (issue 12):", ""]
+    trows = []
+    for name, t in d["targets"].items():
+        met = [f"{k[:-4]}: {fmt(v)}" for k, v in t.items() if k.endswith("_met")]
+        trows.append(
             [
-                orgs,
-                fmt(b["cycle_bound_s"], 1),
-                fmt(b["round_robin_interval_s"], 1),
-                fmt(b["planner_latency_bound_s"], 1),
-                f"≤ {fmt(b['target_p99_s'], 1)}: {fmt(t['p99_met'])}",
-                fmt(t["mean_below_round_robin_met"]),
-                fmt(t["no_429_met"]),
+                name,
+                fmt(t["T_s"], 1),
+                fmt(t.get("p99_max_s"), 1),
+                f"{fmt(t['planner_mean_over_round_robin'], 3)} "
+                f"(analytic {fmt(t['analytic']['over_round_robin'], 3)})",
+                "; ".join(met),
             ]
         )
-    lines += table(
-        [
-            "O",
-            "bound 60·O/B (s)",
-            "round-robin interval (s)",
-            "planner's own cap (s)",
-            "planner p99",
-            "planner mean < round-robin",
-            f"0 {TIMES} 429",
-        ],
-        brows,
-    )
+    lines += table(["group", "T (s)", "p99 target (s)", "planner mean / RR", "targets"], trows)
+    dele = d.get("deletions")
+    if dele:
+        lines += [
+            "",
+            f"Deletions under a tight budget: B = {dele['limit_per_minute']}/min, "
+            f"{dele['orgs']} orgs {TIMES} {dele['bookings_per_org']} bookings, one deletion "
+            f"every 10 s plus updates, `ETBRIDGE_SWEEP_INTERVAL={dele['sweep_interval_asked_s']}` "
+            f"(unaffordable: the allocation trades sweeps against polls). Allocated sweep cycle "
+            f"{fmt(dele['allocated_sweep_cycle_s'], 1)} s, poll interval "
+            f"{fmt(dele['allocated_poll_interval_s'], 1)} s; deleted events: mean "
+            f"{fmt(dele['deletions_s'].get('mean'), 1)} s, p99 "
+            f"{fmt(dele['deletions_s'].get('p99'), 1)} s, max "
+            f"{fmt(dele['deletions_s'].get('max'), 1)} s ({dele['undetected_deletions']} "
+            f"undetected); creates/updates p99 {fmt(dele['changes_s'].get('p99'), 1)} s; "
+            f"{dele['served_429']} {TIMES} 429. Targets: "
+            + "; ".join(f"{k[:-4]}: {fmt(v)}" for k, v in dele["targets"].items())
+            + ".",
+        ]
+    cpu = d.get("planning_cpu")
+    if cpu:
+        lines += [
+            "",
+            f"Planning CPU, {cpu['units']:,} orgs (pure functions): allocation "
+            f"{fmt(cpu['allocation_ms'], 0)} ms (reused for 10 s), dispatch "
+            f"{fmt(cpu['dispatch_ms'], 1)} ms a tick: {fmt(cpu['ms_per_tick'], 1)} ms per 1 s "
+            f"tick (target {LE} 20 ms: {fmt(cpu['target_le_20ms_met'])}).",
+        ]
     if "latency_cdf.png" in plots:
         lines += ["", "![detection latency CDF](latency_cdf.png)"]
     scaling = d.get("scaling") or []
@@ -658,11 +729,17 @@ def plot_all(results: dict[str, Any]) -> list[str]:
     lat = results.get("latency")
     if lat and lat.get("latency"):
         per_o = lat["latency"]
-        fig, axes = plt.subplots(
-            1, len(per_o), figsize=(6.2 * len(per_o), 4.4), squeeze=False, sharey=True
+        cols = min(3, len(per_o))
+        nrows = -(-len(per_o) // cols)
+        fig, grid = plt.subplots(
+            nrows, cols, figsize=(6.2 * cols, 4.4 * nrows), squeeze=False, sharey=True
         )
-        for ax, (orgs, per) in zip(axes[0], per_o.items(), strict=True):
-            bound = lat["bounds"][orgs]
+        axes = [[ax for row in grid for ax in row]]
+        for ax in axes[0][len(per_o) :]:
+            ax.axis("off")
+        for ax, (orgs, per) in zip(axes[0], per_o.items(), strict=False):
+            t = lat["targets"][orgs]
+            bound = {"cycle_bound_s": t["T_s"], "target_p99_s": t["p99_max_s"]}
             for policy in ("planner", "round-robin", "fixed-60s"):
                 values = sorted(per[policy]["latencies_s"])
                 if not values:
@@ -686,7 +763,7 @@ def plot_all(results: dict[str, Any]) -> list[str]:
             ax.text(
                 bound["cycle_bound_s"],
                 0.03,
-                f" bound 60·O/B = {bound['cycle_bound_s']:g} s",
+                f" T = 60·O/B = {bound['cycle_bound_s']:g} s",
                 color="grey",
                 fontsize=8,
             )
@@ -704,11 +781,11 @@ def plot_all(results: dict[str, Any]) -> list[str]:
             ax.set_xticks(ticks)
             ax.set_xticklabels([f"{t:g}" for t in ticks])
             ax.set_ylim(0, 1.01)
-            ax.set_title(f"O = {orgs} orgs, B = {lat['config']['limit_per_minute']}/min")
+            ax.set_title(f"O = {orgs}, B = {lat['groups'][orgs]['limit']}/min")
             ax.set_xlabel("detection latency (s, log scale)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(loc="upper left", fontsize=8)
-        axes[0][0].set_ylabel("fraction of changes detected")
+        grid[0][0].set_ylabel("fraction of changes detected")
         fig.suptitle("Detection latency: etbridge's planner vs round-robin vs fixed 60 s")
         fig.tight_layout()
         fig.savefig(RESULTS_DIR / "latency_cdf.png", dpi=110)
@@ -835,6 +912,11 @@ def collect_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for k, v in t.items()
             if k.endswith("_met")
         }
+        dele = results["latency"].get("deletions") or {}
+        out["latency"].update({f"deletions: {k}": v for k, v in dele.get("targets", {}).items()})
+        cpu = results["latency"].get("planning_cpu") or {}
+        if cpu:
+            out["latency"]["planning CPU <= 20 ms per tick"] = cpu["target_le_20ms_met"]
     if results.get("token_fleet"):
         out["token_fleet"] = dict(results["token_fleet"].get("targets_met", {}))
     if results.get("rate_budget"):
@@ -855,12 +937,21 @@ def write_report(runs: dict[str, Any], quick: bool) -> int:
     builders = {
         "diff": lambda d: section_diff(d, headline),
         "latency": lambda d: section_latency(d, headline, plots),
+        "deletions": lambda d: section_deletions(d, headline),
         "token_fleet": lambda d: section_token(d, headline, plots),
         "rate_budget": lambda d: section_rate(d, headline, plots),
         "delivery": lambda d: section_delivery(d, headline),
         "sandbox_throughput": lambda d: section_sandbox(d, headline),
     }
-    for name in ("latency", "diff", "token_fleet", "rate_budget", "delivery", "sandbox_throughput"):
+    for name in (
+        "latency",
+        "deletions",
+        "diff",
+        "token_fleet",
+        "rate_budget",
+        "delivery",
+        "sandbox_throughput",
+    ):
         data = results.get(name)
         if data is None:
             sections.append([f"## {name}", "", "No results: the benchmark did not run or failed."])

@@ -86,6 +86,7 @@ def gather(
                     retry_at=_f(plan, "retry_at") or 0.0,
                     baselined=meta.get("baselined") == "1",
                     urgent_sweep=meta.get("resync") == "1",
+                    sweeping=meta.get("sweep_active") == "1",
                     sweeps_only=meta.get("filter_unsupported") == "1",
                     last_poll_due=_f(plan, "poll_due"),
                     last_sweep_due=_f(plan, "sweep_due"),
@@ -109,10 +110,14 @@ def mark_queued(
     if next_send > now:
         pipe.set(keys.PLAN_CURSOR, repr(next_send), px=int((next_send - now) * 1000) + 1)
     for d in decisions:
-        deadline = "poll_due" if d.mode == "incremental" else "sweep_due"
+        values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode}
         # The next deadline counts from the send time: where several units fell due
-        # at once, the pace spread their sends, and this keeps them spread.
-        values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode, deadline: repr(d.send_at)}
+        # at once, the pace spread their sends, and this keeps them spread. A sweep's
+        # later pages keep the deadline of its first.
+        if d.mode == "incremental":
+            values["poll_due"] = repr(d.send_at)
+        elif d.reason != scheduler.Reason.SWEEP_PAGE:
+            values["sweep_due"] = repr(d.send_at)
         pipe.hset(plan_key(d.org_id, d.resource), mapping=values)
     pipe.execute()
 

@@ -2,8 +2,8 @@
 
 Pure. The allocation (allocation.py) gives every (org, resource) unit a poll
 rate ``f`` and a sweep rate ``g``; here each unit's next incremental poll is
-due at ``last due + 1/f`` and its next sweep page at ``last due + 1/(g·s)``
-(``s`` pages a sweep). Each tick dispatches what falls due before the next
+due at ``last due + 1/f`` and its next sweep at ``last due + 1/g``, whose
+pages then follow each other. Each tick dispatches what falls due before the next
 tick, earliest deadline first, each with a send time spaced by the budget's
 pace, so nothing is queued that cannot get a request at once. The estimates
 the allocation needs (change and deletion rates, pages) are decayed counts
@@ -46,7 +46,8 @@ BUDGET_WINDOW = 61.0
 class Reason(enum.StrEnum):
     BASELINE = "baseline"  # the unit's first listing: nothing of it is watched before
     RESYNC = "resync"  # an operator asked, or a sweep must run to its end first
-    SWEEP = "sweep"  # the next page of the periodic sweep (deletion detection)
+    SWEEP = "sweep"  # the first page of a periodic sweep (deletion detection)
+    SWEEP_PAGE = "sweep_page"  # the next page of a sweep under way
     POLL = "poll"  # the next incremental poll
 
 
@@ -80,9 +81,10 @@ class UnitView:
     retry_at: float = 0.0  # backoff after a failed poll
     baselined: bool = False
     urgent_sweep: bool = False  # a resync was asked for
+    sweeping: bool = False  # a sweep is under way (its cursor saved)
     sweeps_only: bool = False  # the API rejects the incremental filter
     last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
-    last_sweep_due: float | None = None  # deadline of the last sweep page dispatched
+    last_sweep_due: float | None = None  # deadline of the last sweep's first page
     changes: RateEstimate = RateEstimate()
     deletions: RateEstimate = RateEstimate()
     poll_pages: float = 1.0  # pages of an incremental poll (running average)
@@ -220,9 +222,14 @@ def _next(
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
         best = (max(due, now - gap), "incremental", Reason.POLL)
-    if rates.sweep > 0:
-        # Sweep pages are spread over the sweep's cycle: s pages every 1/g seconds.
-        gap = 1.0 / (rates.sweep * max(1.0, unit.sweep_pages))
+    if unit.sweeping:
+        # A sweep's pages follow each other: a deletion is seen when the listing
+        # that began after it ends, so a sweep spread over its cycle would make
+        # deletions wait up to two cycles; back to back, one cycle at the most.
+        if best is None or now < best[0]:
+            best = (now, "sweep", Reason.SWEEP_PAGE)
+    elif rates.sweep > 0:
+        gap = 1.0 / rates.sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap
         due = max(due, now - gap)

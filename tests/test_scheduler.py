@@ -90,18 +90,22 @@ def test_one_poll_per_org_and_busy_orgs_skipped() -> None:
     assert [(d.org_id, d.resource) for d in decisions] == [("1", "bookings")]
 
 
-def test_sweep_pages_are_spread_over_the_sweep_cycle() -> None:
+def test_a_sweep_starts_each_cycle_and_its_pages_follow_each_other() -> None:
     u = unit(1, last_poll_due=NOW, sweep_pages=4.0)
     alloc = scheduler.plan_rates([u], 100, CFG)
-    rates = alloc.rates[u.key]
-    page_gap = 1 / (rates.sweep * 4)
-    assert (
-        run(
-            [unit(1, last_poll_due=NOW, last_sweep_due=NOW - page_gap + 0.1, sweep_pages=4.0)],
-            Budget(100, 0),
-        )[0].mode
-        == "sweep"
-    )
+    cycle = alloc.rates[u.key].sweep_every
+
+    # Not due yet: the last sweep started less than a cycle ago.
+    def sweeps(**kw: object) -> list[scheduler.Decision]:
+        units = [unit(1, last_poll_due=NOW + 100, sweep_pages=4.0, **kw)]
+        return [d for d in run(units, Budget(100, 0)) if d.mode == "sweep"]
+
+    assert sweeps(last_sweep_due=NOW - cycle + 10) == []
+    (start,) = sweeps(last_sweep_due=NOW - cycle + 0.5)
+    assert (start.mode, start.reason) == ("sweep", Reason.SWEEP)
+    # Under way: the next page is due at once, whatever the cycle.
+    (page,) = sweeps(sweeping=True)
+    assert (page.mode, page.reason, page.due) == ("sweep", Reason.SWEEP_PAGE, NOW)
 
 
 def test_sweeps_only_units_get_no_incremental_polls() -> None:
