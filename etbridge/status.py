@@ -153,6 +153,32 @@ def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _org_line(org_id: str, org: dict[str, Any]) -> str:
+    """One row of the org table: an org (its first resource) or another resource of it."""
+    lag = org["lag"]
+    notes = []
+    if org.get("removed"):
+        notes.append("gone from the organizations endpoint")
+    elif org.get("accessible") is False:
+        notes.append(f"INACCESSIBLE since {_short(org.get('inaccessible_since'))}")
+    if org.get("deletions_held"):
+        notes.append(f"deletions held: {org['deletions_held']} (etbridge deletions list)")
+    if org.get("last_error"):
+        notes.append(_clip(str(org["last_error"])))
+    if org.get("next_retry"):
+        notes.append(f"next try {_short(org['next_retry'])}")
+    if org.get("incremental_filter") == "unsupported":
+        notes.append("sweeps only: incremental filter rejected")
+    return (
+        f"{org_id:<10} {_short(org['last_poll']):<19} "
+        f"{(f'{lag:.0f}s' if lag is not None else '-'):>6} "
+        f"{_short(org['last_full_sweep']):<19} {org['records']:>7} "
+        f"{org['change_rate_per_min']:>7} {_every(org['poll_interval']):>6} "
+        f"{_every(org['deletion_interval']):>6} "
+        f"{org['errors']:>6}" + (f"  {'; '.join(notes)}" if notes else "")
+    )
+
+
 def render(doc: dict[str, Any]) -> str:
     """A readable table of :func:`collect`'s document."""
     lines = []
@@ -176,6 +202,12 @@ def render(doc: dict[str, Any]) -> str:
         f"budget   {bud.get('used')}/{bud.get('limit')} requests in the last 60 s"
         + (f"  PAUSED until {_short(bud['paused_until'])} UTC" if bud.get("paused_until") else "")
     )
+    plan = doc.get("planner", {})
+    if plan.get("units"):
+        lines.append(
+            f"planner  {plan['units']} units, {plan.get('requests_per_min')} requests/min "
+            f"planned, a poll of every org each {plan.get('cycle')} s at the most (round-robin)"
+        )
     ob = doc.get("outbox", {})
     lines.append(
         f"outbox   pending {ob.get('pending', 0)}  retrying {ob.get('retrying', 0)}"
@@ -187,28 +219,11 @@ def render(doc: dict[str, Any]) -> str:
         f"{'records':>7} {'chg/min':>7} {'poll':>6} {'sweep':>6} {'errors':>6}"
     )
     for org_id, org in doc["orgs"].items():
-        lag = org["lag"]
-        notes = []
-        if org.get("removed"):
-            notes.append("gone from the organizations endpoint")
-        elif org.get("accessible") is False:
-            notes.append(f"INACCESSIBLE since {_short(org.get('inaccessible_since'))}")
-        if org.get("deletions_held"):
-            notes.append(f"deletions held: {org['deletions_held']} (etbridge deletions list)")
-        if org.get("last_error"):
-            notes.append(_clip(str(org["last_error"])))
-        if org.get("next_retry"):
-            notes.append(f"next try {_short(org['next_retry'])}")
-        if org.get("incremental_filter") == "unsupported":
-            notes.append("sweeps only: incremental filter rejected")
-        lines.append(
-            f"{org_id:<10} {_short(org['last_poll']):<19} "
-            f"{(f'{lag:.0f}s' if lag is not None else '-'):>6} "
-            f"{_short(org['last_full_sweep']):<19} {org['records']:>7} "
-            f"{org['change_rate_per_min']:>7} {_every(org['poll_interval']):>6} "
-            f"{_every(org['deletion_interval']):>6} "
-            f"{org['errors']:>6}" + (f"  {'; '.join(notes)}" if notes else "")
-        )
+        lines.append(_org_line(org_id, org))
+        resources = list(org.get("resources", {}).items())
+        if len(resources) > 1:
+            # The first resource is the org's own line; the others get one each.
+            lines.extend(_org_line(f"  {name}", unit) for name, unit in resources[1:])
     if not doc["orgs"]:
         lines.append("(no org yet: set ETBRIDGE_ORGS, or wait for the planner's discovery)")
     if doc.get("sinks"):
