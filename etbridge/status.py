@@ -206,7 +206,7 @@ def render(doc: dict[str, Any]) -> str:
     if plan.get("units"):
         lines.append(
             f"planner  {plan['units']} units, {plan.get('requests_per_min')} requests/min "
-            f"planned, a poll of every org each {plan.get('cycle')} s at the most (round-robin)"
+            f"planned, round-robin cycle {plan.get('cycle')} s"
         )
     ob = doc.get("outbox", {})
     lines.append(
