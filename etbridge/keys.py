@@ -110,6 +110,9 @@ def plan(org_id: str, resource: str) -> str:
 PLAN_SUMMARY = f"{PREFIX}:plan:summary"
 """String: JSON of the last allocation's fleet-wide figures and warnings (status reads it)."""
 
+PLAN_SENDS = f"{PREFIX}:plan:sends"
+"""Sorted set: planned polls (JSON) scored by their send time; beat's sender publishes them."""
+
 PLAN_CURSOR = f"{PREFIX}:plan:cursor"
 """String: the earliest send time the last tick left free (expires when it has passed)."""
 

@@ -20,7 +20,17 @@ from typing import Any
 import redis
 from celery import Task
 
-from etbridge import logs, metrics, outbox, planner, planstore, runtime, scheduler, shutdown
+from etbridge import (
+    logs,
+    metrics,
+    outbox,
+    planner,
+    planstore,
+    runtime,
+    scheduler,
+    sender,
+    shutdown,
+)
 from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
 from etbridge.worker import PLAN_TICK, app, settings
 
@@ -29,6 +39,8 @@ log = logging.getLogger("etbridge.tasks")
 # A poll message that waited longer than this in the queue is dropped: the
 # planner has planned the org again by then.
 POLL_EXPIRES = 120.0
+# Polls due this soon are sent by the plan task itself; later ones at their time.
+SEND_NOW = 0.05
 
 
 @app.task(name="etbridge.plan")
@@ -38,19 +50,35 @@ def plan() -> dict[str, Any]:
     if result.skipped:
         return {"skipped": result.skipped}
     now = time.time()
+    later = []
     for d in result.decisions:
-        pages = planner.sweep_pages(d, settings) if d.mode == "sweep" else None
-        poll_org.apply_async(
-            (d.org_id, d.mode),
-            {"resource": d.resource, "due": d.due, "max_pages": pages},
-            countdown=max(0.0, d.send_at - now),
-            expires=POLL_EXPIRES,
-        )
+        payload = {
+            "org_id": d.org_id,
+            "mode": d.mode,
+            "resource": d.resource,
+            "due": d.due,
+            "max_pages": planner.sweep_pages(d, settings) if d.mode == "sweep" else None,
+        }
+        if d.send_at - now <= SEND_NOW:
+            publish_poll(payload)
+        else:
+            later.append((d.send_at, payload))
+    # The rest wait for their send time in Redis; beat's sender publishes them.
+    sender.schedule(rt.redis, later)
     # Deliveries whose retry time has come, and partitions a lost task left behind.
     partitions = rt.relay.due(now)
     for org_id, sink_name in partitions:
         deliver.apply_async((org_id, sink_name))
     return {"polls": len(result.decisions), "deliveries": len(partitions)}
+
+
+def publish_poll(payload: dict[str, Any]) -> None:
+    """Send one planned poll (the plan task, or beat's sender at its send time)."""
+    poll_org.apply_async(
+        (payload["org_id"], payload["mode"]),
+        {k: payload.get(k) for k in ("resource", "due", "max_pages")},
+        expires=POLL_EXPIRES,
+    )
 
 
 def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:

@@ -90,6 +90,14 @@ app.conf.update(
 )
 
 
+@signals.beat_init.connect
+def _start_sender(**_: Any) -> None:
+    """Beat publishes the planner's timed sends (etbridge/sender.py)."""
+    from etbridge import runtime, sender, tasks
+
+    sender.Sender(runtime.get(settings).redis, tasks.publish_poll).start()
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     """etbridge's key=value (or JSON) lines for Celery's own logs too."""

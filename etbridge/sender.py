@@ -1,0 +1,105 @@
+"""Timed sends: the planner's polls published at their send times, not at the tick.
+
+The planner (planner.py) decides every tick which polls to start within the
+next two seconds, each with its send time. Celery's own ``countdown`` (ETA)
+would hold those messages unacknowledged in the workers, and kombu's Redis
+transport crashes the worker when it must give such messages back on a lost
+broker connection; so the sends wait in a Redis sorted set instead, scored by
+send time, and a thread in each beat process publishes each one when it is
+due (an atomic pop: two beats never publish one send twice). A send whose
+beat was gone for longer than ``STALE`` is dropped: its unit is planned
+again by then.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from etbridge import keys
+
+log = logging.getLogger("etbridge.sender")
+
+# The most a sender sleeps between two looks at the set (seconds).
+IDLE = 0.1
+# A send older than this when popped is dropped (its unit's queued mark has expired).
+STALE = 10.0
+BATCH = 100
+
+# KEYS[1] the sends (sorted set, score = send time); ARGV[1] now; ARGV[2] batch size.
+# Pops the due members, oldest first; returns them with their scores.
+_POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do
+  redis.call('ZREM', KEYS[1], due[i])
+end
+return due
+"""
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+def schedule(client: redis.Redis, sends: Sequence[tuple[float, dict[str, Any]]]) -> None:
+    """Add timed sends (``(send_at, payload)``) for beat's sender to publish."""
+    if sends:
+        client.zadd(keys.PLAN_SENDS, {json.dumps(p, sort_keys=True): at for at, p in sends})
+
+
+def pop_due(
+    client: redis.Redis, now: float, batch: int = BATCH
+) -> list[tuple[float, dict[str, Any]]]:
+    """The sends due at ``now``, removed from the set (one caller gets each)."""
+    raw = client.eval(_POP_DUE, 1, keys.PLAN_SENDS, repr(now), batch)
+    out = []
+    for member, score in zip(raw[::2], raw[1::2], strict=True):
+        out.append((float(score), json.loads(member)))
+    return out
+
+
+def next_due(client: redis.Redis) -> float | None:
+    """The earliest send time waiting, if any."""
+    first = client.zrange(keys.PLAN_SENDS, 0, 0, withscores=True)
+    return float(first[0][1]) if first else None
+
+
+class Sender(threading.Thread):
+    """Publishes the timed sends as they fall due (one per beat process)."""
+
+    def __init__(self, client: redis.Redis, publish: Publish) -> None:
+        super().__init__(name="etbridge-sender", daemon=True)
+        self.redis = client
+        self.publish = publish
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                wait = self.step(time.time())
+            except redis.exceptions.RedisError as exc:
+                log.warning("sender: Redis unavailable: %s", exc)
+                wait = 1.0
+            self.stopped.wait(wait)
+
+    def step(self, now: float) -> float:
+        """Publish what is due; return how long to sleep before the next look."""
+        for at, payload in pop_due(self.redis, now):
+            if now - at > STALE:
+                continue
+            try:
+                self.publish(payload)
+            except Exception as exc:  # the broker is away: the unit is planned again
+                log.warning("sender: could not publish a poll: %s", exc)
+        upcoming = next_due(self.redis)
+        if upcoming is None:
+            return IDLE
+        return min(IDLE, max(0.0, upcoming - time.time()))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
