@@ -10,8 +10,8 @@ API, are committed against a private Redis on loopback, in three cases:
 
 Two implementations, side by side in one run, on the same pages:
 
-* ``etbridge``: what the poller does with one page (``Poller._canonical_page``
-  then ``Poller._commit_page``): digests of the page, one ``HMGET`` of the
+* ``etbridge``: what the poller does with one page (``Poller.canonical_page``
+  then ``Poller.commit_page``): digests of the page, one ``HMGET`` of the
   stored digests, the stored snapshots of the moved records, the pure diff,
   CloudEvents envelopes, and one Lua script that checks the lease and the
   digests and writes snapshots, outbox entries and marks atomically;
@@ -243,8 +243,8 @@ class EtbridgeStore:
     def commit(self, page: list[dict[str, Any]]) -> int:
         before = self.result.events
         state = OrgState(self.state.redis, self.state.org_id, self.state.resource)
-        records = self.poller._canonical_page(state, page)
-        self.known, self.absorbed = self.poller._commit_page(
+        records = self.poller.canonical_page(state, page)
+        self.known, self.absorbed = self.poller.commit_page(
             state,
             self.lease,
             records,

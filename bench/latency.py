@@ -222,20 +222,34 @@ class Run:
         return f"O={self.group.name} {self.policy}"
 
 
+def planner_fleet(
+    sb: Sandbox, redis_url: str, ids: Sequence[str], limit: int, logdir: Path, **env: str
+) -> Fleet:
+    """A fleet of the real planner polling ``ids`` of ``sb`` (hourly sweeps unless ``env``
+    says otherwise), logging under ``logdir``; no process started yet."""
+    overrides = {
+        "ETBRIDGE_RATE_LIMIT": str(limit),
+        "ETBRIDGE_POLL_INTERVAL": f"{POLL_INTERVAL:g}",
+        "ETBRIDGE_SWEEP_INTERVAL": "3600",
+        "ETBRIDGE_ORGS": ",".join(ids),
+        "ETBRIDGE_SINKS": "redis-stream:bench:events",
+    }
+    overrides.update(env)
+    logdir.mkdir(parents=True, exist_ok=True)
+    return Fleet(fleet_env(sb, redis_url, **overrides), logdir)
+
+
 def start_run(run: Run, logdir: Path) -> None:
     ids = org_ids(run.orgs)
     if run.policy == "planner":
-        env = fleet_env(
+        shape = run.group.shape.replace("/", "-")
+        run.fleet = planner_fleet(
             run.sandbox,
             run.redis_url,
-            ETBRIDGE_RATE_LIMIT=str(run.group.limit),
-            ETBRIDGE_POLL_INTERVAL=f"{POLL_INTERVAL:g}",
-            ETBRIDGE_SWEEP_INTERVAL="3600",
-            ETBRIDGE_ORGS=",".join(ids),
-            ETBRIDGE_SINKS="redis-stream:bench:events",
+            ids,
+            run.group.limit,
+            logdir / f"o{run.orgs}-{shape}-planner",
         )
-        run.fleet = Fleet(env, logdir / f"o{run.orgs}-{run.group.shape.replace('/', '-')}-planner")
-        run.fleet.logdir.mkdir(parents=True, exist_ok=True)
         run.fleet.worker(concurrency=2)
         run.fleet.beat()
         return
@@ -569,18 +583,7 @@ def run_scaling(
     out = []
     with Sandbox.start(orgs=orgs, bookings=bookings, seed=23, rate_limit=limit) as sb:
         baseline(sb, url, ids, limit)
-        env = fleet_env(
-            sb,
-            url,
-            ETBRIDGE_RATE_LIMIT=str(limit),
-            ETBRIDGE_POLL_INTERVAL=f"{POLL_INTERVAL:g}",
-            ETBRIDGE_SWEEP_INTERVAL="3600",
-            ETBRIDGE_ORGS=",".join(ids),
-            ETBRIDGE_SINKS="redis-stream:bench:events",
-            ETBRIDGE_LOG_LEVEL="WARNING",
-        )
-        (logdir / "scaling").mkdir(parents=True, exist_ok=True)
-        fleet = Fleet(env, logdir / "scaling")
+        fleet = planner_fleet(sb, url, ids, limit, logdir / "scaling", ETBRIDGE_LOG_LEVEL="WARNING")
         procs: list[Proc] = []
         windows: list[tuple[float, float]] = []
         try:
@@ -762,18 +765,15 @@ def run_deletions(
     client.flushdb()
     with Sandbox.start(orgs=orgs, bookings=150, seed=29, rate_limit=limit) as sb:
         baseline(sb, url, ids, limit)
-        env = fleet_env(
+        fleet = planner_fleet(
             sb,
             url,
-            ETBRIDGE_RATE_LIMIT=str(limit),
-            ETBRIDGE_POLL_INTERVAL=f"{POLL_INTERVAL:g}",
+            ids,
+            limit,
+            logdir / "deletions",
             ETBRIDGE_SWEEP_INTERVAL="10",
-            ETBRIDGE_ORGS=",".join(ids),
-            ETBRIDGE_SINKS="redis-stream:bench:events",
             ETBRIDGE_LOG_LEVEL="WARNING",
         )
-        (logdir / "deletions").mkdir(parents=True, exist_ok=True)
-        fleet = Fleet(env, logdir / "deletions")
         mutations: list[tuple[dict[str, Any], bool]] = []
         try:
             fleet.worker(concurrency=2)
@@ -806,7 +806,7 @@ def run_deletions(
             status = json.loads(
                 subprocess.run(
                     [sys.executable, "-m", "etbridge", "status", "--json"],
-                    env=env,
+                    env=fleet.env,
                     capture_output=True,
                     text=True,
                     timeout=60,

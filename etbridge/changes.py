@@ -2,7 +2,6 @@
 
 Nothing here touches Redis, HTTP or Celery (a design wall): the poller reads
 state, calls these functions on plain dicts and commits what they return.
-
 The pieces, in the order a poll uses them::
 
     canonical(resource)          JSON:API resource object -> canonical form
@@ -11,48 +10,8 @@ The pieces, in the order a poll uses them::
     diff_records(res, stored, page, ignore, absorb=...)  -> created / updated / snapshot
     deletions(res, stored, seen)     stored but not seen in a complete sweep -> deleted
 
-**Canonical form.** ``{"type", "id", "attributes": {...}, "relationships":
-{name: {"data": linkage}}}`` where linkage is ``{"type", "id"}``, a list of
-them (sorted, see :func:`canonical`) or ``None``. It is itself a valid JSON:API
-resource object (without ``links``/``meta``), so it is what events carry as
-``before``/``after``, and ``canonical(canonical(x)) == canonical(x)``. Key order
-never matters: it is serialized with ``sort_keys``.
-
-**Equality rules** (shared by fingerprints and :func:`attribute_changes`):
-
-- an attribute (or relationship) absent on one side and ``null`` on the other
-  is no change;
-- ignored names (``ETBRIDGE_IGNORE_FIELDS``) never count; a name is an
-  attribute name or ``relationships.NAME``, the same keys ``changes`` uses;
-- values compare strictly, like their JSON text: ``1``, ``1.0`` and ``true``
-  differ;
-- absorbed names (schema drift, see below) count only when present on both
-  sides with different values, never for appearing or disappearing.
-
-**Schema drift: what the caller keeps and does.** State keeps per org and
-resource two small sets: ``known`` (every attribute name the stored snapshots
-carry: the union, minus names reported removed) and ``absorbed`` (every name
-ever reported by a ``schema.changed``). For each page, *before* diffing:
-
-1. ``drift = schema_drift(resource, known, records)``; if ``known`` is empty
-   (baseline) there is no drift: ``known`` becomes :func:`page_fields`.
-2. If ``drift``: emit one ``schema.changed`` envelope (before the page's other
-   events), ``absorbed |= added | removed``.
-3. ``known = (known | page_fields(records)) - removed``.
-4. ``diff_records(..., absorb=absorbed)``: a stored snapshot that predates the
-   drift lacks (or still has) the name, so the record differs from it (digest
-   and fingerprint); the diff finds no change but the absorbed name, emits
-   nothing and puts the record in ``writes``. The stored
-   snapshot is rewritten to the API's current form, so the next poll takes the
-   fast path again. Snapshots not on this page are absorbed the same way when
-   they next appear (an incremental poll after an edit, or the next sweep):
-   that is why ``absorbed`` is kept, not only this page's drift.
-
-Limitation, by design: the API returns every attribute of every record
-(JSON:API serializers do; so does the sandbox), so a name's *presence*
-changes only with a release. An API that omitted ``null`` attributes would
-make an absorbed name's ``null -> value`` invisible; values that change while
-present on both sides are always reported.
+The canonical form, the equality rules and the schema-drift bookkeeping (which
+:func:`etbridge.pagediff.diff_page` carries out): docs/changes.md.
 """
 
 from __future__ import annotations
@@ -443,7 +402,7 @@ def diff_records(
     Events are decided on the records, never on fingerprints, so a stored
     fingerprint computed under another ignore list does no harm.
     Raises :class:`MalformedRecord` when an id occurs twice in the page (or a
-    record has no string id). ``absorb``: see the module docstring.
+    record has no string id). ``absorb``: see docs/changes.md.
     """
     ignore = ignore_fields if isinstance(ignore_fields, (set, frozenset)) else set(ignore_fields)
     absorbed = absorb if isinstance(absorb, (set, frozenset)) else set(absorb)
@@ -498,8 +457,8 @@ def schema_drift(
 ) -> SchemaChange | None:
     """The schema change a page reveals, or ``None``.
 
-    ``known`` is the set of names the org's stored snapshots carry (see the
-    module docstring). With an empty ``known`` (the baseline) or an empty page
+    ``known`` is the set of names the org's stored snapshots carry (see
+    docs/changes.md). With an empty ``known`` (the baseline) or an empty page
     there is no drift. Otherwise:
 
     - ``added``: names some record of the page has (even as ``null``) that no

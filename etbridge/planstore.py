@@ -190,7 +190,7 @@ def record_success(
             values.update(sweep_pages_cur=str(sweep_pages), sweep_deleted_cur=str(sweep_deleted))
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping=values)
-    pipe.hdel(key, "queued_at", "last_failure")
+    pipe.hdel(key, "queued_at")
     pipe.execute()
 
 
@@ -200,16 +200,36 @@ def forget_planned(client: redis.Redis, org_id: str, resource: str) -> None:
 
 
 def record_failure(
-    client: redis.Redis, org_id: str, resource: str, error: str, retry_after: float | None = None
+    client: redis.Redis,
+    org_id: str,
+    resource: str,
+    exc: BaseException,
+    retry_after: float | None = None,
+    *,
+    back_off: bool = True,
 ) -> float:
-    """Back the unit off (exponentially, or by the API's Retry-After); return the delay."""
+    """Record a failed poll: the one place a poll failure is recorded.
+
+    The org's error count and last error (what status shows; a complete scan
+    clears ``last_error``) and, with ``back_off``, the unit's backoff:
+    exponential, or the API's Retry-After if longer. Returns the delay.
+    """
+    meta = keys.org_meta(org_id, resource)
+    pipe = client.pipeline(transaction=False)
+    error = f"{type(exc).__name__}: {exc}"[:500]
+    pipe.hset(meta, mapping={"last_error": error, "last_error_at": str(time.time())})
+    pipe.hincrby(meta, "errors", 1)
+    if not back_off:
+        pipe.execute()
+        return 0.0
     key = plan_key(org_id, resource)
-    failures = int(client.hincrby(key, "failures", 1))
+    pipe.hincrby(key, "failures", 1)
+    failures = int(pipe.execute()[-1])
     delay = backoff.exponential(failures, *FAILURE_BACKOFF)
     if retry_after is not None:
         delay = max(delay, retry_after)
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping={"retry_at": repr(time.time() + delay), "last_failure": error[:300]})
+    pipe.hset(key, "retry_at", repr(time.time() + delay))
     pipe.hdel(key, "queued_at")
     pipe.execute()
     return delay

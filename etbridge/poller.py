@@ -22,18 +22,26 @@ The first poll of an org is a sweep that sets the baseline (silently, or as
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
 
-from etbridge import changes, confirmations, deletions, events, holds, metrics, shutdown
+from etbridge import (
+    changes,
+    confirmations,
+    events,
+    holds,
+    pagediff,
+    settlement,
+    shutdown,
+    watermark,
+)
 from etbridge.client import EventTempleClient, RepeatedCursor
 from etbridge.errors import (
     AccessLost,
@@ -56,8 +64,6 @@ LEASE_TTL = 20.0
 # A sweep pauses after this long (its cursor saved) even when its page quota
 # is not spent, so one org's thousands of pages never hold a worker for long.
 SWEEP_SLICE = 10.0
-# Deleted records are committed in chunks so one Lua call stays short.
-_DELETE_CHUNK = 200
 # A page whose records keep moving under us (another writer) is re-read this often.
 _MAX_CONFLICTS = 5
 
@@ -214,11 +220,7 @@ class Poller:
                     state, lease, meta, result, baseline=baseline, sweep=True, max_pages=max_pages
                 )
         except Exception as exc:
-            state.set_meta(
-                last_error=f"{type(exc).__name__}: {exc}"[:500],
-                last_error_at=str(time.time()),
-                errors=str(int(meta.get("errors", "0")) + 1),
-            )
+            # The failure itself is recorded once, by the task (planstore.record_failure).
             if confirmations.lost_access(exc, baselined=not baseline):
                 # Lost access is not deletion: keep the state, emit nothing, back off.
                 status = getattr(exc, "status", 0)
@@ -267,13 +269,12 @@ class Poller:
                 state.reset_sweep()
                 state.set_meta(sweep_active="1", sweep_started_at=str(time.time()))
         else:
-            watermark = events.parse_timestamp(meta.get("watermark"))
-            if watermark is not None:
-                since = watermark - timedelta(seconds=self.settings.lookback)
+            since = watermark.since(
+                events.parse_timestamp(meta.get("watermark")), self.settings.lookback
+            )
         sweep_active = sweep or meta.get("sweep_active") == "1"
         scan_max = events.parse_timestamp(meta.get("scan_max")) if resume else None
-        known = set(json.loads(meta.get("attrs", "[]")))
-        absorbed = set(json.loads(meta.get("absorbed", "[]")))
+        known, absorbed = pagediff.schema_memory(meta)
 
         scan_started = time.monotonic()
         paused = False
@@ -293,26 +294,14 @@ class Poller:
                 page = next(pages, None)
                 if page is None:
                     break
-                records = self._canonical_page(state, page.data)
-                page_max = max(
-                    (
-                        ts
-                        for ts in (
-                            events.parse_timestamp(r["attributes"].get("updated_at"))
-                            for r in records
-                        )
-                        if ts is not None
-                    ),
-                    default=None,
-                )
-                if page_max is not None and (scan_max is None or page_max > scan_max):
-                    scan_max = page_max
+                records = self.canonical_page(state, page.data)
+                scan_max = watermark.newest(scan_max, watermark.page_max(records))
                 meta_updates: dict[str, str] = {}
                 if sweep:
                     meta_updates["sweep_cursor"] = page.next_cursor or ""
                     if scan_max is not None:
                         meta_updates["scan_max"] = rfc3339(scan_max)
-                known, absorbed = self._commit_page(
+                known, absorbed = self.commit_page(
                     state,
                     lease,
                     records,
@@ -358,25 +347,16 @@ class Poller:
             "last_poll_mode": result.mode,
             "last_error": "",
         }
-        old_wm = events.parse_timestamp(meta.get("watermark"))
-        if scan_max is not None:
-            # A record stamped in the future (a bad clock, bad data) must not carry
-            # the watermark past now: the filter would then hide every later change.
-            # Our clock is a safe cap: where the API's runs ahead, the lookback
-            # overlap grows a little, which costs re-reads, never events.
-            scan_max = min(scan_max, now)
-        if old_wm is not None and old_wm > now:
-            old_wm = None  # a watermark from the future (a clock that jumped back): drop it
-            final["watermark"] = rfc3339(scan_max or now)
-        if scan_max is not None and (old_wm is None or scan_max > old_wm):
-            final["watermark"] = rfc3339(scan_max)
+        new_mark = watermark.advance(events.parse_timestamp(meta.get("watermark")), scan_max, now)
+        if new_mark is not None:
+            final["watermark"] = rfc3339(new_mark)
         if sweep:
-            self._finish_sweep(state, lease, result, final, now)
+            settlement.finish_sweep(self, state, lease, result, final, now)
         else:
             state.commit(lease, CommitPlan(meta=final))
         result.complete = True
 
-    def _canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
+    def canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
         try:
             records = [changes.canonical(item) for item in data]
         except changes.MalformedRecord as exc:
@@ -386,18 +366,19 @@ class Poller:
         # Duplicate ids were refused by the paginator (client.parse_page) already.
         return records
 
-    def _stored(self, records: dict[str, dict[str, Any]]) -> dict[str, changes.Stored]:
+    def stored(self, records: dict[str, dict[str, Any]]) -> dict[str, changes.Stored]:
+        """State's records as :class:`~etbridge.changes.Stored` (fingerprints: the ignore list)."""
         return {
             i: changes.Stored(fingerprint=changes.fingerprint(rec, self.ignore), record=rec)
             for i, rec in records.items()
         }
 
-    def _envelope_json(self, org_id: str, change: changes.Change, detected_at: datetime) -> str:
+    def envelope_json(self, org_id: str, change: changes.Change, detected_at: datetime) -> str:
         return events.to_json(
             events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
         )
 
-    def _commit_page(
+    def commit_page(
         self,
         state: OrgState,
         lease: Lease,
@@ -410,6 +391,10 @@ class Poller:
         absorbed: set[str],
         meta_updates: dict[str, str],
     ) -> tuple[set[str], set[str]]:
+        """Diff and commit one page of canonical records; return the schema memory after it.
+
+        Re-reads and re-diffs the page when another writer moved a record under it.
+        """
         ids = [r["id"] for r in records]
         digests = {r["id"]: changes.record_digest(r) for r in records}
         for _attempt in range(_MAX_CONFLICTS):
@@ -421,46 +406,34 @@ class Poller:
             new_known, new_absorbed = known, absorbed
             detected_at = self.now()
             if moved:
-                page_attrs = changes.page_fields(records)
-                drift = None
-                if not known:
-                    new_known = page_attrs
-                else:
-                    drift = changes.schema_drift(state.resource, known, records)
-                    new_known = (known | page_attrs) - (set(drift.removed) if drift else set())
-                if drift is not None:
-                    new_absorbed = absorbed | set(drift.added) | set(drift.removed)
-                    plan.events.append(
-                        events.to_json(
-                            events.schema_envelope(state.org_id, drift, detected_at=detected_at)
-                        )
-                    )
-                stored = self._stored(state.records([i for i in moved if stored_digests[i]]))
-                moved_ids = set(moved)
-                moved_records = [r for r in records if r["id"] in moved_ids]
-                diff = changes.diff_records(
+                stored = self.stored(state.records([i for i in moved if stored_digests[i]]))
+                diff = pagediff.diff_page(
                     state.resource,
+                    records,
                     {i: stored.get(i) for i in moved},
-                    moved_records,
                     self.ignore,
+                    known=known,
+                    absorbed=absorbed,
                     baseline=baseline,
                     emit_baseline=self.settings.emit_baseline,
-                    absorb=new_absorbed,
                 )
+                if diff.drift is not None:
+                    plan.events.append(
+                        events.to_json(
+                            events.schema_envelope(
+                                state.org_id, diff.drift, detected_at=detected_at
+                            )
+                        )
+                    )
                 for change in diff.changes:
-                    plan.events.append(self._envelope_json(state.org_id, change, detected_at))
+                    plan.events.append(self.envelope_json(state.org_id, change, detected_at))
                     result.counts[change.op] = result.counts.get(change.op, 0) + 1
-                by_id = {r["id"]: r for r in moved_records}
-                for rid in moved:
-                    # Every moved record is rewritten, so the stored digest matches the API's
-                    # record and the next poll takes the fast path.
-                    plan.writes[rid] = (digests[rid], by_id[rid])
-                if new_known != known:
-                    plan.meta["attrs"] = json.dumps(sorted(new_known))
-                if new_absorbed != absorbed:
-                    plan.meta["absorbed"] = json.dumps(sorted(new_absorbed))
+                for rec in diff.writes:
+                    plan.writes[rec["id"]] = (digests[rec["id"]], rec)
+                plan.meta.update(diff.meta)
                 if diff.changes:
                     plan.meta["last_change_at"] = str(time.time())
+                new_known, new_absorbed = diff.known, diff.absorbed
             try:
                 appended = state.commit(lease, plan)
             except CommitConflict:
@@ -472,121 +445,3 @@ class Poller:
         raise MalformedResponse(
             f"org {state.org_id} {state.resource}: records kept moving during the commit"
         )
-
-    def _finish_sweep(
-        self,
-        state: OrgState,
-        lease: Lease,
-        result: PollResult,
-        final: dict[str, str],
-        now: datetime,
-    ) -> None:
-        done = dict(final)
-        unseen = state.unseen_ids()
-        hold = holds.read(self.redis, state.org_id, state.resource)
-        if unseen:
-            pending = self._settle_deletions(state, lease, result, unseen, hold, now)
-            done["deletions_pending"] = str(pending) if pending else ""
-        else:
-            done["deletions_pending"] = ""
-            if hold is not None and holds.clear(self.redis, state.org_id, state.resource):
-                log.info(
-                    "deletions hold cleared org_id=%s: the listing has every booking again",
-                    state.org_id,
-                )
-        done.update(
-            last_sweep_at=str(now.timestamp()),
-            baselined="1",
-            sweep_active="",
-            sweep_cursor="",
-            scan_max="",
-            resync="",
-        )
-        state.commit(lease, CommitPlan(meta=done))
-        state.reset_sweep()
-
-    def _settle_deletions(
-        self,
-        state: OrgState,
-        lease: Lease,
-        result: PollResult,
-        unseen: set[str],
-        hold: holds.Hold | None,
-        now: datetime,
-    ) -> int:
-        """Confirm, hold or announce what a complete sweep did not list (docs/deletions.md).
-
-        Returns the number of candidates left pending for the next sweep.
-        """
-        stored = state.count()
-        p = deletions.plan(
-            unseen,
-            stored=stored,
-            listed=state.seen_count(),
-            guard=self.settings.delete_guard,
-            approved=hold.approved_ids if hold is not None else (),
-        )
-        answers = (
-            confirmations.confirm(self.api, state.org_id, state.resource, p.confirm)
-            if p.confirm
-            else {}
-        )
-        outcome = deletions.decide(p, {i: v for i, (v, _rec) in answers.items()})
-        metrics.record_deletions(outcome.counts)
-        if outcome.refresh:
-            # The listing lied about these: store what the GET returned (an update if changed).
-            meta = state.meta()
-            records = self._canonical_page(state, [answers[i][1] for i in outcome.refresh])
-            self._commit_page(
-                state,
-                lease,
-                records,
-                result,
-                baseline=False,
-                seen=False,
-                known=set(json.loads(meta.get("attrs", "[]"))),
-                absorbed=set(json.loads(meta.get("absorbed", "[]"))),
-                meta_updates={},
-            )
-        self._commit_deletions(state, lease, result, deletions.ordered(outcome.delete), now)
-        if hold is not None and (p.hold is None or hold.approved_ids):
-            holds.clear(self.redis, state.org_id, state.resource)
-            if p.hold is None and not hold.approved_ids:
-                log.info(
-                    "deletions hold cleared org_id=%s: the guard no longer holds this sweep",
-                    state.org_id,
-                )
-        if p.hold is not None:
-            fresh = holds.write(
-                self.redis,
-                state.org_id,
-                state.resource,
-                outcome.held,
-                reason=p.hold.value,
-                stored=stored,
-                now=now.timestamp(),
-            )
-            if fresh:
-                confirmations.alert_hold(
-                    state.org_id, state.resource, len(outcome.held), stored, p.hold.value
-                )
-        return len(outcome.pending)
-
-    def _commit_deletions(
-        self, state: OrgState, lease: Lease, result: PollResult, ids: list[str], now: datetime
-    ) -> None:
-        for start in range(0, len(ids), _DELETE_CHUNK):
-            chunk = ids[start : start + _DELETE_CHUNK]
-            stored_digests = state.digests(chunk)
-            recs = state.records(chunk)
-            gone = changes.deletions(state.resource, self._stored(recs), ())
-            plan = CommitPlan(checks={i: stored_digests[i] for i in recs}, deletes=list(recs))
-            plan.events.extend(self._envelope_json(state.org_id, c, now) for c in gone)
-            if gone:
-                plan.meta["last_change_at"] = str(time.time())
-            appended = state.commit(lease, plan)
-            result.events += appended
-            result.deleted += len(gone)
-            result.counts["deleted"] = result.counts.get("deleted", 0) + len(gone)
-            if appended and self.on_events is not None:
-                self.on_events(state.org_id)

@@ -109,7 +109,7 @@ def _unit_status(
         "watermark": meta.get("watermark"),
         "lag": round(now - last_poll, 1) if last_poll else None,
         "errors": int(meta.get("errors", "0") or 0),
-        "last_error": meta.get("last_error") or plan.get("last_failure") or None,
+        "last_error": meta.get("last_error") or None,
         "next_retry": from_epoch(plan.get("retry_at")),
         "baselined": meta.get("baselined") == "1",
         "sweep_in_progress": meta.get("sweep_active") == "1",

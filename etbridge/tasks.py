@@ -108,22 +108,23 @@ def poll_org(
             results = poller.poll(org_id, kind, resources=[res], max_pages=max_pages)
         except LeaseLost as exc:
             metrics.record_poll_failure(mode, "lease_lost")
+            planstore.record_failure(rt.redis, org_id, res, exc, back_off=False)  # another has it
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
             metrics.record_poll_failure(mode, "retriable_error")
-            delay = planstore.record_failure(rt.redis, org_id, res, str(exc), exc.retry_after)
+            delay = planstore.record_failure(rt.redis, org_id, res, exc, exc.retry_after)
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
             return []
         except AccessLost as exc:
             # Not deletion: state kept, nothing emitted; try again on the failure backoff.
             metrics.record_poll_failure(mode, "inaccessible")
-            delay = planstore.record_failure(rt.redis, org_id, res, str(exc))
+            delay = planstore.record_failure(rt.redis, org_id, res, exc)
             log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
             metrics.record_poll_failure(mode, "auth_error")
-            delay = planstore.record_failure(rt.redis, org_id, res, str(exc), 60.0)
+            delay = planstore.record_failure(rt.redis, org_id, res, exc, 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except redis.exceptions.RedisError as exc:
@@ -134,7 +135,7 @@ def poll_org(
             return []
         except Exception as exc:
             metrics.record_poll_failure(mode, "error")
-            planstore.record_failure(rt.redis, org_id, res, f"{type(exc).__name__}: {exc}")
+            planstore.record_failure(rt.redis, org_id, res, exc)
             raise
         metrics.record_polls(results)
         if shutdown.requested():

@@ -49,17 +49,13 @@ if left < 1 then left = 1 end
 return left
 """
 
-# KEYS[1] lock  KEYS[2] "again" note  KEYS[3] outbox stream
-# ARGV[1] token  ARGV[2] group  ARGV[3] consumer  ARGV[4] idle ms  ARGV[5..] ids
-# The holder found nothing more to send: release the lock, unless a note asks
-# to look again (then keep it). Releasing parks the entries it still holds
-# (order=none: failed ones waiting for their retries). 1 released, 0 look
-# again, -1 the lock was lost.
-_FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('DEL', KEYS[2]) == 1 then return 0 end
-if #ARGV >= 5 then
-  local args = {'XCLAIM', KEYS[3], ARGV[2], ARGV[3], 0}
+
+def _park_and_unlock(stream: str) -> str:
+    """Lua shared by the finish and release scripts: park the holder's entries
+    ARGV[5..] (XCLAIM to consumer ARGV[3] of group ARGV[2] with idle ARGV[4] ms,
+    so the next holder may claim them at once), delete the lock, return 1."""
+    return f"""if #ARGV >= 5 then
+  local args = {{'XCLAIM', {stream}, ARGV[2], ARGV[3], 0}}
   for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
   args[#args + 1] = 'IDLE'
   args[#args + 1] = ARGV[4]
@@ -69,6 +65,18 @@ end
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+# KEYS[1] lock  KEYS[2] "again" note  KEYS[3] outbox stream
+# ARGV[1] token  ARGV[2] group  ARGV[3] consumer  ARGV[4] idle ms  ARGV[5..] ids
+# The holder found nothing more to send: release the lock, unless a note asks
+# to look again (then keep it). Releasing parks the entries it still holds
+# (order=none: failed ones waiting for their retries). 1 released, 0 look
+# again, -1 the lock was lost.
+_FINISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('DEL', KEYS[2]) == 1 then return 0 end
+""" + _park_and_unlock("KEYS[3]")
 
 # KEYS[1] lock  KEYS[2] outbox stream
 # ARGV[1] token  ARGV[2] ttl ms  ARGV[3] group  ARGV[4] consumer  ARGV[5..] ids
@@ -118,17 +126,7 @@ return 1
 # the lock. Returns 1, or 0 when the lock was no longer ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if #ARGV >= 5 then
-  local args = {'XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0}
-  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
-  args[#args + 1] = 'IDLE'
-  args[#args + 1] = ARGV[4]
-  args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
+""" + _park_and_unlock("KEYS[2]")
 
 
 class LockScripts:

@@ -1,0 +1,72 @@
+"""The planner's facts in Redis (etbridge/planstore.py): a failed poll is recorded once."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from etbridge import keys, planstore, status
+from etbridge.errors import LeaseLost, RetriableError
+from etbridge.state import text_hash
+from tests.test_status import make_settings
+
+ORG, RES = "1001", "bookings"
+
+
+def _meta(r: redis.Redis) -> dict[str, str]:
+    return text_hash(r.hgetall(keys.org_meta(ORG, RES)))
+
+
+def _plan(r: redis.Redis) -> dict[str, str]:
+    return text_hash(r.hgetall(keys.plan(ORG, RES)))
+
+
+def test_a_failure_counts_shows_its_error_and_backs_the_unit_off(r: redis.Redis) -> None:
+    r.hset(keys.plan(ORG, RES), "queued_at", "1")
+    before = time.time()
+    delay = planstore.record_failure(r, ORG, RES, RetriableError("HTTP 503"))
+    assert delay == pytest.approx(planstore.FAILURE_BACKOFF[0], rel=0.5)
+    meta, plan = _meta(r), _plan(r)
+    assert meta["errors"] == "1" and meta["last_error"] == "RetriableError: HTTP 503"
+    assert float(meta["last_error_at"]) >= before
+    assert plan["failures"] == "1" and "queued_at" not in plan
+    assert float(plan["retry_at"]) == pytest.approx(before + delay, abs=2)
+    # The error is kept in one place only: the unit's plan does not copy it.
+    assert set(plan) == {"failures", "retry_at"}
+
+
+def test_failures_back_off_further_and_retry_after_wins_when_longer(r: redis.Redis) -> None:
+    first = planstore.record_failure(r, ORG, RES, RetriableError("a"))
+    second = planstore.record_failure(r, ORG, RES, RetriableError("b"))
+    assert second > first
+    assert planstore.record_failure(r, ORG, RES, RetriableError("c"), retry_after=250.0) >= 250
+    assert _meta(r)["errors"] == "3" and _meta(r)["last_error"] == "RetriableError: c"
+    assert _plan(r)["failures"] == "3"
+
+
+def test_a_lost_lease_counts_as_an_error_without_backing_the_org_off(r: redis.Redis) -> None:
+    assert planstore.record_failure(r, ORG, RES, LeaseLost("taken"), back_off=False) == 0.0
+    assert _meta(r)["errors"] == "1" and _meta(r)["last_error"].startswith("LeaseLost")
+    assert _plan(r) == {}
+
+
+def test_long_errors_are_clipped_and_a_success_resets_the_backoff(r: redis.Redis) -> None:
+    planstore.record_failure(r, ORG, RES, RuntimeError("x" * 2000))
+    assert len(_meta(r)["last_error"]) == 500
+    planstore.record_success(
+        r, ORG, RES, mode="incremental", changes=0, deleted=0, pages=1, complete=True
+    )
+    plan = _plan(r)
+    assert plan["failures"] == "0" and plan["retry_at"] == "0"
+    # The error count is history: a success does not rewrite it.
+    assert _meta(r)["errors"] == "1"
+
+
+def test_status_shows_the_recorded_failure(r: redis.Redis, redis_url: str) -> None:
+    settings = make_settings(redis_url, orgs=[ORG])
+    planstore.record_failure(r, ORG, RES, RetriableError("HTTP 502"))
+    unit = status.collect(r, settings)["orgs"][ORG]
+    assert unit["errors"] == 1 and unit["last_error"] == "RetriableError: HTTP 502"
+    assert unit["next_retry"] is not None
