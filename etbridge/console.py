@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from etbridge import consoleviews as views
-from etbridge import holds, keys, outbox, state, status
+from etbridge import holds, keys, logs, outbox, state, status
 from etbridge.errors import FatalError
 from etbridge.holds import Hold
 from etbridge.outbox import DeadLetter
@@ -302,6 +302,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5
     )
     token = settings.console_token.get_secret_value() if settings.console_token else None
+    logs.add_settings_secrets(settings)  # error texts shown are scrubbed of them
     # Forms carry this, so another site cannot make an operator's browser redeliver.
     csrf = secrets.token_urlsafe(24)
 
