@@ -41,7 +41,7 @@ from etbridge.outbox import DeadLetter
 from etbridge.outbox import attempts as attempt_log
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
-from etbridge.timeline import TimelineEvent, booking_timeline
+from etbridge.timeline import booking_timeline
 
 COOKIE = "etbridge_console"
 REFRESH_SECONDS = 10
@@ -197,7 +197,7 @@ def render_fleet(
         errors = org.get("errors") or 0
         count = org.get("deletions_held") or 0
         access = (
-            '<span class="bad">INACCESSIBLE</span>'
+            f'<span class="bad">INACCESSIBLE</span> since {_cell(org.get("inaccessible_since"))}'
             if org.get("accessible") is False and not org.get("removed")
             else "ok"
         )
@@ -245,16 +245,12 @@ def render_org(
     return page(f"Org {org_id}", banner + lookup + deletions + "<h2>State</h2>" + _facts(facts))
 
 
-def render_timeline(org_id: str, booking_id: str, events: list[TimelineEvent]) -> str:
-    return page(*views.render_timeline(org_id, booking_id, events))
-
-
 def _dead_letters(letters: list[DeadLetter]) -> str:
     if not letters:
         return "<p>no dead letters</p>"
     rows = "".join(
         f"<tr><td><code>{escape(x.event_id[:16])}</code></td><td>{escape(x.org_id)}</td>"
-        f"<td>{escape(x.type)}</td><td>{x.attempts}</td><td>{_cell(_iso(x.failed_at))}</td>"
+        f"<td>{escape(x.type)}</td><td>{x.attempts}</td><td>{views.iso(x.failed_at)}</td>"
         f"<td>{escape(x.error)}</td><td>"
         f'<a href="/dlq/{quote(x.sink_name)}/{quote(x.event_id)}">redeliver…</a></td></tr>'
         for x in letters
@@ -287,10 +283,6 @@ def render_confirm(letter: DeadLetter, csrf: str) -> str:
         '<a href="/sinks">cancel</a></form>'
     )
     return page("Redeliver a dead letter", body)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if epoch else ""
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -334,6 +326,13 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return result
 
         return endpoint
+
+    def unconfirmed(request: Request, cancel: str) -> Response | None:
+        """None for a confirmed form of this console; else the answer (403, or back)."""
+        form = parse_qs(request.state.body.decode())
+        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
+            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
+        return None if form.get("confirm") == ["yes"] else RedirectResponse(cancel, 303)
 
     def collect() -> dict[str, Any]:
         return status.collect(reader, settings)
@@ -398,12 +397,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return HTMLResponse(page("No held deletions", "<p>nothing held there</p>"), 404)
         if request.method == "GET":
             return HTMLResponse(page(*views.render_hold_confirm(hold, verb, csrf)))
-        form = parse_qs(request.state.body.decode())
-        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
-            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
+        refused = unconfirmed(request, f"/orgs/{quote(org_id)}")
+        if refused is not None:
+            return refused
         back = f'<p><a href="/orgs/{quote(org_id)}">back to org {escape(org_id)}</a></p>'
-        if form.get("confirm") != ["yes"]:
-            return RedirectResponse(f"/orgs/{quote(org_id)}", 303)
         if verb == "approve":
             holds.approve(reader, org_id, res)
             text = f"<p>approved {hold.count} held deletion(s); the next sweep applies it</p>"
@@ -420,7 +417,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
     def booking(request: Request) -> Response:
         org_id, booking_id = request.path_params["org_id"], request.path_params["booking_id"]
         events = booking_timeline(reader, settings, org_id, booking_id)
-        return HTMLResponse(render_timeline(org_id, booking_id, events))
+        return HTMLResponse(page(*views.render_timeline(org_id, booking_id, events)))
 
     def redeliver(request: Request) -> Response:
         sink_name, event_id = request.path_params["sink"], request.path_params["event_id"]
@@ -436,11 +433,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return HTMLResponse(page("Not dead-lettered", "<p>no such dead letter</p>"), 404)
         if request.method == "GET":
             return HTMLResponse(render_confirm(letter, csrf))
-        form = parse_qs(request.state.body.decode())
-        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
-            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
-        if form.get("confirm") != ["yes"]:
-            return RedirectResponse("/sinks", 303)
+        refused = unconfirmed(request, "/sinks")
+        if refused is not None:
+            return refused
         sent = outbox.dlq_redeliver(reader, settings, [event_id], sink=sink_name)
         text = (
             f"<p>redelivered <code>{escape(event_id)}</code> to {escape(letter.sink)}</p>"

@@ -17,8 +17,9 @@ import pytest
 import redis
 import requests
 
-from etbridge import holds, keys
+from etbridge import consoleviews, holds, keys
 from etbridge.outbox import sinkstate
+from etbridge.outbox.attempts import Attempt
 from etbridge.settings import parse_sink
 from tests.support.sandbox import Sandbox
 from tests.test_console import SINK_PASSWORD, WHSEC, Console, environ
@@ -130,3 +131,21 @@ def test_held_deletions_lost_access_and_breakers(
                 assert secret not in body
     finally:
         console.stop()
+
+
+def test_breaker_states_and_attempt_cells() -> None:
+    breaker = consoleviews.breaker
+    tripped = {"disabled": True, "disabled_reason": "every attempt failed for 3 days: X"}
+    assert "by its circuit breaker" in breaker(tripped)
+    assert "by 410 Gone" in breaker({"disabled": True, "disabled_reason": "HTTP 410 Gone"})
+    assert "failing since T" in breaker({"failing_since": "T"})
+    assert "closed" in breaker({})
+
+    failed = Attempt(1_800_000_000.0, 1, False, "ServerError HTTP 503", 12.5, "<b>busy</b>", "1-0")
+    ok = Attempt(1_800_000_060.0, 2, True, "HTTP 200", 3.0, "", "1-0")
+    cell = consoleviews.delivery_cell("delivered", [failed, ok])
+    assert "<small>at 2027-01-15 08:01:00Z</small>" in cell  # the successful attempt's time
+    assert "2 attempt(s)" in cell and "12.5 ms" in cell
+    assert "&lt;b&gt;busy&lt;/b&gt;" in cell and "<b>busy" not in cell  # excerpts are escaped
+    waiting = consoleviews.delivery_cell("pending", [failed])
+    assert "<small>at" not in waiting and '<span class="bad">pending</span>' in waiting
