@@ -219,7 +219,11 @@ def render_fleet(
         + ("".join(rows) or '<tr><td colspan="10">no orgs yet</td></tr>')
         + "</table>"
     )
-    generated = f"<p>as of {_cell(doc.get('generated_at'))}</p>"
+    generated = (
+        f"<p>as of {_cell(doc.get('generated_at'))}</p>"
+        '<form action="/events" method="get"><label>Event id <input name="id" required>'
+        '</label> <button type="submit">Show the event</button></form>'
+    )
     pending = f"<h2>Held deletions</h2>{views.holds_table(held, with_org=True)}" if held else ""
     return page(
         "Fleet", f'<div class="cards">{"".join(cards)}</div>{warnings}{pending}{generated}{table}'
@@ -368,6 +372,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         letters = outbox.dlq_list(reader, settings)
         return HTMLResponse(render_sinks(collect(), letters, settings.dlq_maxlen))
 
+    def event_lookup(request: Request) -> Response:
+        event_id = request.query_params.get("id", "").strip()
+        return RedirectResponse(f"/events/{quote(event_id)}", 303)
+
     def event(request: Request) -> Response:
         event_id = request.path_params["event_id"]
         found = attempt_log.find_event(
@@ -471,6 +479,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             Route("/orgs/{org_id}/bookings", guarded(lookup)),
             Route("/orgs/{org_id}/bookings/{booking_id}", guarded(booking)),
             Route("/sinks", guarded(sinks)),
+            Route("/events", guarded(event_lookup)),
             Route("/events/{event_id}", guarded(event)),
             Route(
                 "/deletions/{org_id}/{resource}/{verb}",

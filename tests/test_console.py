@@ -198,8 +198,10 @@ def test_booking_timeline_and_redelivery_of_a_dead_letter(
             assert shown.text.count('<table class="attempts">') == 2
             assert "HTTP 500" in shown.text and '"definite"' in shown.text
             assert 'href="/orgs/1001/bookings/4711"' in shown.text
-            # Without ?org= the attempt log finds it too; an unknown id is a 404.
-            assert f"Event {updated['id']}" in browser.get(base + f"events/{updated['id']}").text
+            # The fleet's lookup (no ?org=: the attempt log finds it); an unknown id is a 404.
+            looked_up = browser.get(base + f"events?id={updated['id']}", timeout=10)
+            assert looked_up.url == base + f"events/{updated['id']}"
+            assert f"Event {updated['id']}" in looked_up.text
             assert browser.get(base + "events/" + "0" * 32, timeout=10).status_code == 404
 
             listing = browser.get(base + "sinks", timeout=10)
