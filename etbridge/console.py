@@ -4,8 +4,9 @@ A small Starlette app (no build step, no CDN, no JavaScript) over
 :func:`etbridge.status.collect`: it reads Redis only and never asks for a
 token, like ``etbridge status``. It binds 127.0.0.1 by default; on any other
 address it requires ``ETBRIDGE_CONSOLE_TOKEN`` (a bearer header, or once as
-``?token=`` which sets a cookie). First pages of issue 16's console: the
-booking timeline, the budget chart and redelivery are still to come.
+``?token=`` which sets a cookie). Forms that change something (redeliver,
+approve or reject held deletions) ask for confirmation and carry a CSRF token.
+The delivery and deletion pages render in :mod:`etbridge.consoleviews`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import json
 import secrets
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -33,11 +33,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from etbridge import keys, outbox, status
+from etbridge import consoleviews as views
+from etbridge import holds, keys, logs, outbox, state, status
+from etbridge.errors import FatalError
+from etbridge.holds import Hold
 from etbridge.outbox import DeadLetter
+from etbridge.outbox import attempts as attempt_log
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
-from etbridge.timeline import TimelineEvent, booking_timeline
+from etbridge.timeline import booking_timeline
 
 COOKIE = "etbridge_console"
 REFRESH_SECONDS = 10
@@ -54,7 +58,9 @@ th{background:#eef0f3}.bad{color:#b3261e;font-weight:600}.ok{color:#1b6e3a}
 .cards{display:flex;gap:1em;flex-wrap:wrap;margin-bottom:1em}
 .card{background:#fff;border:1px solid #dde1e6;padding:.6em 1em;min-width:12em}
 dl{display:grid;grid-template-columns:max-content auto;gap:.3em 1.2em;background:#fff;padding:1em}
-dt{font-weight:600}
+dt{font-weight:600}table.attempts{font-size:12px}summary{cursor:pointer;color:#3b6fb6}
+tr.held td{background:#fff4e5}.banner{background:#fdecea;padding:.6em 1em}
+a.button{border:1px solid #3b6fb6;border-radius:3px;padding:.1em .5em;text-decoration:none}
 """
 
 
@@ -153,7 +159,11 @@ def budget_chart(samples: list[tuple[float, int]], limit: int) -> str:
     )
 
 
-def render_fleet(doc: dict[str, Any], history: list[tuple[float, int]] | None = None) -> str:
+def render_fleet(
+    doc: dict[str, Any],
+    history: list[tuple[float, int]] | None = None,
+    held: Sequence[Hold] = (),
+) -> str:
     budget = doc.get("rate_budget", {})
     box = doc.get("outbox", {})
     paused = budget.get("paused_until")
@@ -179,11 +189,22 @@ def render_fleet(doc: dict[str, Any], history: list[tuple[float, int]] | None = 
     ]
     warnings = "".join(f'<p class="bad">{escape(w)}</p>' for w in doc.get("warnings", []))
     rows = []
-    for org_id, org in sorted(doc.get("orgs", {}).items()):
+    # Orgs with held deletions first: they wait for an operator.
+    orgs = sorted(
+        doc.get("orgs", {}).items(), key=lambda kv: (not kv[1].get("deletions_held"), kv[0])
+    )
+    for org_id, org in orgs:
         errors = org.get("errors") or 0
+        count = org.get("deletions_held") or 0
+        access = (
+            f'<span class="bad">INACCESSIBLE</span> since {_cell(org.get("inaccessible_since"))}'
+            if org.get("accessible") is False and not org.get("removed")
+            else "ok"
+        )
         rows.append(
-            "<tr>"
+            f'<tr class="{"held" if count else ""}">'
             f'<td><a href="/orgs/{quote(org_id)}">{escape(org_id)}</a></td>'
+            f'<td class="{"bad" if count else ""}">{_cell(count)}</td><td>{access}</td>'
             f"<td>{_cell(org.get('last_poll'))}</td><td>{_cell(org.get('lag'))}</td>"
             f"<td>{_cell(org.get('last_full_sweep'))}</td>"
             f"<td>{_cell(org.get('sweep_in_progress'))}</td>"
@@ -192,13 +213,21 @@ def render_fleet(doc: dict[str, Any], history: list[tuple[float, int]] | None = 
             f"<td>{_cell(org.get('last_error'))}</td></tr>"
         )
     table = (
-        "<table><tr><th>org</th><th>last poll</th><th>lag (s)</th><th>last full sweep</th>"
+        "<table><tr><th>org</th><th>deletions held</th><th>access</th><th>last poll</th>"
+        "<th>lag (s)</th><th>last full sweep</th>"
         "<th>sweeping</th><th>bookings</th><th>errors</th><th>last error</th></tr>"
-        + ("".join(rows) or '<tr><td colspan="8">no orgs yet</td></tr>')
+        + ("".join(rows) or '<tr><td colspan="10">no orgs yet</td></tr>')
         + "</table>"
     )
-    generated = f"<p>as of {_cell(doc.get('generated_at'))}</p>"
-    return page("Fleet", f'<div class="cards">{"".join(cards)}</div>{warnings}{generated}{table}')
+    generated = (
+        f"<p>as of {_cell(doc.get('generated_at'))}</p>"
+        '<form action="/events" method="get"><label>Event id <input name="id" required>'
+        '</label> <button type="submit">Show the event</button></form>'
+    )
+    pending = f"<h2>Held deletions</h2>{views.holds_table(held, with_org=True)}" if held else ""
+    return page(
+        "Fleet", f'<div class="cards">{"".join(cards)}</div>{warnings}{pending}{generated}{table}'
+    )
 
 
 def _facts(facts: dict[str, Any]) -> str:
@@ -206,54 +235,18 @@ def _facts(facts: dict[str, Any]) -> str:
     return f"<dl>{items}</dl>"
 
 
-def render_org(org_id: str, org: dict[str, Any]) -> str:
+def render_org(
+    org_id: str, org: dict[str, Any], held: Sequence[Hold] = (), access_error: str | None = None
+) -> str:
     lookup = (
         f'<form action="/orgs/{quote(org_id)}/bookings" method="get">'
         '<label>Booking id <input name="id" required></label> '
         '<button type="submit">Show its timeline</button></form>'
     )
-    return page(f"Org {org_id}", lookup + _facts(dict(sorted(org.items()))))
-
-
-def _json(value: Any) -> str:
-    # Text content: quotes need no escaping there, < > & do.
-    return escape(json.dumps(value, ensure_ascii=False), quote=False)
-
-
-def _changes(changes: dict[str, Any]) -> str:
-    if not changes:
-        return "-"
-    return "<br>".join(
-        f"<b>{escape(name)}</b>: {_json(c.get('from'))} → {_json(c.get('to'))}"
-        for name, c in sorted(changes.items())
-        if isinstance(c, dict)
-    )
-
-
-def render_timeline(org_id: str, booking_id: str, events: list[TimelineEvent]) -> str:
-    title = f"Booking {booking_id} of org {org_id}"
-    if not events:
-        return page(title, "<p>no change event of this booking is retained in the outbox</p>")
-    sinks = [d.sink for d in events[0].deliveries]
-    head = "".join(f"<th>{escape(s)}</th>" for s in sinks)
-    rows = []
-    for ev in events:
-        cells = "".join(
-            f'<td class="{"ok" if d.state in ("delivered", "filtered") else "bad"}">'
-            f"{escape(d.state)}</td>"
-            for d in ev.deliveries
-        )
-        rows.append(
-            f"<tr><td>{_cell(ev.time)}</td><td>{_cell(ev.detected_at)}</td>"
-            f"<td>{escape(ev.type)}</td><td>{_changes(ev.changes)}</td>{cells}"
-            f"<td><code>{escape(ev.id[:16])}</code></td></tr>"
-        )
-    table = (
-        "<table><tr><th>time</th><th>detected</th><th>type</th><th>changes</th>"
-        f"{head}<th>event id</th></tr>{''.join(rows)}</table>"
-    )
-    back = f'<p><a href="/orgs/{quote(org_id)}">back to org {escape(org_id)}</a></p>'
-    return page(title, back + table)
+    banner = views.access_banner(org.get("inaccessible_since"), access_error)
+    deletions = f"<h2>Held deletions</h2>{views.holds_table(held, with_org=False)}"
+    facts = {k: v for k, v in sorted(org.items()) if k != "resources"}
+    return page(f"Org {org_id}", banner + lookup + deletions + "<h2>State</h2>" + _facts(facts))
 
 
 def _dead_letters(letters: list[DeadLetter]) -> str:
@@ -261,7 +254,7 @@ def _dead_letters(letters: list[DeadLetter]) -> str:
         return "<p>no dead letters</p>"
     rows = "".join(
         f"<tr><td><code>{escape(x.event_id[:16])}</code></td><td>{escape(x.org_id)}</td>"
-        f"<td>{escape(x.type)}</td><td>{x.attempts}</td><td>{_cell(_iso(x.failed_at))}</td>"
+        f"<td>{escape(x.type)}</td><td>{x.attempts}</td><td>{views.iso(x.failed_at)}</td>"
         f"<td>{escape(x.error)}</td><td>"
         f'<a href="/dlq/{quote(x.sink_name)}/{quote(x.event_id)}">redeliver…</a></td></tr>'
         for x in letters
@@ -272,12 +265,13 @@ def _dead_letters(letters: list[DeadLetter]) -> str:
     )
 
 
-def render_sinks(doc: dict[str, Any], letters: list[DeadLetter]) -> str:
+def render_sinks(doc: dict[str, Any], letters: list[DeadLetter], cap: int = 0) -> str:
     sections = []
     for url, sink in sorted(doc.get("sinks", {}).items()):
         mine = [x for x in letters if x.sink == url]
         sections.append(
-            f"<h2>{escape(url)}</h2>{_facts(dict(sorted(sink.items())))}"
+            f"<h2>{escape(url)}</h2>{views.sink_cards(sink, cap)}"
+            f"{_facts(dict(sorted(sink.items())))}"
             f"<h3>Dead letters</h3>{_dead_letters(mine)}"
         )
     return page("Sinks", "".join(sections) or "<p>no sinks</p>")
@@ -295,10 +289,6 @@ def render_confirm(letter: DeadLetter, csrf: str) -> str:
     return page("Redeliver a dead letter", body)
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if epoch else ""
-
-
 # --- the app -----------------------------------------------------------------------------
 
 
@@ -308,6 +298,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5
     )
     token = settings.console_token.get_secret_value() if settings.console_token else None
+    logs.add_settings_secrets(settings)  # error texts shown are scrubbed of them
     # Forms carry this, so another site cannot make an operator's browser redeliver.
     csrf = secrets.token_urlsafe(24)
 
@@ -340,23 +331,91 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
 
         return endpoint
 
+    def unconfirmed(request: Request, cancel: str) -> Response | None:
+        """None for a confirmed form of this console; else the answer (403, or back)."""
+        form = parse_qs(request.state.body.decode())
+        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
+            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
+        return None if form.get("confirm") == ["yes"] else RedirectResponse(cancel, 303)
+
     def collect() -> dict[str, Any]:
         return status.collect(reader, settings)
+
+    def held_of(org_ids: Sequence[str]) -> list[Hold]:
+        return [
+            hold
+            for res in settings.resources
+            for hold in holds.read_many(reader, org_ids, res).values()
+            if hold is not None
+        ]
 
     def fleet(request: Request) -> Response:
         doc = collect()
         history.add(time.time(), int(doc.get("rate_budget", {}).get("used") or 0))
-        return HTMLResponse(render_fleet(doc, history.snapshot()))
+        held = held_of([o for o, f in doc.get("orgs", {}).items() if f.get("deletions_held")])
+        return HTMLResponse(render_fleet(doc, history.snapshot(), held))
 
     def org(request: Request) -> Response:
         org_id = request.path_params["org_id"]
         facts = collect().get("orgs", {}).get(org_id)
         if facts is None:
             return HTMLResponse(page("Unknown org", f"<p>no org {escape(org_id)}</p>"), 404)
-        return HTMLResponse(render_org(org_id, facts))
+        # Lost access: the scrubbed error of the first resource that lost it.
+        metas = [
+            state.text_hash(reader.hgetall(keys.org_meta(org_id, r))) for r in settings.resources
+        ]
+        error = next((m["inaccessible_error"] for m in metas if m.get("inaccessible_error")), None)
+        error = attempt_log.scrub(error) if error else None
+        return HTMLResponse(render_org(org_id, facts, held_of([org_id]), error))
 
     def sinks(request: Request) -> Response:
-        return HTMLResponse(render_sinks(collect(), outbox.dlq_list(reader, settings)))
+        letters = outbox.dlq_list(reader, settings)
+        return HTMLResponse(render_sinks(collect(), letters, settings.dlq_maxlen))
+
+    def event_lookup(request: Request) -> Response:
+        event_id = request.query_params.get("id", "").strip()
+        return RedirectResponse(f"/events/{quote(event_id)}", 303)
+
+    def event(request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        found = attempt_log.find_event(
+            reader, settings, event_id, request.query_params.get("org") or None
+        )
+        if found is None:
+            return HTMLResponse(page("Unknown event", "<p>no such event retained</p>"), 404)
+        org_id, ev = found
+        try:
+            envelope: Any = ev.envelope
+        except FatalError:
+            envelope = ev.body.decode("utf-8", "replace")
+        kind = str(envelope.get("type")) if isinstance(envelope, dict) else "?"
+        logged = attempt_log.read(
+            reader, settings, org_id, event_id, [s.name for s in settings.sinks]
+        )
+        per_sink = [(s.display, s.kind, logged.get(s.name, [])) for s in settings.sinks]
+        title, body = views.render_event(
+            org_id, event_id, kind, ev.entry_id, ev.committed_at, envelope, per_sink
+        )
+        return HTMLResponse(page(title, body))
+
+    def deletions(request: Request) -> Response:
+        org_id, res, verb = (request.path_params[k] for k in ("org_id", "resource", "verb"))
+        hold = holds.read(reader, org_id, res) if res in settings.resources else None
+        if hold is None or verb not in views.ACTIONS:
+            return HTMLResponse(page("No held deletions", "<p>nothing held there</p>"), 404)
+        if request.method == "GET":
+            return HTMLResponse(page(*views.render_hold_confirm(hold, verb, csrf)))
+        refused = unconfirmed(request, f"/orgs/{quote(org_id)}")
+        if refused is not None:
+            return refused
+        back = f'<p><a href="/orgs/{quote(org_id)}">back to org {escape(org_id)}</a></p>'
+        if verb == "approve":
+            holds.approve(reader, org_id, res)
+            text = f"<p>approved {hold.count} held deletion(s); the next sweep applies it</p>"
+        else:
+            holds.reject(reader, org_id, res)
+            text = f"<p>hold of {hold.count} dropped; the bookings stay stored</p>"
+        return HTMLResponse(page("Held deletions", text + back))
 
     def lookup(request: Request) -> Response:
         org_id = request.path_params["org_id"]
@@ -366,7 +425,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
     def booking(request: Request) -> Response:
         org_id, booking_id = request.path_params["org_id"], request.path_params["booking_id"]
         events = booking_timeline(reader, settings, org_id, booking_id)
-        return HTMLResponse(render_timeline(org_id, booking_id, events))
+        return HTMLResponse(page(*views.render_timeline(org_id, booking_id, events)))
 
     def redeliver(request: Request) -> Response:
         sink_name, event_id = request.path_params["sink"], request.path_params["event_id"]
@@ -382,11 +441,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return HTMLResponse(page("Not dead-lettered", "<p>no such dead letter</p>"), 404)
         if request.method == "GET":
             return HTMLResponse(render_confirm(letter, csrf))
-        form = parse_qs(request.state.body.decode())
-        if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), csrf.encode()):
-            return HTMLResponse(page("Not allowed", "<p>stale form: reload</p>"), 403)
-        if form.get("confirm") != ["yes"]:
-            return RedirectResponse("/sinks", 303)
+        refused = unconfirmed(request, "/sinks")
+        if refused is not None:
+            return refused
         sent = outbox.dlq_redeliver(reader, settings, [event_id], sink=sink_name)
         text = (
             f"<p>redelivered <code>{escape(event_id)}</code> to {escape(letter.sink)}</p>"
@@ -422,6 +479,13 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             Route("/orgs/{org_id}/bookings", guarded(lookup)),
             Route("/orgs/{org_id}/bookings/{booking_id}", guarded(booking)),
             Route("/sinks", guarded(sinks)),
+            Route("/events", guarded(event_lookup)),
+            Route("/events/{event_id}", guarded(event)),
+            Route(
+                "/deletions/{org_id}/{resource}/{verb}",
+                guarded(deletions),
+                methods=["GET", "POST"],
+            ),
             Route("/dlq/{sink}/{event_id}", guarded(redeliver), methods=["GET", "POST"]),
         ],
     )

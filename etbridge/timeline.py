@@ -2,9 +2,10 @@
 
 Reads Redis only (the console's booking page): the org's outbox stream (kept
 for ``ETBRIDGE_OUTBOX_RETENTION``), each sink's consumer group on it and its
-dead letters. An event is *delivered* to a sink once the sink's group read
-it and acknowledged it, *pending* before, *dead-lettered* while it sits in
-the sink's dead-letter stream, and *filtered* when the sink's routing filter
+dead letters, and the attempt log (when and how each attempt went). An
+event is *delivered* to a sink once the sink's group read it and
+acknowledged it, *pending* before, *dead-lettered* while it sits in the
+sink's dead-letter stream, and *filtered* when the sink's routing filter
 does not want it (which counts as delivered).
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 import redis
 
 from etbridge import keys, outbox
+from etbridge.outbox import attempts as attempt_log
+from etbridge.outbox.attempts import Attempt
 from etbridge.settings import Settings, SinkSpec
 from etbridge.sinks import route
 
@@ -32,6 +35,7 @@ _SCAN = 1000
 class Delivery:
     sink: str  # display URL, password masked
     state: str
+    attempts: tuple[Attempt, ...] = ()  # from the attempt log, oldest first
 
 
 @dataclass
@@ -117,6 +121,7 @@ def booking_timeline(
     dead: dict[str, set[str]] = {}
     for letter in outbox.dlq_list(client, settings):
         dead.setdefault(letter.sink_name, set()).add(letter.event_id)
+    names = [s.name for s in settings.sinks]
     out = []
     for entry_id, envelope in events:
         data = envelope.get("data") or {}
@@ -128,6 +133,7 @@ def booking_timeline(
             detected_at=str(data.get("detected_at", "")),
             changes=dict(data.get("changes") or {}),
         )
+        logged = attempt_log.read(client, settings, org_id, item.id, names)
         for spec in settings.sinks:
             state = _state(
                 client,
@@ -138,6 +144,7 @@ def booking_timeline(
                 groups.get(outbox.group_name(spec.name)),
                 dead.get(spec.name, set()),
             )
-            item.deliveries.append(Delivery(spec.display, state))
+            tried = tuple(logged.get(spec.name, ()))
+            item.deliveries.append(Delivery(spec.display, state, tried))
         out.append(item)
     return out

@@ -175,13 +175,34 @@ def test_booking_timeline_and_redelivery_of_a_dead_letter(
             browser = requests.Session()
             found = browser.get(base + "orgs/1001/bookings?id=4711", timeout=10)
             assert found.url == base + "orgs/1001/bookings/4711"
-            rows = found.text.split("<tr>")[2:]
+            rows = found.text.split('<tr class="event">')[1:]
             assert len(rows) == 2, found.text  # 4712's event is not 4711's
             assert ">created<" in rows[0] and ">updated<" in rows[1]
             assert '<b>status</b>: "tentative" → "definite"' in rows[1]
             for row in rows:
                 assert ">delivered<" in row  # the Redis stream took it
                 assert ">dead-lettered<" in row  # the webhook refused it
+                # When, from the attempt log; and each sink's attempts with their outcome.
+                assert re.search(r"<small>at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ</small>", row)
+                assert row.count("1 attempt(s)") == 2
+                assert '<td class="ok">accepted</td>' in row
+                assert re.search(r'<td class="bad">\w+Error HTTP 500</td><td>[\d.]+ ms</td>', row)
+
+            # The event page, reached from the timeline's link: envelope and attempts per sink.
+            link = f"/events/{updated['id']}?org=1001"
+            assert f'href="{link}"' in rows[1]
+            shown = browser.get(base + link.lstrip("/"), timeout=10)
+            assert shown.status_code == 200
+            assert f"<h1>Event {updated['id']}</h1>" in shown.text
+            assert "<dt>type</dt><dd>com.eventtemple.booking.updated</dd>" in shown.text
+            assert shown.text.count('<table class="attempts">') == 2
+            assert "HTTP 500" in shown.text and '"definite"' in shown.text
+            assert 'href="/orgs/1001/bookings/4711"' in shown.text
+            # The fleet's lookup (no ?org=: the attempt log finds it); an unknown id is a 404.
+            looked_up = browser.get(base + f"events?id={updated['id']}", timeout=10)
+            assert looked_up.url == base + f"events/{updated['id']}"
+            assert f"Event {updated['id']}" in looked_up.text
+            assert browser.get(base + "events/" + "0" * 32, timeout=10).status_code == 404
 
             listing = browser.get(base + "sinks", timeout=10)
             link = f"/dlq/{settings.sinks[1].name}/{updated['id']}"
@@ -203,9 +224,10 @@ def test_booking_timeline_and_redelivery_of_a_dead_letter(
                 other["id"],
             }
             after = browser.get(base + "orgs/1001/bookings/4711", timeout=10).text
-            rows = after.split("<tr>")[2:]
+            rows = after.split('<tr class="event">')[1:]
             assert ">dead-lettered<" in rows[0] and ">dead-lettered<" not in rows[1]
-            for body in (found.text, listing.text, confirm.text, done.text, after):
+            assert "2 attempt(s)" in rows[1]  # the redelivery is in the attempt log
+            for body in (found.text, shown.text, listing.text, confirm.text, done.text, after):
                 assert delivery.SECRET not in body and sandbox.client_secret not in body
         finally:
             console.stop()

@@ -1,8 +1,9 @@
 """The console in a real browser: Debian's headless Chromium driven by Selenium.
 
-Clicks through every page over a polled sandbox and a dead-lettered webhook,
-including a confirmed redelivery. ``ETBRIDGE_SCREENSHOTS=docs/console`` saves
-a screenshot of each page there (the README shows them). Skipped where no
+Clicks through every page over a polled sandbox, a dead-lettered webhook and
+a held deletion, including a confirmed redelivery and a confirmed approval.
+``ETBRIDGE_SCREENSHOTS=docs/console`` saves a screenshot of each page there
+(the README shows them). Skipped where no
 chromedriver is installed, except in CI (``CI=true``), where .ci/run installs it.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from etbridge import outbox
+from etbridge import holds, outbox
 from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.settings import parse_sink
@@ -100,6 +101,8 @@ def test_click_through_every_page_and_redeliver(
         finally:
             relay.close()
         (letter,) = outbox.dlq_list(r, rt.settings)
+        # A sweep of 1002 that missed most of its bookings: held for an operator.
+        holds.write(r, "1002", "bookings", ["b1", "b2", "b3", "b4"], reason="ratio", stored=12)
 
         env = environ(
             sandbox,
@@ -116,6 +119,8 @@ def test_click_through_every_page_and_redeliver(
             titled("Fleet")
             assert browser.find_element(By.TAG_NAME, "h1").text == "Fleet"
             assert "valid until" in browser.page_source.replace("</span>", "")
+            first = browser.find_elements(By.CSS_SELECTOR, "tr.held td a")[0]
+            assert first.text == "1002"  # the org with held deletions comes first
             shot("fleet")
 
             browser.find_element(By.LINK_TEXT, "1001").click()
@@ -128,8 +133,24 @@ def test_click_through_every_page_and_redeliver(
             titled("Booking")
             assert browser.current_url == f"{base}orgs/1001/bookings/{changed}"
             cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
-            assert "updated" in cells and "delivered" in cells and "dead-lettered" in cells
+            assert "updated" in cells
+            assert any(c.startswith("delivered\nat ") for c in cells)  # and when
+            assert any(c.startswith("dead-lettered") for c in cells)
+            for summary in browser.find_elements(By.TAG_NAME, "summary"):
+                summary.click()  # unfold the attempts
+            statuses = [
+                td.text for td in browser.find_elements(By.CSS_SELECTOR, "table.attempts td")
+            ]
+            assert "accepted" in statuses and any(s.endswith("HTTP 500") for s in statuses)
             shot("booking")
+
+            browser.find_elements(By.CSS_SELECTOR, "tr.event td a")[-1].click()
+            titled("Event")
+            assert len(browser.find_elements(By.CSS_SELECTOR, "table.attempts")) == 2
+            assert (
+                "com.eventtemple.booking.updated" in browser.find_element(By.TAG_NAME, "pre").text
+            )
+            shot("event")
 
             browser.find_element(By.LINK_TEXT, "Sinks").click()
             titled("Sinks")
@@ -149,7 +170,23 @@ def test_click_through_every_page_and_redeliver(
             browser.get(f"{base}orgs/1001/bookings/{changed}")
             titled("Booking")
             cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td")]
-            assert "dead-lettered" not in cells
+            assert not any(c.startswith("dead-lettered") for c in cells)
+
+            # Held deletions: the org page, approve, confirm.
+            browser.get(base)
+            titled("Fleet")
+            browser.find_element(By.LINK_TEXT, "1002").click()
+            titled("Org 1002")
+            held = browser.find_element(By.CSS_SELECTOR, "tr.held").text
+            assert "4 of 12" in held and "ratio" in held
+            shot("org-held")
+            browser.find_element(By.LINK_TEXT, "Approve…").click()
+            titled("Approve held deletions")
+            shot("approve")
+            browser.find_element(By.CSS_SELECTOR, "button[name=confirm]").click()
+            titled("Held deletions")
+            assert "approved 4 held deletion(s)" in browser.find_element(By.TAG_NAME, "main").text
+            assert holds.read(r, "1002", "bookings").approved_ids == ("b1", "b2", "b3", "b4")  # type: ignore[union-attr]
             for secret in (sandbox.client_secret, delivery.SECRET, rt.tokens.get()):
                 assert secret not in browser.page_source
         finally:
