@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from etbridge import redisconn
 from etbridge.errors import AuthenticationError, EtbridgeError
 from etbridge.settings import Settings, SettingsError, load_settings, parse_sink
 
@@ -27,7 +28,7 @@ def _settings() -> Settings:
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return redisconn.connect(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
 
 
 def _parse_time(text: str) -> datetime:

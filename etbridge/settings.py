@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from etbridge import redisconn
+
 ENV_PREFIX = "ETBRIDGE_"
 
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -244,6 +246,9 @@ class Settings(BaseSettings):
     http_timeout: float = Field(default=30.0, gt=0)
     environment: str = "production"
     discovery_interval: float = Field(default=3600.0, gt=0)
+    # Issue 17: replicas that must acknowledge a page commit (WAIT) before it counts.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout: float = Field(default=1.0, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
@@ -279,6 +284,10 @@ class Settings(BaseSettings):
     def _url(cls, value: str, info: Any) -> str:
         if not value:
             return value
+        if info.field_name == "redis_url":
+            redisconn.parse(value)  # ValueError: a one-line reason
+            if value.partition("://")[0] not in redisconn.SINGLE:
+                return value
         parts = urlsplit(value)
         allowed = {
             "api_url": ("http", "https"),
@@ -307,7 +316,17 @@ class Settings(BaseSettings):
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.api_url}/oauth/token")
         if not self.broker_url:
-            object.__setattr__(self, "broker_url", self.redis_url)
+            try:
+                object.__setattr__(self, "broker_url", redisconn.broker_url(self.redis_url))
+            except ValueError as exc:
+                raise ValueError(f"BROKER_URL: {exc}") from None
+        elif self.broker_url.startswith("sentinel://") and (
+            redisconn.parse(self.redis_url).kind != "sentinel"
+        ):
+            raise ValueError(
+                "BROKER_URL: a sentinel:// broker takes its service name from "
+                f"REDIS_URL={redisconn.FORM_SENTINEL}"
+            )
         has_webhook = any(s.kind == "webhook" for s in self.sinks)
         secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
         if has_webhook and not secret:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import redis
 
+from etbridge import redisconn
 from etbridge.errors import ServerError, TransportError
 from etbridge.settings import Settings, SinkSpec
 from etbridge.sinks import OutboxEvent, Sink
@@ -37,7 +38,7 @@ class RedisStreamSink(Sink):
         elif client is not None:
             self.client = client
         else:
-            self.client = redis.Redis.from_url(
+            self.client = redisconn.connect(
                 settings.redis_url, socket_timeout=settings.webhook_timeout
             )
 
