@@ -146,8 +146,9 @@ class SentinelSet(_Context):
             client.close()
         return int(host_port[1])
 
-    def kill_master(self, timeout: float = 30) -> int:
-        """SIGKILL the master; wait until every sentinel names the replica; its port."""
+    def kill_master(self, timeout: float = 30, *, rejoin: bool = True) -> int:
+        """SIGKILL the master and wait for the sentinels to promote the replica; with
+        ``rejoin``, restart the old master as the new one's replica. The new master's port."""
         old = self.master_port()
         victim = next(n for n in self.nodes if n.port == old)
         victim.kill()
@@ -160,6 +161,16 @@ class SentinelSet(_Context):
             timeout,
             "the new master to take writes",
         )
+        if rejoin:
+            victim.start()
+            client = self._client(victim)
+            client.replicaof("127.0.0.1", new)
+            wait_until(
+                lambda: client.info("replication")["master_link_status"] == "up",
+                timeout,
+                "the old master to sync as a replica",
+            )
+            client.close()
         return new
 
     def close(self) -> None:
