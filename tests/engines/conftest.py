@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from etbridge import redisconn
+from etbridge.redisserver import RedisServer
 from tests.support.engines import RedisClusterSet
 
 
@@ -39,3 +40,10 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 def _broker(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster cannot be the Celery broker: settings built here name one explicitly."""
     monkeypatch.setenv("ETBRIDGE_BROKER_URL", "memory://")
+
+
+@pytest.fixture
+def fault_redis() -> Iterator[RedisServer]:
+    """A private Redis with AOF, as in tests/faults/ (a scenario may restart it)."""
+    with RedisServer(appendonly=True) as server:
+        yield server

@@ -264,7 +264,8 @@ def _cluster_port() -> int:
 
 # ---------------------------------------------------------------------------------------
 
-RABBITMQ_SERVER = "/usr/sbin/rabbitmq-server"
+# The server itself, not /usr/sbin's wrapper (which switches to the rabbitmq user).
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
 def rabbitmq_missing() -> str | None:
@@ -297,8 +298,12 @@ class RabbitNode(_Context):
             "consumer_timeout = 7200000\nloopback_users = none\n"
         )
         (Path(self.directory) / "enabled_plugins").write_text("[].\n")
+        for sub in ("mnesia", "log"):
+            (Path(self.directory) / sub).mkdir(exist_ok=True)
         env = dict(os.environ)
         env.update(
+            RABBITMQ_FEATURE_FLAGS_FILE=str(Path(self.directory) / "feature_flags"),
+            ERL_CRASH_DUMP=str(Path(self.directory) / "erl_crash.dump"),
             HOME=self.directory,
             RABBITMQ_NODENAME=self.name,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
@@ -344,12 +349,14 @@ class RabbitNode(_Context):
     def stop(self) -> None:
         if self.process is None:
             return
-        os.killpg(self.process.pid, 15)
         try:
+            os.killpg(self.process.pid, 15)
             self.process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, 9)
             self.process.wait(10)
+        except ProcessLookupError:
+            pass
         self.process = None
 
     def restart(self) -> None:
