@@ -30,7 +30,7 @@ class RedisStreamSink(Sink):
         self._own = spec.redis_url is not None or client is None
         if spec.redis_url is not None:
             # Another Redis: its own connection pool, bounded like one webhook attempt.
-            self.client = redis.Redis.from_url(
+            self.client = redisconn.connect(
                 spec.redis_url,
                 socket_timeout=settings.webhook_timeout,
                 socket_connect_timeout=min(10.0, settings.webhook_timeout),
