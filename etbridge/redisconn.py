@@ -84,7 +84,9 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if target.kind == "single":
         return redis.Redis.from_url(url, **options)
     if target.kind == "cluster":
+        # Not cluster options: it retries timeouts itself and checks its nodes.
         options.pop("health_check_interval", None)
+        options.pop("retry_on_timeout", None)
         cluster = RedisCluster(
             startup_nodes=[
                 ClusterNode(h, p)  # type: ignore[no-untyped-call]
