@@ -320,7 +320,9 @@ class Settings(BaseSettings):
                 object.__setattr__(self, "broker_url", redisconn.broker_url(self.redis_url))
             except ValueError as exc:
                 raise ValueError(f"BROKER_URL: {exc}") from None
-        elif self.broker_url.startswith("sentinel://") and (
+        if self.redis_wait_replicas and redisconn.parse(self.redis_url).kind == "cluster":
+            raise ValueError("REDIS_WAIT_REPLICAS: not supported with a redis+cluster:// URL")
+        if self.broker_url.startswith("sentinel://") and (
             redisconn.parse(self.redis_url).kind != "sentinel"
         ):
             raise ValueError(

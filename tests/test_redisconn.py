@@ -65,6 +65,14 @@ def test_a_cluster_needs_an_explicit_broker() -> None:
     assert settings.broker_url == "amqp://h//"
 
 
+def test_wait_replicas_is_refused_on_a_cluster() -> None:
+    with pytest.raises(SettingsError, match="ETBRIDGE_REDIS_WAIT_REPLICAS: not supported"):
+        load_settings(
+            **BASE, redis_url="redis+cluster://a:1/", broker_url="amqp://h//", redis_wait_replicas=1
+        )
+    assert load_settings(**BASE, redis_url="redis+sentinel://h:1/s/0", redis_wait_replicas=1)
+
+
 def test_a_sentinel_broker_needs_the_service_name_of_sentinel_state() -> None:
     with pytest.raises(SettingsError, match="ETBRIDGE_BROKER_URL: a sentinel:// broker"):
         load_settings(**BASE, redis_url="redis://h:1/0", broker_url="sentinel://h:2")
