@@ -271,8 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.exceptions.AuthenticationError:
         print(_REDIS_AUTH, file=sys.stderr)
         return 1
-    except redis.exceptions.ConnectionError as exc:
-        print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {exc}", file=sys.stderr)
+    except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as exc:
+        # RedisClusterException: no seed node of a redis+cluster:// URL answered.
+        # A Sentinel's "No master found for 'SVC' : <client repr…>": the reason only.
+        reason = str(exc).split(" : <", 1)[0]
+        print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {reason}", file=sys.stderr)
         return 1
     except redis.exceptions.ResponseError as exc:
         if "AUTH" in str(exc).upper():

@@ -82,3 +82,28 @@ def test_errors_never_carry_the_password() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings(**BASE, redis_url="redis+sentinel://:hunter2@h:1/")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+sentinel://:hunter2@127.0.0.1:{port}/svc/0", "No master found for 'svc'"),
+        ("redis+cluster://:hunter2@127.0.0.1:{port}/", "Redis Cluster cannot be connected"),
+    ],
+)
+def test_the_cli_names_an_unreachable_engine_in_one_line(
+    url: str, reason: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from etbridge import cli
+    from etbridge.redisserver import free_port
+
+    for name, value in {
+        "ETBRIDGE_CLIENT_ID": "c",
+        "ETBRIDGE_CLIENT_SECRET": "s",
+        "ETBRIDGE_REDIS_URL": url.format(port=free_port()),
+        "ETBRIDGE_BROKER_URL": "memory://",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert reason in err and "hunter2" not in err and err.count("\n") == 1
