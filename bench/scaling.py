@@ -37,6 +37,13 @@ def _commands(nodes: list[redis.Redis]) -> int:
     return sum(int(n.info("stats")["total_commands_processed"]) for n in nodes)
 
 
+def _cpu(nodes: list[redis.Redis]) -> list[float]:
+    """CPU seconds (user + sys) each node has used so far."""
+    return [
+        float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in (n.info("cpu") for n in nodes)
+    ]
+
+
 def _memory(nodes: list[redis.Redis]) -> int:
     return sum(int(n.info("memory")["used_memory"]) for n in nodes)
 
@@ -62,9 +69,10 @@ def run(engine: str, orgs: int, bookings: int, changes: int) -> dict[str, Any]:
         org_ids = sorted(sandbox.truth()["orgs"])
         nodes = _nodes(deployment)
         empty = _memory(nodes)
+        cpu_before = _cpu(nodes)
         baseline_ops, baseline_s = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
         after_baseline = _memory(nodes)
-        idle_ops, _ = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
+        idle_ops, idle_s = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
         sandbox.mutate(changes, kinds=["update"])
         change_ops, _ = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
         retained = sum(int(rt.redis.xlen(keys.outbox(o))) for o in org_ids)
@@ -83,6 +91,9 @@ def run(engine: str, orgs: int, bookings: int, changes: int) -> dict[str, Any]:
 
         deliver_ops, deliver_s = _ops(nodes, deliver)
         relay.close()
+        cpu = [
+            round(after - before, 2) for before, after in zip(cpu_before, _cpu(nodes), strict=True)
+        ]
         total = orgs * bookings
         return {
             "engine": engine,
@@ -96,6 +107,8 @@ def run(engine: str, orgs: int, bookings: int, changes: int) -> dict[str, Any]:
             else None,
             "redis_commands_per_baseline_booking": round(baseline_ops / total, 2),
             "redis_commands_per_idle_poll": round(idle_ops / orgs, 1),
+            "idle_orgs_polled_per_second": round(orgs / idle_s, 1),
+            "redis_cpu_seconds_per_node": cpu,
             "redis_commands_per_poll_with_changes": round(change_ops / orgs, 1),
             "delivered_events": delivered["n"],
             "redis_commands_per_delivered_event": round(deliver_ops / max(1, delivered["n"]), 2),
