@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from etbridge import redisconn
 from etbridge.errors import AuthenticationError, EtbridgeError
 from etbridge.settings import Settings, SettingsError, load_settings, parse_sink
 
@@ -29,7 +30,7 @@ def _settings() -> Settings:
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return redisconn.connect(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
 
 
 def _parse_time(text: str) -> datetime:
@@ -386,8 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.exceptions.AuthenticationError:
         print(_REDIS_AUTH, file=sys.stderr)
         return 1
-    except redis.exceptions.ConnectionError as exc:
-        print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {exc}", file=sys.stderr)
+    except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as exc:
+        # RedisClusterException: no seed node of a redis+cluster:// URL answered.
+        # A Sentinel's "No master found for 'SVC' : <client repr…>": the reason only.
+        reason = str(exc).split(" : <", 1)[0]
+        print(f"etbridge: cannot reach Redis (ETBRIDGE_REDIS_URL): {reason}", file=sys.stderr)
         return 1
     except redis.exceptions.ResponseError as exc:
         if "AUTH" in str(exc).upper():

@@ -29,9 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import redis
-
 import etbridge
+from etbridge import redisconn
 from etbridge.redisserver import RedisServer, free_port
 
 SINK_KEY = "etbridge:events"
@@ -339,7 +338,7 @@ def _watch(
         rate_limit=100,
         webhook_secret=None,
     )
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client = redisconn.connect(redis_url, socket_timeout=10)
     started = time.monotonic()
     last_id = "0-0"
     last_footer = 0.0

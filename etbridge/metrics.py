@@ -351,9 +351,9 @@ class StatusCollector:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            import redis as redis_lib
+            from etbridge import redisconn
 
-            self._client = redis_lib.Redis.from_url(
+            self._client = redisconn.connect(
                 self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
             )
         return self._client

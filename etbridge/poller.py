@@ -149,6 +149,8 @@ class Poller:
         self.settings = settings
         self.api = api
         self.lease_ttl = lease_ttl
+        # ETBRIDGE_REDIS_WAIT_REPLICAS: page commits wait for that many replicas (issue 17).
+        self._wait = (settings.redis_wait_replicas, int(settings.redis_wait_timeout * 1000))
         self.on_events = on_events
         self.on_started = on_started
         self.slice = slice_seconds
@@ -171,7 +173,7 @@ class Poller:
         cursor and returns, and the planner sends its next page when it is due.
         """
         chosen = list(resources or self.settings.resources)
-        first = OrgState(self.redis, org_id, chosen[0])
+        first = OrgState(self.redis, org_id, chosen[0], wait=self._wait)
         lease = first.acquire_lease(self.lease_ttl)
         if lease is None:
             return [PollResult(org_id, res, mode, skipped="leased") for res in chosen]
@@ -181,7 +183,9 @@ class Poller:
             if self.on_started is not None:
                 self.on_started()
             return [
-                self._poll_resource(OrgState(self.redis, org_id, res), lease, mode, max_pages)
+                self._poll_resource(
+                    OrgState(self.redis, org_id, res, wait=self._wait), lease, mode, max_pages
+                )
                 for res in chosen
             ]
         finally:

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys
+from etbridge import keys, redisconn
 from etbridge.errors import RateLimited
 from etbridge.jsonapi import MAX_RETRY_AFTER
 from etbridge.settings import Settings
@@ -306,9 +306,11 @@ class RequestBudget:
         window within the next ``ahead`` seconds (the planner sends that far ahead).
         """
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        clock = redisconn.queue_time(self.redis, pipe)
         pipe.pttl(self.pause_key)
-        (seconds, micros), pttl = pipe.execute()
+        replies = pipe.execute()
+        (seconds, micros) = clock or replies.pop(0)
+        (pttl,) = replies
         now_us = int(seconds) * 1_000_000 + int(micros)
         since = now_us - self._window_us
         pipe = self.redis.pipeline(transaction=False)

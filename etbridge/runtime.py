@@ -10,10 +10,9 @@ import os
 import threading
 from collections.abc import Callable
 
-import redis
 import requests
 
-from etbridge import keys, logs, metrics
+from etbridge import keys, logs, metrics, redisconn
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient
 from etbridge.outbox import Relay
@@ -27,7 +26,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(
+        self.redis = redisconn.connect(
             settings.redis_url,
             socket_timeout=30,
             socket_connect_timeout=10,

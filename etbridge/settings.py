@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from etbridge import redisconn
 from etbridge.deletions import Guard, parse_guard
 from etbridge.secretfiles import FileSecretSource, SecretFileError, SecretLookup
 
@@ -62,6 +63,7 @@ __all__ = [
     "split_sink_list",
     "webhook_keys",
 ]
+
 
 ENV_PREFIX = "ETBRIDGE_"
 # Directories of secret files named like the variables (pydantic-settings' secrets_dir),
@@ -188,6 +190,9 @@ class Settings(BaseSettings):
     # Dead letters: their own retention and cap (issue 14), never ETBRIDGE_STREAM_MAXLEN.
     dlq_retention: float = Field(default=30 * 86400.0, gt=0)
     dlq_maxlen: int = Field(default=100_000, gt=0)
+    # Issue 17: replicas that must acknowledge a page commit (WAIT) before it counts.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout: float = Field(default=1.0, gt=0)
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
@@ -228,6 +233,10 @@ class Settings(BaseSettings):
     def _url(cls, value: str, info: Any) -> str:
         if not value:
             return value
+        if info.field_name == "redis_url":
+            redisconn.parse(value)  # ValueError: a one-line reason
+            if value.partition("://")[0] not in redisconn.SINGLE:
+                return value
         parts = urlsplit(value)
         allowed = {
             "api_url": ("http", "https"),
@@ -259,7 +268,19 @@ class Settings(BaseSettings):
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.api_url}/oauth/token")
         if not self.broker_url:
-            object.__setattr__(self, "broker_url", self.redis_url)
+            try:
+                object.__setattr__(self, "broker_url", redisconn.broker_url(self.redis_url))
+            except ValueError as exc:
+                raise ValueError(f"BROKER_URL: {exc}") from None
+        if self.redis_wait_replicas and redisconn.parse(self.redis_url).kind == "cluster":
+            raise ValueError("REDIS_WAIT_REPLICAS: not supported with a redis+cluster:// URL")
+        if self.broker_url.startswith("sentinel://") and (
+            redisconn.parse(self.redis_url).kind != "sentinel"
+        ):
+            raise ValueError(
+                "BROKER_URL: a sentinel:// broker takes its service name from "
+                f"REDIS_URL={redisconn.FORM_SENTINEL}"
+            )
         secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
         if secret.strip():
             webhook_keys("WEBHOOK_SECRET", secret)  # checked even when no sink uses it

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from etbridge import keys
-from etbridge.errors import LeaseLost
+from etbridge.errors import LeaseLost, RetriableError
 
 # Importable from here for the callers that predate replies.py (planstore.py).
 from etbridge.replies import text as text
@@ -215,11 +215,22 @@ class CommitConflict(Exception):
     """A fingerprint the diff read has moved since: re-read and re-diff the page."""
 
 
-class OrgState:
-    """Redis access for one org's state. Thin: decisions live in the poller and changes.py."""
+class CommitNotReplicated(RetriableError):
+    """Fewer replicas than ETBRIDGE_REDIS_WAIT_REPLICAS acknowledged a commit in time:
+    a failover now could lose it, so the poll is retried (re-committing is a no-op)."""
 
-    def __init__(self, client: redis.Redis, org_id: str, resource: str) -> None:
+
+class OrgState:
+    """Redis access for one org's state. Thin: decisions live in the poller and changes.py.
+
+    ``wait`` = (replicas, timeout ms): a commit is followed by ``WAIT`` on its connection.
+    """
+
+    def __init__(
+        self, client: redis.Redis, org_id: str, resource: str, *, wait: tuple[int, int] = (0, 0)
+    ) -> None:
         self.redis = client
+        self.wait = wait
         self.org_id = org_id
         self.resource = resource
         self.k_fp = keys.fingerprints(org_id, resource)
@@ -334,10 +345,19 @@ class OrgState:
         args.append(len(plan.meta))
         for name, value in plan.meta.items():
             args += [name, value]
-        result = self._commit(
-            keys=[self.k_lease, self.k_fp, self.k_snap, self.k_meta, self.k_seen, self.k_outbox],
-            args=args,
-        )
+        commit_keys = [self.k_lease, self.k_fp, self.k_snap, self.k_meta, self.k_seen]
+        if self.wait[0]:
+            # WAIT counts the writes of its own connection: one pipeline, one connection.
+            pipe = self.redis.pipeline(transaction=False)
+            self._commit(keys=[*commit_keys, self.k_outbox], args=args, client=pipe)
+            pipe.wait(*self.wait)
+            result, acked = pipe.execute()
+            if int(result[0]) == 1 and int(acked) < self.wait[0]:
+                raise CommitNotReplicated(
+                    f"org {self.org_id}: commit acknowledged by {acked} of {self.wait[0]} replicas"
+                )
+        else:
+            result = self._commit(keys=[*commit_keys, self.k_outbox], args=args)
         if int(result[0]) == 1:
             return int(result[1])
         reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])

@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from etbridge import backoff, keys
+from etbridge import backoff, keys, redisconn
 from etbridge.errors import AuthenticationError, RetriableError, TransportError
 from etbridge.oauth import TokenEndpoint, TokenResponse
 from etbridge.replies import optional_int, optional_text
@@ -250,11 +250,13 @@ class TokenCache:
 
     def _read(self) -> _Snapshot:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.time()
+        clock = redisconn.queue_time(self._redis, pipe)
         pipe.hmget(self._key, ["token", "enc", "fp", "lifetime_ms"])
         pipe.pttl(self._key)
         pipe.hgetall(self._failures.key)
-        (seconds, micros), fields, pttl, failure = pipe.execute()
+        replies = pipe.execute()
+        (seconds, micros) = clock or replies.pop(0)
+        fields, pttl, failure = replies
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         stored, enc, fp, lifetime = fields
         return _Snapshot(

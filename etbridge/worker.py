@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from etbridge import health, logs, shutdown
+from etbridge import health, logs, redisconn, shutdown
 from etbridge.settings import Settings, SettingsError, load_settings
 
 # Seconds between two planner ticks of beat.
@@ -59,7 +59,11 @@ app.conf.update(
     # Longer than any task and any countdown, or the Redis broker would hand a
     # running task to a second worker. Lost polls do not wait for it: the planner
     # re-plans an org as soon as its lease expires.
-    broker_transport_options={"visibility_timeout": 3600},
+    broker_transport_options={
+        "visibility_timeout": 3600,
+        # A sentinel:// broker: the service name of ETBRIDGE_REDIS_URL (issue 17).
+        **redisconn.broker_transport_options(settings.redis_url, settings.broker_url),
+    },
     # Recycle children now and then: a slow leak never becomes an OOM kill.
     worker_max_tasks_per_child=1000,
     # Separate queues, so slow webhook receivers never starve polling and a

@@ -14,7 +14,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
-from etbridge import keys
+from etbridge import keys, redisconn
 from etbridge.auth import BearerAuth
 from etbridge.backoff import exponential as backoff_delay
 from etbridge.backoff import max_attempts_in as max_requests_in
@@ -134,7 +134,7 @@ def test_many_threads_cold_make_one_token_request(
 ) -> None:
     settings = make_settings(sb, redis_url)
     # One cache per thread, as separate processes would have.
-    caches = [TokenCache(redis.Redis.from_url(redis_url), settings) for _ in range(16)]
+    caches = [TokenCache(redisconn.connect(redis_url), settings) for _ in range(16)]
     barrier = threading.Barrier(len(caches))
     tokens: list[str] = []
 
@@ -419,7 +419,7 @@ def test_fernet_encrypts_the_token_at_rest(sb: Sandbox, r: redis.Redis, redis_ur
     assert Fernet(key.encode()).decrypt(raw[b"token"]).decode() == token
     assert raw[b"fp"].decode() == fingerprint(token)
     # Another process with the same key reads it without a request.
-    other = TokenCache(redis.Redis.from_url(redis_url), cache_settings(sb, redis_url, key))
+    other = TokenCache(redisconn.connect(redis_url), cache_settings(sb, redis_url, key))
     assert other.get() == token
     assert token_requests(sb) == 1
     # A 401 invalidation works on the ciphertext too (by fingerprint).

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import keys
+from etbridge import keys, redisconn
 from etbridge.errors import RateLimited
 from etbridge.ratelimit import RequestBudget, low_water_mark, pace_key
 from etbridge.settings import Settings
@@ -127,7 +127,13 @@ def test_record_counts_requests_sent_without_a_slot_even_past_the_limit(r: redis
 
 def test_status_only_reads(r: redis.Redis) -> None:
     budget = _budget(r, limit=7)
-    assert budget.status() == {"limit": 7, "used": 0, "paused_until": None, "paused_for": 0.0}
+    assert budget.status() == {
+        "limit": 7,
+        "used": 0,
+        "paused_until": None,
+        "paused_for": 0.0,
+        "freeing": 0,
+    }
     assert r.keys("*") == []
 
 
@@ -182,7 +188,7 @@ def test_low_water_mark() -> None:
 
 
 def _grab(url: str, attempts: int, barrier: Any, results: Any) -> None:
-    client = redis.Redis.from_url(url)
+    client = redisconn.connect(url)
     budget = RequestBudget(client, APP, 25, burst=25)
     barrier.wait(timeout=60)
     results.put(sum(budget.try_acquire() == 0.0 for _ in range(attempts)))

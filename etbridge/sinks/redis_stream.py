@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import redis
 
+from etbridge import redisconn
 from etbridge.errors import ServerError, TransportError
 from etbridge.settings import Settings, SinkSpec
 from etbridge.sinks import OutboxEvent, Sink
@@ -29,7 +30,7 @@ class RedisStreamSink(Sink):
         self._own = spec.redis_url is not None or client is None
         if spec.redis_url is not None:
             # Another Redis: its own connection pool, bounded like one webhook attempt.
-            self.client = redis.Redis.from_url(
+            self.client = redisconn.connect(
                 spec.redis_url,
                 socket_timeout=settings.webhook_timeout,
                 socket_connect_timeout=min(10.0, settings.webhook_timeout),
@@ -37,7 +38,7 @@ class RedisStreamSink(Sink):
         elif client is not None:
             self.client = client
         else:
-            self.client = redis.Redis.from_url(
+            self.client = redisconn.connect(
                 settings.redis_url, socket_timeout=settings.webhook_timeout
             )
 

@@ -2,7 +2,8 @@
 
 Started as ``celery -A tests.support.celery_sink_app worker -Q QUEUE`` with
 ``ETB_TEST_BROKER`` set to the test Redis; the task appends each envelope it
-receives (as JSON) to the Redis list :data:`RECEIVED`.
+receives (as JSON) to the Redis list :data:`RECEIVED` (on ``ETB_TEST_RECORD_REDIS``, by
+default the broker: a RabbitMQ broker has no lists).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from celery import Celery
 BROKER = os.environ.get("ETB_TEST_BROKER", "redis://127.0.0.1:6379/0")
 RECEIVED = "etb-test:celery:received"
 TASK = "etb_test.record"
+RECORD_REDIS = os.environ.get("ETB_TEST_RECORD_REDIS", BROKER)
 
 app = Celery("etb_test_sink", broker=BROKER)
 app.conf.update(
@@ -33,5 +35,5 @@ _client: redis.Redis | None = None
 def record(envelope: dict[str, Any]) -> None:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(BROKER)
+        _client = redis.Redis.from_url(RECORD_REDIS)
     _client.rpush(RECEIVED, json.dumps(envelope))

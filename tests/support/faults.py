@@ -29,12 +29,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery import Celery
 
-from etbridge import keys
+from etbridge import keys, redisconn
 from etbridge.redisserver import RedisServer, free_port
 from etbridge.settings import parse_sink
 from tests.support.fleet import Fleet, Proc, fleet, fleet_env, read_sink, wait_for
@@ -131,6 +131,13 @@ def collapse_copies(
     return out, copies, problems
 
 
+class HasUrl(Protocol):
+    """A Redis deployment the fleet runs on (a Sentinel set, a cluster: tests/support/engines)."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @dataclass
 class Kill:
     """One SIGKILL the scenario did."""
@@ -145,7 +152,7 @@ class FaultRun:
     """One scenario's world; built by :func:`fault_run`."""
 
     sandbox: Sandbox
-    redis_server: RedisServer
+    redis_server: RedisServer | HasUrl
     fleet: Fleet
     env: dict[str, str]
     limit: int
@@ -159,7 +166,7 @@ class FaultRun:
     # -- sinks -------------------------------------------------------------------------
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_server.url, socket_timeout=10)
+        return redisconn.connect(self.redis_server.url, socket_timeout=10)
 
     def sink_events(self) -> dict[str, list[dict[str, Any]]]:
         """What each sink holds, in arrival order."""
@@ -325,7 +332,7 @@ class FaultRun:
 @contextlib.contextmanager
 def fault_run(
     logdir: Path,
-    redis_server: RedisServer,
+    redis_server: RedisServer | HasUrl,
     *,
     orgs: int = 3,
     bookings: int = 30,
