@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from etbridge.sandbox.records import RESOURCES
 from etbridge.sandbox.state import SandboxState
-from etbridge.sandbox.store import MUTATION_KINDS, RESOURCES, MutationError, SchemaError
+from etbridge.sandbox.store import MUTATION_KINDS, MutationError, SchemaError
 
 _Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 

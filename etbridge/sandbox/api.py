@@ -26,8 +26,8 @@ from etbridge.sandbox.faults import HTML_502, truncate
 from etbridge.sandbox.glitches import Glitch
 from etbridge.sandbox.jsonapi import CONTENT_TYPE, dumps, error_document
 from etbridge.sandbox.pagination import BOOKING_SORTS, InvalidCursor, Sort
+from etbridge.sandbox.records import RESOURCES, Org, Record
 from etbridge.sandbox.state import SandboxState
-from etbridge.sandbox.store import RESOURCES, Org, Record
 from etbridge.sandbox.timestamps import parse_iso8601
 
 _K = TypeVar("_K")

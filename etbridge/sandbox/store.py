@@ -11,16 +11,18 @@ import bisect
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from etbridge.sandbox import fakedata
-from etbridge.sandbox.jsonapi import dumps
+from etbridge.sandbox import contacts, fakedata
+from etbridge.sandbox.records import (
+    RESOURCES,
+    Booking,
+    Org,
+    Record,
+)
 from etbridge.sandbox.timestamps import format_ts
-
-#: The collections every org has (``/v2/<name>``); contacts are a shape inferred from bookings.
-RESOURCES: tuple[str, ...] = ("bookings", "contacts")
 
 MUTATION_KINDS: tuple[str, ...] = ("create", "update", "delete", "touch")
 _KIND_WEIGHTS: dict[str, int] = {"create": 25, "update": 45, "delete": 10, "touch": 20}
@@ -45,9 +47,6 @@ CORE_ATTRIBUTES: tuple[str, ...] = (
 #: Sorting, filtering and the change log depend on these, so the schema knob keeps them.
 PROTECTED_ATTRIBUTES: frozenset[str] = frozenset({"created_at", "updated_at"})
 
-#: Relationship name -> JSON:API type of the related resource.
-RELATED_TYPES: dict[str, str] = {"account": "accounts", "contact": "contacts", "owner": "users"}
-
 #: Attribute groups an update edits together (a date range moves as one).
 _UPDATE_GROUPS: dict[str, tuple[str, ...]] = {
     "name": ("name",),
@@ -59,14 +58,6 @@ _UPDATE_GROUPS: dict[str, tuple[str, ...]] = {
     "notes": ("notes",),
     "stage_id": ("stage_id",),
     "referral_source_id": ("referral_source_id",),
-}
-
-#: Contact attribute groups an update edits together.
-_CONTACT_GROUPS: dict[str, tuple[str, ...]] = {
-    "name": ("first_name", "last_name"),
-    "email": ("email",),
-    "phone": ("phone",),
-    "title": ("title",),
 }
 
 _T = TypeVar("_T")
@@ -84,113 +75,6 @@ class MutationError(ValueError):
 
 class SchemaError(ValueError):
     """A schema change names an attribute that cannot be added or removed."""
-
-
-@dataclass(eq=False)
-class Record:
-    """One booking or contact; ``encoded()`` caches its JSON so list pages are cheap."""
-
-    id: int
-    org_id: str
-    updated_ts: int
-    attributes: dict[str, Any]
-    relationships: dict[str, str | None]
-    type: str = "bookings"
-    _encoded: bytes | None = field(default=None, repr=False)
-
-    def resource(self) -> dict[str, Any]:
-        """The JSON:API resource object, as the API renders it (a fresh copy)."""
-        relationships: dict[str, Any] = {}
-        for name, related_id in self.relationships.items():
-            data = None if related_id is None else {"type": RELATED_TYPES[name], "id": related_id}
-            relationships[name] = {"data": data}
-        return {
-            "type": self.type,
-            "id": str(self.id),
-            "attributes": dict(self.attributes),
-            "relationships": relationships,
-        }
-
-    def encoded(self) -> bytes:
-        """The resource as compact JSON bytes, cached until the record changes."""
-        if self._encoded is None:
-            self._encoded = dumps(self.resource())
-        return self._encoded
-
-    def invalidate(self) -> None:
-        """Forget the cached JSON after a change."""
-        self._encoded = None
-
-
-#: The name the bookings code has always used.
-Booking = Record
-
-
-@dataclass(eq=False)
-class Collection:
-    """One collection of an org (bookings or contacts) with its keyset indexes."""
-
-    records: dict[int, Record] = field(default_factory=dict)
-    #: Record ids ascending: the keyset index for ``sort=id``.
-    ids: list[int] = field(default_factory=list)
-    #: ``(updated_ts, id)`` ascending: the keyset index for ``sort=updated_at``.
-    by_updated: list[tuple[int, int]] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class Org:
-    """An organization (one hotel of the chain) with its collections.
-
-    ``contacts`` is the table bookings' ``contact`` relationships point at (for
-    ``include=``); the ``/v2/contacts`` collection is ``collections["contacts"]``.
-    """
-
-    id: str
-    attributes: dict[str, str]
-    accounts: dict[str, dict[str, Any]]
-    contacts: dict[str, dict[str, Any]]
-    users: dict[str, dict[str, Any]]
-    stage_ids: list[int]
-    referral_source_ids: list[int]
-    collections: dict[str, Collection] = field(
-        default_factory=lambda: {name: Collection() for name in RESOURCES}
-    )
-
-    @property
-    def bookings(self) -> dict[int, Record]:
-        """Live bookings by id."""
-        return self.collections["bookings"].records
-
-    @property
-    def ids(self) -> list[int]:
-        """Booking ids ascending."""
-        return self.collections["bookings"].ids
-
-    @property
-    def by_updated(self) -> list[tuple[int, int]]:
-        """Bookings' ``(updated_ts, id)`` ascending."""
-        return self.collections["bookings"].by_updated
-
-    @property
-    def deleted(self) -> list[str]:
-        """Ids of deleted bookings."""
-        return self.collections["bookings"].deleted
-
-    def resource(self) -> dict[str, Any]:
-        """The organization as ``GET /v2/organizations`` renders it."""
-        attributes: dict[str, Any] = {"name": self.attributes["name"], "api_org_id": self.id}
-        attributes["currency"] = self.attributes["currency"]
-        attributes["time_zone"] = self.attributes["time_zone"]
-        return {"type": "organizations", "id": self.id, "attributes": attributes}
-
-    def related_resource(self, relationship: str, related_id: str) -> dict[str, Any] | None:
-        """The resource a booking relationship points at, for ``include=``."""
-        table = {"account": self.accounts, "contact": self.contacts, "owner": self.users}
-        attributes = table[relationship].get(related_id)
-        if attributes is None:
-            return None
-        return {"type": RELATED_TYPES[relationship], "id": related_id, "attributes": attributes}
 
 
 @dataclass(frozen=True)
@@ -421,21 +305,11 @@ class Store:
             for _ in range(per_org):
                 created = anchor - rng.randint(30, _HISTORY_SECONDS)
                 updated = rng.randint(created, anchor - 30)
-                attributes, relationships = self._contact_draft(org, rng)
+                attributes, relationships = contacts.draft(org, rng)
                 drafts.append((created, len(drafts), org, updated, attributes, relationships))
         drafts.sort(key=lambda d: (d[0], d[1]))
         for created, _order, org, updated, attributes, relationships in drafts:
             self._insert(org, created, updated, attributes, relationships, "contacts")
-
-    @staticmethod
-    def _contact_draft(
-        org: Org, rng: random.Random
-    ) -> tuple[dict[str, Any], dict[str, str | None]]:
-        """Random attributes (without timestamps) and relationships of a new contact."""
-        attributes = fakedata.contact_attributes(rng)
-        attributes["phone"] = fakedata.phone(rng)
-        attributes["title"] = fakedata.job_title(rng)
-        return attributes, {"account": rng.choice(list(org.accounts))}
 
     def _draft(self, org: Org, today: date) -> tuple[dict[str, Any], dict[str, str | None]]:
         """Random attributes (without timestamps) and relationships of a new booking."""
@@ -528,7 +402,7 @@ class Store:
                 today = datetime.fromtimestamp(now, UTC).date()
                 attributes, relationships = self._draft(org, today)
             else:
-                attributes, relationships = self._contact_draft(org, rng)
+                attributes, relationships = contacts.draft(org, rng)
             booking = self._insert(org, now, now, attributes, relationships, resource)
             fields = [*booking.attributes, *booking.relationships]
         else:
@@ -554,31 +428,8 @@ class Store:
         collection.deleted.append(str(booking.id))
 
     def _update_contact(self, org: Org, contact: Record, now: int) -> list[str]:
-        """Edit one or two attribute groups of a contact (sometimes its account)."""
-        rng = self.rng
-        attributes = contact.attributes
-        makers: dict[str, Callable[[], dict[str, Any]]] = {
-            "name": lambda: {
-                k: v
-                for k, v in fakedata.contact_attributes(rng).items()
-                if k in ("first_name", "last_name")
-            },
-            "email": lambda: {"email": fakedata.contact_attributes(rng)["email"]},
-            "phone": lambda: {"phone": fakedata.phone(rng)},
-            "title": lambda: {"title": fakedata.job_title(rng)},
-        }
-        changed: set[str] = set()
-        for group in rng.sample(list(_CONTACT_GROUPS), rng.randint(1, 2)):
-            old = {name: attributes.get(name) for name in _CONTACT_GROUPS[group]}
-            new = _different(makers[group], old)
-            changed |= {k for k, v in new.items() if attributes.get(k) != v}
-            attributes.update(new)
-        if not changed or rng.random() < 0.2:
-            current = contact.relationships.get("account")
-            options = [a for a in org.accounts if a != current]
-            if options:
-                contact.relationships["account"] = rng.choice(options)
-                changed.add("account")
+        """Edit a contact (see :func:`contacts.edit`) and move its ``updated_at``."""
+        changed = contacts.edit(org, contact, self.rng)
         self._set_updated(org, contact, now)
         return sorted(changed | {"updated_at"})
 
