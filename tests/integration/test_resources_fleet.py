@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import redis
 
+from etbridge.redisserver import free_port
 from tests.support.fleet import fleet, fleet_env, read_sink, wait_for
 from tests.support.grader import grade
 from tests.support.sandbox import Sandbox
+from tests.test_metrics import _scrape
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +67,7 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
     redis_url: str, tmp_path: Path
 ) -> None:
     client = redis.Redis.from_url(redis_url)
+    port = free_port()
     with Sandbox.start(
         orgs=3, bookings=20, seed=41, rate_limit=600, extra_args=["--contacts", "15"]
     ) as sb:
@@ -76,7 +79,9 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
             ETBRIDGE_EMIT_BASELINE="true",
             ETBRIDGE_RATE_LIMIT="600",
             ETBRIDGE_SWEEP_INTERVAL="15",
+            ETBRIDGE_METRICS_PORT=str(port),
         )
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with fleet(env, tmp_path) as f:
             f.worker(concurrency=2)
             f.beat()
@@ -101,12 +106,16 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
             for event in contact_events:
                 assert event["type"].startswith("com.eventtemple.contact.")
                 assert event["source"] == f"/orgs/{event['orgid']}/contacts"
-            doc = _status(env)
+            doc, truth, scrape = _status(env), sb.truth(), _scrape(port)
             for org_id in ORGS:
                 units = doc["orgs"][org_id]["resources"]
                 assert set(units) == set(RESOURCES)
-                assert all(units[r]["baselined"] for r in RESOURCES), units
-                assert units["contacts"]["records"] >= 10
+                for res in RESOURCES:
+                    assert units[res]["baselined"], units
+                    live = len(truth["orgs"][org_id][res])
+                    assert units[res]["records"] == live, (org_id, res, units[res])
+                    gauge = f"etbridge_org_records{{org_id={org_id},resource={res}}}"
+                    assert scrape[gauge] == live, gauge
 
             # Contacts fail; bookings keep being polled and their changes detected.
             sb.faults(contacts_error_500=1.0)
@@ -128,10 +137,16 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
             )
             assert _problems(client, sb)["contacts"], "contacts changed but could not be read"
             assert sb.counters()["faults_served"].get("contacts_error_500", 0) > 0
-            failing = _status(env)
-            assert any(failing["orgs"][o]["resources"]["contacts"]["last_error"] for o in ORGS), (
-                failing["orgs"]
-            )
+            failing, scrape = _status(env), _scrape(port)
+            units = {(o, r): failing["orgs"][o]["resources"][r] for o in ORGS for r in RESOURCES}
+            assert any(units[(o, "contacts")]["last_error"] for o in ORGS), units
+            assert not any(units[(o, "bookings")]["last_error"] for o in ORGS), units
+            errors = {
+                (o, r): scrape.get(f"etbridge_org_poll_errors{{org_id={o},resource={r}}}", 0)
+                for o in ORGS
+                for r in RESOURCES
+            }
+            assert any(errors[(o, "contacts")] > 0 for o in ORGS), errors
 
             # The failure ends: contacts catch up, and nothing of bookings was lost.
             sb.faults(contacts_error_500=0.0)
