@@ -68,9 +68,7 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     port = free_port()
-    with Sandbox.start(
-        orgs=3, bookings=20, seed=41, rate_limit=600, extra_args=["--contacts", "15"]
-    ) as sb:
+    with Sandbox.start(orgs=3, bookings=20, seed=41, rate_limit=600, contacts=15) as sb:
         env = fleet_env(
             sb,
             redis_url,

@@ -66,6 +66,7 @@ class Sandbox:
         *,
         orgs: int = 3,
         bookings: int = 50,
+        contacts: int | None = None,
         seed: int = 1,
         token_ttl: int = 7200,
         rate_limit: int = 100,
@@ -97,6 +98,7 @@ class Sandbox:
             client_id,
             "--client-secret",
             client_secret,
+            *([] if contacts is None else ["--contacts", str(contacts)]),
             *extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
