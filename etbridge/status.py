@@ -153,6 +153,27 @@ def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _other_resources(org: dict[str, Any]) -> list[str]:
+    """One row per resource after the first (the org's row shows the first one)."""
+    rows = []
+    for res, unit in list((org.get("resources") or {}).items())[1:]:
+        lag = unit["lag"]
+        notes = [_clip(str(unit["last_error"]))] if unit.get("last_error") else []
+        if unit.get("next_retry"):
+            notes.append(f"next try {_short(unit['next_retry'])}")
+        if unit.get("deletions_held"):
+            notes.append(f"deletions held: {unit['deletions_held']}")
+        rows.append(
+            f"{'  ' + res:<10} {_short(unit['last_poll']):<19} "
+            f"{(f'{lag:.0f}s' if lag is not None else '-'):>6} "
+            f"{_short(unit['last_full_sweep']):<19} {unit['records']:>7} "
+            f"{unit['change_rate_per_min']:>7} {_every(unit['poll_interval']):>6} "
+            f"{_every(unit['deletion_interval']):>6} "
+            f"{unit['errors']:>6}" + (f"  {'; '.join(notes)}" if notes else "")
+        )
+    return rows
+
+
 def render(doc: dict[str, Any]) -> str:
     """A readable table of :func:`collect`'s document."""
     lines = []
@@ -201,6 +222,8 @@ def render(doc: dict[str, Any]) -> str:
             notes.append(f"next try {_short(org['next_retry'])}")
         if org.get("incremental_filter") == "unsupported":
             notes.append("sweeps only: incremental filter rejected")
+        if len(org.get("resources") or {}) > 1:
+            notes.insert(0, f"[{next(iter(org['resources']))}]")
         lines.append(
             f"{org_id:<10} {_short(org['last_poll']):<19} "
             f"{(f'{lag:.0f}s' if lag is not None else '-'):>6} "
@@ -209,6 +232,7 @@ def render(doc: dict[str, Any]) -> str:
             f"{_every(org['deletion_interval']):>6} "
             f"{org['errors']:>6}" + (f"  {'; '.join(notes)}" if notes else "")
         )
+        lines.extend(_other_resources(org))
     if not doc["orgs"]:
         lines.append("(no org yet: set ETBRIDGE_ORGS, or wait for the planner's discovery)")
     if doc.get("sinks"):

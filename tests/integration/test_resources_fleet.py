@@ -51,15 +51,19 @@ def _clean(client: redis.Redis, sb: Sandbox, *resources: str) -> bool:
     return not any(problems[r] for r in resources)
 
 
-def _status(env: dict[str, str]) -> dict[str, Any]:
+def _status(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "etbridge", "status", "--json"],
+        [sys.executable, "-m", "etbridge", "status", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    doc: dict[str, Any] = json.loads(done.stdout)
+    return done.stdout
+
+
+def _status_doc(env: dict[str, str]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(_status(env, "--json"))
     return doc
 
 
@@ -104,7 +108,7 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
             for event in contact_events:
                 assert event["type"].startswith("com.eventtemple.contact.")
                 assert event["source"] == f"/orgs/{event['orgid']}/contacts"
-            doc, truth, scrape = _status(env), sb.truth(), _scrape(port)
+            doc, truth, scrape = _status_doc(env), sb.truth(), _scrape(port)
             for org_id in ORGS:
                 units = doc["orgs"][org_id]["resources"]
                 assert set(units) == set(RESOURCES)
@@ -135,7 +139,12 @@ def test_two_resources_detected_and_one_failing_does_not_stop_the_other(
             )
             assert _problems(client, sb)["contacts"], "contacts changed but could not be read"
             assert sb.counters()["faults_served"].get("contacts_error_500", 0) > 0
-            failing, scrape = _status(env), _scrape(port)
+            failing, scrape = _status_doc(env), _scrape(port)
+            text = _status(env).splitlines()
+            contact_rows = [line for line in text if line.startswith("  contacts ")]
+            assert len(contact_rows) == len(ORGS), text
+            assert any("HTTP 500" in line for line in contact_rows), text
+            assert sum("[bookings]" in line for line in text) == len(ORGS), text
             units = {(o, r): failing["orgs"][o]["resources"][r] for o in ORGS for r in RESOURCES}
             assert any(units[(o, "contacts")]["last_error"] for o in ORGS), units
             assert not any(units[(o, "bookings")]["last_error"] for o in ORGS), units
