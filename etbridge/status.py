@@ -153,10 +153,10 @@ def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _org_line(org_id: str, org: dict[str, Any]) -> str:
+def _org_line(org_id: str, org: dict[str, Any], tag: str | None = None) -> str:
     """One row of the org table: an org (its first resource) or another resource of it."""
     lag = org["lag"]
-    notes = []
+    notes = [tag] if tag else []
     if org.get("removed"):
         notes.append("gone from the organizations endpoint")
     elif org.get("accessible") is False:
@@ -219,9 +219,10 @@ def render(doc: dict[str, Any]) -> str:
         f"{'records':>7} {'chg/min':>7} {'poll':>6} {'sweep':>6} {'errors':>6}"
     )
     for org_id, org in doc["orgs"].items():
-        lines.append(_org_line(org_id, org))
         resources = list(org.get("resources", {}).items())
-        if len(resources) > 1:
+        several = len(resources) > 1
+        lines.append(_org_line(org_id, org, f"[{resources[0][0]}]" if several else None))
+        if several:
             # The first resource is the org's own line; the others get one each.
             lines.extend(_org_line(f"  {name}", unit) for name, unit in resources[1:])
     if not doc["orgs"]:

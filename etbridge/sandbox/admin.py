@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from etbridge.sandbox.records import RESOURCES
 from etbridge.sandbox.state import SandboxState
 from etbridge.sandbox.store import MUTATION_KINDS, MutationError, SchemaError
 
@@ -108,8 +109,9 @@ class AdminApi:
     # ---------------------------------------------------------------- handlers
 
     async def mutate(self, request: Request) -> dict[str, Any]:
-        """``{"count", "org"?, "kinds"?}`` → ``{"mutations": [log entries]}``."""
+        """``{"count", "org"?, "kinds"?, "resource"?}`` → ``{"mutations": [log entries]}``."""
         body = await _body(request)
+        resources = _resources(body.get("resource", "bookings"))
         count = _whole(body.get("count", 1), "count", 0, _MAX_MUTATIONS)
         org = _org_id(body.get("org"))
         kinds = body.get("kinds")
@@ -120,16 +122,18 @@ class AdminApi:
         if org is not None and self.state.store.org(org) is None:
             raise AdminError(404, f"unknown org {org}")
         try:
-            mutations = self.state.store.mutate(count, org, kinds)
+            mutations = self.state.store.mutate(count, org, kinds, resources)
         except MutationError as exc:
             raise AdminError(409, str(exc)) from exc
         return {"mutations": mutations}
 
     async def churn(self, request: Request) -> dict[str, Any]:
-        """``{"rate": k}``: k mutations/s from now on (0 stops)."""
-        rate = _number((await _body(request)).get("rate"), "rate", 0.0, 100_000.0)
-        self.state.churn.set_rate(rate)
-        return {"rate": rate}
+        """``{"rate": k, "resource"?}``: k mutations/s from now on (0 stops)."""
+        body = await _body(request)
+        rate = _number(body.get("rate"), "rate", 0.0, 100_000.0)
+        resources = _resources(body.get("resource", "bookings"))
+        self.state.churn.set_rate(rate, resources)
+        return {"rate": rate, "resources": resources}
 
     async def faults(self, request: Request) -> dict[str, Any]:
         """POST sets the given knobs (others unchanged); GET reads them."""
@@ -171,9 +175,11 @@ class AdminApi:
         return {"revoked": self.state.tokens.revoke_all()}
 
     async def add_org(self, request: Request) -> dict[str, Any]:
-        """``{"bookings": m}`` → ``{"org_id"}``."""
-        bookings = _whole((await _body(request)).get("bookings", 10), "bookings", 0, 1_000_000)
-        return {"org_id": self.state.store.add_org(bookings)}
+        """``{"bookings": m, "contacts": n}`` → ``{"org_id"}``."""
+        body = await _body(request)
+        bookings = _whole(body.get("bookings", 10), "bookings", 0, 1_000_000)
+        contacts = _whole(body.get("contacts", 10), "contacts", 0, 1_000_000)
+        return {"org_id": self.state.store.add_org(bookings, contacts)}
 
     async def remove_org(self, request: Request) -> dict[str, Any]:
         """``DELETE /_admin/orgs/{id}``."""
@@ -252,6 +258,16 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise AdminError(400, "the body must be a JSON object")
     return parsed
+
+
+def _resources(value: Any) -> list[str]:
+    """A ``resource`` field: one collection name, a list of them, or ``"all"``."""
+    if value == "all":
+        return list(RESOURCES)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(n in RESOURCES for n in names):
+        raise AdminError(400, f"resource must be one or a list of {', '.join(RESOURCES)}, or all")
+    return list(dict.fromkeys(names))
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:

@@ -26,8 +26,8 @@ from etbridge.sandbox.faults import HTML_502, truncate
 from etbridge.sandbox.glitches import Glitch
 from etbridge.sandbox.jsonapi import CONTENT_TYPE, dumps, error_document
 from etbridge.sandbox.pagination import BOOKING_SORTS, InvalidCursor, Sort
+from etbridge.sandbox.records import RESOURCES, Org, Record
 from etbridge.sandbox.state import SandboxState
-from etbridge.sandbox.store import Booking, Org
 from etbridge.sandbox.timestamps import parse_iso8601
 
 _K = TypeVar("_K")
@@ -36,7 +36,11 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _PAGE_KEYS = frozenset({"page[size]", "page[after]", "page[before]"})
 _FILTER_KEY = re.compile(r"filter\[([^\[\]]+)\]\[([^\[\]]+)\]")
 _FILTER_PREDICATES = frozenset({"gt", "gteq"})
-_INCLUDABLE = ("account", "contact", "owner")
+_INCLUDABLE: dict[str, tuple[str, ...]] = {
+    "bookings": ("account", "contact", "owner"),
+    "contacts": ("account",),
+}
+_SINGULAR = {"bookings": "Booking", "contacts": "Contact"}
 _ORG_SORTS: dict[str, Sort] = {"id": Sort("id", False), "-id": Sort("id", True)}
 _TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -148,6 +152,11 @@ class PublicApi:
             counters.faults_served["error_500"] += 1
             detail = "We're sorry, but something went wrong."
             return self._answer(500, error_document(500, detail), headers)
+        resource = _resource_of(request.path_params["path"])
+        if resource is not None and faults.roll(f"{resource}_error_500"):
+            counters.faults_served[f"{resource}_error_500"] += 1
+            detail = "We're sorry, but something went wrong."
+            return self._answer(500, error_document(500, detail), headers)
         if faults.roll("html_502"):
             counters.faults_served["html_502"] += 1
             # A proxy's page: no API headers, not JSON.
@@ -179,12 +188,12 @@ class PublicApi:
         if parts == ["organizations"]:
             self._require_get(request)
             return self._organizations(request.query_params)
-        if parts and parts[0] == "bookings" and len(parts) <= 2:
+        if parts and parts[0] in RESOURCES and len(parts) <= 2:
             self._require_get(request)
             org = self._org(request)
             if len(parts) == 1:
-                return self._bookings(org, request.query_params)
-            return self._booking(org, parts[1], request.query_params)
+                return self._list(org, parts[0], request.query_params)
+            return self._one(org, parts[0], parts[1], request.query_params)
         raise ApiError(404, f"No route matches /v2/{path}.")
 
     @staticmethod
@@ -223,15 +232,20 @@ class PublicApi:
         meta = _meta(page.keys, pagination.id_cursor, page.has_more)
         return dumps({"data": data, "included": [], "meta": meta})
 
-    def _bookings(self, org: Org, query: QueryParams) -> bytes:
+    def _list(self, org: Org, resource: str, query: QueryParams) -> bytes:
+        """``GET /v2/bookings`` or ``/v2/contacts``: one keyset page of the org's collection."""
         state = self.state
         state.counters.list_requests_by_org[org.id] += 1
+        state.counters.list_requests_by_resource[resource] += 1
+        collection = org.collections[resource]
+        records = collection.records
         filterable = not state.faults.settings.no_updated_filter
-        params = _list_params(query, BOOKING_SORTS, filterable=filterable, includable=_INCLUDABLE)
+        includable = _INCLUDABLE[resource]
+        params = _list_params(query, BOOKING_SORTS, filterable=filterable, includable=includable)
         mutations = state.faults.settings.mutate_between_pages
         if mutations and (params.after or params.before):
             state.counters.faults_served["mutate_between_pages"] += 1
-            state.store.mutate(mutations, org.id)
+            state.store.mutate(mutations, org.id, resources=[resource])
 
         accept_ts = _timestamp_filter(params.filters)
         meta: dict[str, Any]
@@ -241,10 +255,10 @@ class PublicApi:
                 keep = accept_ts
 
                 def by_id(key: int) -> bool:
-                    return keep(org.bookings[key].updated_ts)
+                    return keep(records[key].updated_ts)
 
-            page_ids = _select_ids(org.ids, params, accept=by_id)
-            bookings = [org.bookings[key] for key in page_ids.keys]
+            page_ids = _select_ids(collection.ids, params, accept=by_id)
+            bookings = [records[key] for key in page_ids.keys]
             meta = _meta(page_ids.keys, pagination.id_cursor, page_ids.has_more)
         else:
             by_updated: Callable[[tuple[int, int]], bool] | None = None
@@ -254,14 +268,14 @@ class PublicApi:
                 def by_updated(key: tuple[int, int]) -> bool:
                     return keep_ts(key[0])
 
-            page_keys = _select_updated(org.by_updated, params, accept=by_updated)
-            bookings = [org.bookings[key[1]] for key in page_keys.keys]
+            page_keys = _select_updated(collection.by_updated, params, accept=by_updated)
+            bookings = [records[key[1]] for key in page_keys.keys]
             meta = _meta(page_keys.keys, pagination.updated_cursor, page_keys.has_more)
         glitch = state.glitches.get(org.id)
         if glitch is not None and (glitch.empty_listings or glitch.drop_fraction):
             bookings = self._glitched(org, glitch, bookings, meta)
 
-        # Resources are pre-encoded per booking; joining bytes keeps big pages cheap.
+        # Resources are pre-encoded per record; joining bytes keeps big pages cheap.
         return b"".join(
             (
                 b'{"data":[',
@@ -275,9 +289,9 @@ class PublicApi:
         )
 
     def _glitched(
-        self, org: Org, glitch: Glitch, bookings: list[Booking], meta: dict[str, Any]
-    ) -> list[Booking]:
-        """A listing that lies: an empty 200, or some bookings left out (cursors kept)."""
+        self, org: Org, glitch: Glitch, bookings: list[Record], meta: dict[str, Any]
+    ) -> list[Record]:
+        """A listing that lies: an empty 200, or some records left out (cursors kept)."""
         served = self.state.counters.faults_served
         if glitch.empty_listings:
             served["empty_listing"] += 1
@@ -287,12 +301,13 @@ class PublicApi:
         served["dropped_records"] += len(bookings) - len(kept)
         return kept
 
-    def _booking(self, org: Org, raw_id: str, query: QueryParams) -> bytes:
+    def _one(self, org: Org, resource: str, raw_id: str, query: QueryParams) -> bytes:
         self.state.counters.get_requests_by_org[org.id] += 1
-        include = _include_param(query, _INCLUDABLE)
-        booking = org.bookings.get(int(raw_id)) if raw_id.isdigit() else None
+        include = _include_param(query, _INCLUDABLE[resource])
+        records = org.collections[resource].records
+        booking = records.get(int(raw_id)) if raw_id.isdigit() else None
         if booking is None:
-            raise ApiError(404, f"Couldn't find Booking with 'id'={raw_id}")
+            raise ApiError(404, f"Couldn't find {_SINGULAR[resource]} with 'id'={raw_id}")
         included = _included(org, [booking], include)
         return b"".join((b'{"data":', booking.encoded(), b',"included":', dumps(included), b"}"))
 
@@ -426,7 +441,13 @@ def _meta(keys: list[_K], cursor: Callable[[_K], str], has_more: bool) -> dict[s
     }
 
 
-def _included(org: Org, bookings: list[Booking], include: tuple[str, ...]) -> list[dict[str, Any]]:
+def _resource_of(path: str) -> str | None:
+    """The collection a ``/v2/`` path addresses, if it is one of the org collections."""
+    head = path.strip("/").split("/", 1)[0]
+    return head if head in RESOURCES else None
+
+
+def _included(org: Org, bookings: list[Record], include: tuple[str, ...]) -> list[dict[str, Any]]:
     included: dict[tuple[str, str], dict[str, Any]] = {}
     for booking in bookings:
         for relationship in include:

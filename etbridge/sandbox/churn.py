@@ -1,4 +1,4 @@
-"""Steady background churn: ``rate`` mutations per second spread over the orgs."""
+"""Steady background churn: ``rate`` mutations per second spread over orgs and resources."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ class Churn:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.rate = 0.0
+        self.resources: list[str] = ["bookings"]
         self._task: asyncio.Task[None] | None = None
 
-    def set_rate(self, rate: float) -> None:
-        """Change the rate; 0 stops the task. Must run on the event loop."""
+    def set_rate(self, rate: float, resources: list[str] | None = None) -> None:
+        """Change the rate (and which collections churn); 0 stops. Runs on the event loop."""
         self.rate = rate
+        self.resources = resources or ["bookings"]
         if rate > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         elif rate <= 0 and self._task is not None:
@@ -57,7 +59,7 @@ class Churn:
                 continue
             credit -= due
             try:
-                self.store.mutate(due)
+                self.store.mutate(due, resources=self.resources)
             except MutationError as exc:
                 # No orgs left (all removed): nothing to churn until one is added.
                 _log.debug("churn skipped: %s", exc)

@@ -45,6 +45,9 @@ def build_parser(prog: str = "etbridge sandbox") -> argparse.ArgumentParser:
     parser.add_argument(
         "--bookings", type=_whole_at_least(0), default=defaults.bookings, help="per org"
     )
+    parser.add_argument(
+        "--contacts", type=_whole_at_least(0), default=defaults.contacts, help="per org"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
         "--token-ttl", type=_whole_at_least(1), default=defaults.token_ttl, help="seconds"
@@ -79,6 +82,7 @@ def parse_config(argv: Sequence[str] | None = None) -> SandboxConfig:
         port=args.port,
         orgs=args.orgs,
         bookings=args.bookings,
+        contacts=args.contacts,
         seed=args.seed,
         token_ttl=args.token_ttl,
         rate_limit=args.rate_limit,

@@ -16,6 +16,7 @@ class SandboxConfig:
     port: int = 0
     orgs: int = 3
     bookings: int = 50
+    contacts: int = 10
     seed: int = 1
     token_ttl: int = 7200
     rate_limit: int = 100

@@ -22,6 +22,7 @@ class Counters:
     unauthorized_by_reason: Counter[str] = field(default_factory=Counter)
     list_requests_by_org: Counter[str] = field(default_factory=Counter)
     get_requests_by_org: Counter[str] = field(default_factory=Counter)
+    list_requests_by_resource: Counter[str] = field(default_factory=Counter)
     faults_served: Counter[str] = field(default_factory=Counter)
     status_codes: Counter[int] = field(default_factory=Counter)
 
@@ -39,6 +40,7 @@ class Counters:
             "unauthorized_by_reason": dict(self.unauthorized_by_reason),
             "list_requests_by_org": dict(self.list_requests_by_org),
             "get_requests_by_org": dict(self.get_requests_by_org),
+            "list_requests_by_resource": dict(self.list_requests_by_resource),
             "faults_served": dict(self.faults_served),
             "status_codes": {str(k): v for k, v in sorted(self.status_codes.items())},
         }

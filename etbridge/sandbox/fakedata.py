@@ -153,6 +153,29 @@ def contact_attributes(rng: random.Random) -> dict[str, Any]:
     return {"first_name": first, "last_name": last, "email": email}
 
 
+_JOB_TITLES = (
+    "Event Planner",
+    "Office Manager",
+    "Executive Assistant",
+    "HR Director",
+    "Travel Coordinator",
+    "Marketing Manager",
+    "Bride",
+    "Groom",
+    "Parent of the Bride",
+)
+
+
+def phone(rng: random.Random) -> str:
+    """A North American number in a fictional 555 exchange."""
+    return f"+1-{rng.randint(201, 989)}-555-{rng.randint(100, 199):04d}"
+
+
+def job_title(rng: random.Random) -> str:
+    """What a contact does (or is, at a wedding)."""
+    return rng.choice(_JOB_TITLES)
+
+
 def user_attributes(rng: random.Random, index: int) -> dict[str, Any]:
     """A sales manager of the hotel (the booking owner)."""
     first = rng.choice(_FIRST_NAMES)

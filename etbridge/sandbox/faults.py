@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 #: Knobs that are probabilities per request.
-RATE_KNOBS: tuple[str, ...] = ("error_500", "html_502", "truncated", "slow", "storm_429")
+RATE_KNOBS: tuple[str, ...] = (
+    "error_500",
+    "html_502",
+    "truncated",
+    "slow",
+    "storm_429",
+    "bookings_error_500",
+    "contacts_error_500",
+)
 
 #: What nginx answers when the upstream is down: HTML, not JSON:API.
 HTML_502 = (
@@ -33,6 +41,9 @@ class FaultSettings:
     slow_seconds: float = 1.0
     storm_429: float = 0.0
     storm_retry_after: int = 1
+    # 500s on one collection only (``/v2/bookings...`` or ``/v2/contacts...``).
+    bookings_error_500: float = 0.0
+    contacts_error_500: float = 0.0
     mutate_between_pages: int = 0
     # 1: the bookings endpoint rejects filter[updated_at] with 400, as an API
     # without the (inferred) incremental filter would.

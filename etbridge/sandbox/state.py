@@ -36,7 +36,13 @@ class SandboxState:
     @classmethod
     def create(cls, config: SandboxConfig, clock: Callable[[], float] = time.time) -> SandboxState:
         """Generate the data and set every knob from the start-up config."""
-        store = Store(orgs=config.orgs, bookings=config.bookings, seed=config.seed, clock=clock)
+        store = Store(
+            orgs=config.orgs,
+            bookings=config.bookings,
+            contacts=config.contacts,
+            seed=config.seed,
+            clock=clock,
+        )
         return cls(
             config=config,
             clock=clock,

@@ -1,4 +1,4 @@
-"""In-memory organizations and bookings, and the seeded mutation engine.
+"""In-memory organizations, their bookings and contacts, and the seeded mutation engine.
 
 All randomness comes from one ``random.Random(seed)``, so the same seed and the same
 sequence of calls give the same data and the same mutations. Everything runs on the
@@ -11,12 +11,17 @@ import bisect
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
-from etbridge.sandbox import fakedata
-from etbridge.sandbox.jsonapi import dumps
+from etbridge.sandbox import contacts, fakedata
+from etbridge.sandbox.records import (
+    RESOURCES,
+    Booking,
+    Org,
+    Record,
+)
 from etbridge.sandbox.timestamps import format_ts
 
 MUTATION_KINDS: tuple[str, ...] = ("create", "update", "delete", "touch")
@@ -42,9 +47,6 @@ CORE_ATTRIBUTES: tuple[str, ...] = (
 #: Sorting, filtering and the change log depend on these, so the schema knob keeps them.
 PROTECTED_ATTRIBUTES: frozenset[str] = frozenset({"created_at", "updated_at"})
 
-#: Relationship name -> JSON:API type of the related resource.
-RELATED_TYPES: dict[str, str] = {"account": "accounts", "contact": "contacts", "owner": "users"}
-
 #: Attribute groups an update edits together (a date range moves as one).
 _UPDATE_GROUPS: dict[str, tuple[str, ...]] = {
     "name": ("name",),
@@ -62,6 +64,7 @@ _T = TypeVar("_T")
 
 _FIRST_ORG_ID = 1001
 _FIRST_BOOKING_ID = 100001
+_FIRST_CONTACT_ID = 700001
 #: Initial data is spread over this many seconds before start-up.
 _HISTORY_SECONDS = 21 * 86400
 
@@ -72,75 +75,6 @@ class MutationError(ValueError):
 
 class SchemaError(ValueError):
     """A schema change names an attribute that cannot be added or removed."""
-
-
-@dataclass(eq=False)
-class Booking:
-    """One booking; ``encoded()`` caches its JSON so list pages are cheap to build."""
-
-    id: int
-    org_id: str
-    updated_ts: int
-    attributes: dict[str, Any]
-    relationships: dict[str, str | None]
-    _encoded: bytes | None = field(default=None, repr=False)
-
-    def resource(self) -> dict[str, Any]:
-        """The JSON:API resource object, as the API renders it (a fresh copy)."""
-        relationships: dict[str, Any] = {}
-        for name, related_id in self.relationships.items():
-            data = None if related_id is None else {"type": RELATED_TYPES[name], "id": related_id}
-            relationships[name] = {"data": data}
-        return {
-            "type": "bookings",
-            "id": str(self.id),
-            "attributes": dict(self.attributes),
-            "relationships": relationships,
-        }
-
-    def encoded(self) -> bytes:
-        """The resource as compact JSON bytes, cached until the booking changes."""
-        if self._encoded is None:
-            self._encoded = dumps(self.resource())
-        return self._encoded
-
-    def invalidate(self) -> None:
-        """Forget the cached JSON after a change."""
-        self._encoded = None
-
-
-@dataclass(eq=False)
-class Org:
-    """An organization (one hotel of the chain) with its bookings and their indexes."""
-
-    id: str
-    attributes: dict[str, str]
-    accounts: dict[str, dict[str, Any]]
-    contacts: dict[str, dict[str, Any]]
-    users: dict[str, dict[str, Any]]
-    stage_ids: list[int]
-    referral_source_ids: list[int]
-    bookings: dict[int, Booking] = field(default_factory=dict)
-    #: Booking ids ascending: the keyset index for ``sort=id``.
-    ids: list[int] = field(default_factory=list)
-    #: ``(updated_ts, id)`` ascending: the keyset index for ``sort=updated_at``.
-    by_updated: list[tuple[int, int]] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-    def resource(self) -> dict[str, Any]:
-        """The organization as ``GET /v2/organizations`` renders it."""
-        attributes: dict[str, Any] = {"name": self.attributes["name"], "api_org_id": self.id}
-        attributes["currency"] = self.attributes["currency"]
-        attributes["time_zone"] = self.attributes["time_zone"]
-        return {"type": "organizations", "id": self.id, "attributes": attributes}
-
-    def related_resource(self, relationship: str, related_id: str) -> dict[str, Any] | None:
-        """The resource a booking relationship points at, for ``include=``."""
-        table = {"account": self.accounts, "contact": self.contacts, "owner": self.users}
-        attributes = table[relationship].get(related_id)
-        if attributes is None:
-            return None
-        return {"type": RELATED_TYPES[relationship], "id": related_id, "attributes": attributes}
 
 
 @dataclass(frozen=True)
@@ -164,22 +98,26 @@ class Store:
         orgs: int,
         bookings: int,
         seed: int,
+        contacts: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rng = random.Random(seed)
+        # Contacts are seeded from their own generator, so bookings stay what a seed gave.
+        self._contact_rng = random.Random(f"contacts-{seed}")
         self.clock = clock
         #: Initial timestamps lie before this instant (exposed by the truth call).
         self.generated_at = int(clock())
         self.orgs: dict[str, Org] = {}
         self.log: list[dict[str, Any]] = []
         self._next_org = _FIRST_ORG_ID
-        self._next_booking = _FIRST_BOOKING_ID
+        self._next_id = {"bookings": _FIRST_BOOKING_ID, "contacts": _FIRST_CONTACT_ID}
         self._next_related = 1
         self._orgs_created = 0
         self._extra: dict[str, Any] = {}
         self._removed: set[str] = set()
         new_orgs = [self._new_org() for _ in range(orgs)]
         self._populate(new_orgs, bookings, self.generated_at)
+        self._seed_contacts(new_orgs, contacts, self.generated_at)
 
     # ----------------------------------------------------------------- reading
 
@@ -188,7 +126,7 @@ class Store:
         return self.orgs.get(org_id)
 
     def truth(self, org_id: str | None = None) -> dict[str, Any]:
-        """Every live booking as the API renders it, plus deleted ids, per org."""
+        """Every live booking and contact as the API renders it, plus deleted ids, per org."""
         if org_id is not None and org_id not in self.orgs:
             raise MutationError(f"unknown org {org_id}")
         selected = [self.orgs[org_id]] if org_id is not None else list(self.orgs.values())
@@ -198,6 +136,11 @@ class Store:
                 org.id: {
                     "bookings": {str(b.id): b.resource() for b in org.bookings.values()},
                     "deleted": list(org.deleted),
+                    "contacts": {
+                        str(c.id): c.resource()
+                        for c in org.collections["contacts"].records.values()
+                    },
+                    "deleted_contacts": list(org.collections["contacts"].deleted),
                 }
                 for org in selected
             },
@@ -210,21 +153,39 @@ class Store:
     # ---------------------------------------------------------------- mutating
 
     def mutate(
-        self, count: int, org_id: str | None = None, kinds: Sequence[str] | None = None
+        self,
+        count: int,
+        org_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        resources: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Apply ``count`` random mutations now and return their log entries."""
+        """Apply ``count`` random mutations now and return their log entries.
+
+        Each mutation is of one of ``resources`` (default: bookings only), drawn uniformly.
+        """
         allowed = tuple(kinds) if kinds else MUTATION_KINDS
         unknown = sorted(set(allowed) - set(MUTATION_KINDS))
         if unknown:
             raise MutationError(f"unknown mutation kinds: {', '.join(unknown)}")
+        chosen = tuple(resources) if resources else ("bookings",)
+        unknown = sorted(set(chosen) - set(RESOURCES))
+        if unknown:
+            raise MutationError(f"unknown resources: {', '.join(unknown)}")
         if org_id is not None and org_id not in self.orgs:
             raise MutationError(f"unknown org {org_id}")
-        return [self._mutate_once(org_id, allowed) for _ in range(count)]
+        out = []
+        for _ in range(count):
+            # A single resource draws nothing, so bookings-only runs keep their sequence.
+            resource = chosen[0] if len(chosen) == 1 else self.rng.choice(chosen)
+            out.append(self._mutate_once(org_id, allowed, resource))
+        return out
 
-    def add_org(self, bookings: int) -> str:
-        """Add an organization whose bookings already have some history."""
+    def add_org(self, bookings: int, contacts: int = 10) -> str:
+        """Add an organization whose bookings and contacts already have some history."""
         org = self._new_org()
-        self._populate([org], bookings, int(self.clock()))
+        anchor = int(self.clock())
+        self._populate([org], bookings, anchor)
+        self._seed_contacts([org], contacts, anchor)
         return org.id
 
     def remove_org(self, org_id: str) -> None:
@@ -336,6 +297,20 @@ class Store:
                 draft.org, draft.created_ts, draft.updated_ts, draft.attributes, draft.relationships
             )
 
+    def _seed_contacts(self, orgs: Sequence[Org], per_org: int, anchor: int) -> None:
+        """Give each org ``per_org`` contacts created and updated before ``anchor``."""
+        rng = self._contact_rng
+        drafts: list[tuple[int, int, Org, int, dict[str, Any], dict[str, str | None]]] = []
+        for org in orgs:
+            for _ in range(per_org):
+                created = anchor - rng.randint(30, _HISTORY_SECONDS)
+                updated = rng.randint(created, anchor - 30)
+                attributes, relationships = contacts.draft(org, rng)
+                drafts.append((created, len(drafts), org, updated, attributes, relationships))
+        drafts.sort(key=lambda d: (d[0], d[1]))
+        for created, _order, org, updated, attributes, relationships in drafts:
+            self._insert(org, created, updated, attributes, relationships, "contacts")
+
     def _draft(self, org: Org, today: date) -> tuple[dict[str, Any], dict[str, str | None]]:
         """Random attributes (without timestamps) and relationships of a new booking."""
         rng = self.rng
@@ -370,29 +345,33 @@ class Store:
         updated_ts: int,
         attributes: dict[str, Any],
         relationships: dict[str, str | None],
-    ) -> Booking:
-        """Store a new booking under the next id, honouring schema changes."""
-        booking_id = self._next_booking
-        self._next_booking += 1
+        resource: str = "bookings",
+    ) -> Record:
+        """Store a new record under the next id (bookings honour schema changes)."""
+        record_id = self._next_id[resource]
+        self._next_id[resource] += 1
         attributes["created_at"] = format_ts(created_ts)
         attributes["updated_at"] = format_ts(updated_ts)
-        for name in self._removed:
-            attributes.pop(name, None)
-        attributes.update(self._extra)
-        booking = Booking(booking_id, org.id, updated_ts, attributes, relationships)
-        org.bookings[booking_id] = booking
+        if resource == "bookings":
+            for name in self._removed:
+                attributes.pop(name, None)
+            attributes.update(self._extra)
+        record = Record(record_id, org.id, updated_ts, attributes, relationships, resource)
+        collection = org.collections[resource]
+        collection.records[record_id] = record
         # Ids grow with creation, so appending keeps the id index sorted.
-        org.ids.append(booking_id)
-        bisect.insort(org.by_updated, (updated_ts, booking_id))
-        return booking
+        collection.ids.append(record_id)
+        bisect.insort(collection.by_updated, (updated_ts, record_id))
+        return record
 
-    def _set_updated(self, org: Org, booking: Booking, now: int) -> None:
-        """Move a booking's ``updated_at`` to ``now`` and re-file it in the index."""
+    def _set_updated(self, org: Org, booking: Record, now: int) -> None:
+        """Move a record's ``updated_at`` to ``now`` and re-file it in the index."""
+        index = org.collections[booking.type].by_updated
         old_key = (booking.updated_ts, booking.id)
-        del org.by_updated[bisect.bisect_left(org.by_updated, old_key)]
+        del index[bisect.bisect_left(index, old_key)]
         booking.updated_ts = now
         booking.attributes["updated_at"] = format_ts(now)
-        bisect.insort(org.by_updated, (now, booking.id))
+        bisect.insort(index, (now, booking.id))
         booking.invalidate()
 
     def _pick_org(self, org_id: str | None) -> Org:
@@ -405,37 +384,54 @@ class Store:
             raise MutationError("there are no organizations to mutate")
         return self.orgs[self.rng.choice(list(self.orgs))]
 
-    def _mutate_once(self, org_id: str | None, kinds: tuple[str, ...]) -> dict[str, Any]:
+    def _mutate_once(
+        self, org_id: str | None, kinds: tuple[str, ...], resource: str
+    ) -> dict[str, Any]:
         rng = self.rng
         org = self._pick_org(org_id)
+        collection = org.collections[resource]
         kind = rng.choices(kinds, weights=[_KIND_WEIGHTS[k] for k in kinds])[0]
-        if kind != "create" and not org.bookings:
+        if kind != "create" and not collection.records:
             if "create" not in kinds:
-                raise MutationError(f"org {org.id} has no bookings to {kind}")
+                raise MutationError(f"org {org.id} has no {resource} to {kind}")
             kind = "create"
         now = int(self.clock())
         fields: list[str]
         if kind == "create":
-            attributes, relationships = self._draft(org, datetime.fromtimestamp(now, UTC).date())
-            booking = self._insert(org, now, now, attributes, relationships)
+            if resource == "bookings":
+                today = datetime.fromtimestamp(now, UTC).date()
+                attributes, relationships = self._draft(org, today)
+            else:
+                attributes, relationships = contacts.draft(org, rng)
+            booking = self._insert(org, now, now, attributes, relationships, resource)
             fields = [*booking.attributes, *booking.relationships]
         else:
-            booking = org.bookings[org.ids[rng.randrange(len(org.ids))]]
+            booking = collection.records[collection.ids[rng.randrange(len(collection.ids))]]
             if kind == "delete":
                 self._delete(org, booking)
                 fields = []
             elif kind == "touch":
                 self._set_updated(org, booking, now)
                 fields = ["updated_at"]
-            else:
+            elif resource == "bookings":
                 fields = self._update(org, booking, now)
+            else:
+                fields = self._update_contact(org, booking, now)
         return self._record(org, booking, kind, fields)
 
-    def _delete(self, org: Org, booking: Booking) -> None:
-        del org.bookings[booking.id]
-        del org.ids[bisect.bisect_left(org.ids, booking.id)]
-        del org.by_updated[bisect.bisect_left(org.by_updated, (booking.updated_ts, booking.id))]
-        org.deleted.append(str(booking.id))
+    def _delete(self, org: Org, booking: Record) -> None:
+        collection = org.collections[booking.type]
+        del collection.records[booking.id]
+        del collection.ids[bisect.bisect_left(collection.ids, booking.id)]
+        key = (booking.updated_ts, booking.id)
+        del collection.by_updated[bisect.bisect_left(collection.by_updated, key)]
+        collection.deleted.append(str(booking.id))
+
+    def _update_contact(self, org: Org, contact: Record, now: int) -> list[str]:
+        """Edit a contact (see :func:`contacts.edit`) and move its ``updated_at``."""
+        changed = contacts.edit(org, contact, self.rng)
+        self._set_updated(org, contact, now)
+        return sorted(changed | {"updated_at"})
 
     def _update(self, org: Org, booking: Booking, now: int) -> list[str]:
         """Edit a random subset of attributes (sometimes a relationship); return what changed."""
@@ -514,6 +510,7 @@ class Store:
             "seq": len(self.log) + 1,
             "at": self.clock(),
             "org": org.id,
+            "resource": booking.type,
             "id": str(booking.id),
             "kind": kind,
             "fields": fields,

@@ -273,6 +273,7 @@ def test_truth_log_and_counters(sandbox: Sandbox, session_for: Sessions) -> None
         "unauthorized_by_reason": {},
         "list_requests_by_org": {},
         "get_requests_by_org": {},
+        "list_requests_by_resource": {},
         "faults_served": {},
         "status_codes": {},
     }

@@ -66,6 +66,7 @@ class Sandbox:
         *,
         orgs: int = 3,
         bookings: int = 50,
+        contacts: int | None = None,
         seed: int = 1,
         token_ttl: int = 7200,
         rate_limit: int = 100,
@@ -97,6 +98,7 @@ class Sandbox:
             client_id,
             "--client-secret",
             client_secret,
+            *([] if contacts is None else ["--contacts", str(contacts)]),
             *extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -183,10 +185,16 @@ class Sandbox:
         return resp.json() if resp.content else None
 
     def mutate(
-        self, count: int, org: str | None = None, kinds: Sequence[str] | None = None
+        self,
+        count: int,
+        org: str | None = None,
+        kinds: Sequence[str] | None = None,
+        resource: str | Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Apply ``count`` mutations now; returns their log entries."""
+        """Apply ``count`` mutations now (of bookings unless ``resource``); their log entries."""
         body: dict[str, Any] = {"count": count}
+        if resource is not None:
+            body["resource"] = resource if isinstance(resource, str) else list(resource)
         if org is not None:
             body["org"] = org
         if kinds is not None:
@@ -194,9 +202,12 @@ class Sandbox:
         mutations: list[dict[str, Any]] = self.admin("POST", "mutate", body)["mutations"]
         return mutations
 
-    def churn(self, rate: float) -> None:
-        """Steady background churn of ``rate`` mutations/s (0 stops)."""
-        self.admin("POST", "churn", {"rate": rate})
+    def churn(self, rate: float, resource: str | Sequence[str] | None = None) -> None:
+        """Steady background churn of ``rate`` mutations/s (0 stops), of bookings by default."""
+        body: dict[str, Any] = {"rate": rate}
+        if resource is not None:
+            body["resource"] = resource if isinstance(resource, str) else list(resource)
+        self.admin("POST", "churn", body)
 
     def faults(self, **rates: float) -> None:
         """Set fault knobs, e.g. ``faults(error_500=0.2, slow=0.1, slow_seconds=2)``."""
