@@ -50,12 +50,14 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     alloc = scheduler.plan_rates(units, settings.rate_limit, config)
     estimates = {u.key: u for u in units}
     plans = planstore.plans(client, org_ids, settings.resources)
+    metas = {res: state.iter_meta(client, org_ids, res) for res in settings.resources}
+    records = _record_counts(client, org_ids, settings.resources)
     held = {res: holds.read_many(client, org_ids, res) for res in settings.resources}
     orgs: dict[str, Any] = {}
     for org_id in org_ids:
         removed = "removed_at" in registry.get(org_id, {})
         per_resource = {
-            res: _unit_status(client, org_id, res, plans[(org_id, res)], now)
+            res: _unit_status(metas[res][org_id], plans[(org_id, res)], records[(org_id, res)], now)
             | _allocated(alloc.rates.get((org_id, res)), estimates.get((org_id, res)))
             | _held(held[res][org_id])
             for res in settings.resources
@@ -97,10 +99,20 @@ def _round(value: float | None) -> float | None:
     return round(value, 1)
 
 
+def _record_counts(
+    client: redis.Redis, org_ids: list[str], resources: list[str]
+) -> dict[tuple[str, str], int]:
+    """Records stored per (org, resource), in one round trip."""
+    units = [(o, r) for o in org_ids for r in resources]
+    pipe = client.pipeline(transaction=False)
+    for org_id, res in units:
+        pipe.hlen(keys.fingerprints(org_id, res))
+    return {unit: int(n) for unit, n in zip(units, pipe.execute(), strict=True)}
+
+
 def _unit_status(
-    client: redis.Redis, org_id: str, resource: str, plan: dict[str, str], now: float
+    meta: dict[str, str], plan: dict[str, str], records: int, now: float
 ) -> dict[str, Any]:
-    meta = state.text_hash(client.hgetall(keys.org_meta(org_id, resource)))
     last_poll = _num(meta.get("last_poll_at"))
     return {
         "last_poll": from_epoch(last_poll),
@@ -114,7 +126,7 @@ def _unit_status(
         "baselined": meta.get("baselined") == "1",
         "sweep_in_progress": meta.get("sweep_active") == "1",
         "incremental_filter": "unsupported" if meta.get("filter_unsupported") == "1" else "ok",
-        "records": int(client.hlen(keys.fingerprints(org_id, resource))),
+        "records": records,
         "deletions_pending": int(meta.get("deletions_pending") or 0),
         "inaccessible_since": from_epoch(meta.get("inaccessible_since")),
         # Lost access (403/404 on its X-API-ORG); an org gone from discovery is not polled.
