@@ -99,7 +99,7 @@ class SentinelSet(_Context):
         replica = self._client(self.nodes[1])
         replica.replicaof("127.0.0.1", master.port)
         wait_until(
-            lambda: replica.info("replication")["master_link_status"] == "up",
+            lambda: replica.info("replication").get("master_link_status") == "up",
             30,
             "the replica to sync",
         )
@@ -166,7 +166,7 @@ class SentinelSet(_Context):
             client = self._client(victim)
             client.replicaof("127.0.0.1", new)
             wait_until(
-                lambda: client.info("replication")["master_link_status"] == "up",
+                lambda: client.info("replication").get("master_link_status") == "up",
                 timeout,
                 "the old master to sync as a replica",
             )
