@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from etbridge import health, logs, redisconn, shutdown
+from etbridge import health, kombufix, logs, redisconn, shutdown
 from etbridge.settings import Settings, SettingsError, load_settings
 
 # Seconds between two planner ticks of beat.
@@ -38,6 +38,9 @@ def _load() -> Settings:
 
 
 settings = _load()
+
+# A lost broker connection reconnects instead of stopping the worker (etbridge/kombufix.py).
+kombufix.install()
 
 app = Celery("etbridge", broker=settings.broker_url, include=["etbridge.tasks"])
 app.conf.update(

@@ -164,14 +164,18 @@ class SentinelSet(_Context):
         if rejoin:
             victim.start()
             client = self._client(victim)
-            client.replicaof("127.0.0.1", new)
-            wait_until(
-                lambda: client.info("replication").get("master_link_status") == "up",
-                timeout,
-                "the old master to sync as a replica",
-            )
+
+            def synced() -> bool:
+                # Point it at whichever node the sentinels name now, until it follows:
+                # a sentinel may reconfigure it too, or not have reached it yet.
+                info = client.info("replication")
+                if info.get("role") == "master":
+                    client.replicaof("127.0.0.1", self.master_port())
+                return info.get("master_link_status") == "up"
+
+            wait_until(synced, 2 * timeout, "the old master to sync as a replica")
             client.close()
-        return new
+        return self.master_port()
 
     def close(self) -> None:
         for proc in self.sentinels:

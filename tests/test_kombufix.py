@@ -1,0 +1,43 @@
+"""etbridge/kombufix.py: closing a collected broker connection with an unacked message."""
+
+from __future__ import annotations
+
+import kombu
+import pytest
+from kombu.transport import redis as kombu_redis
+
+from etbridge import kombufix
+
+
+def _collected_connection_with_an_unacked_message(redis_url: str) -> kombu.Connection:
+    conn = kombu.Connection(redis_url, transport_options={"visibility_timeout": 3600})
+    channel = conn.default_channel
+    queue = kombu.Queue("kombufix", channel=channel)
+    queue.declare()
+    kombu.Producer(channel).publish({"n": 1}, routing_key="kombufix")
+    assert queue.get(no_ack=False) is not None  # delivered, not acknowledged
+    # What Celery 5.7 does on a lost connection, and the pool lost with it:
+    # the transport is detached, the channel stays open.
+    conn._do_close_transport()
+    channel._disconnect_pools()
+    return conn
+
+
+def test_kombu_alone_stops_on_the_detached_connection(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure the guard exists for; if kombu fixes it, drop etbridge/kombufix.py."""
+    channel = kombu_redis.Channel
+    if getattr(channel._connparams, "_etbridge_guard", False):  # etbridge.worker imported
+        monkeypatch.setattr(channel, "_connparams", channel._connparams.__wrapped__)
+    conn = _collected_connection_with_an_unacked_message(redis_url)
+    with pytest.raises(AttributeError, match="hostname"):
+        conn.close()
+
+
+def test_the_guard_makes_it_a_connection_error_that_close_ignores(redis_url: str) -> None:
+    kombufix.install()
+    kombufix.install()  # idempotent
+    conn = _collected_connection_with_an_unacked_message(redis_url)
+    conn.close()  # maybe_close_channel ignores connection errors
+    assert conn._closed
