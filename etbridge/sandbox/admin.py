@@ -172,8 +172,11 @@ class AdminApi:
         return {"forced_429_left": count, "retry_after": retry_after}
 
     async def revoke_tokens(self, request: Request) -> dict[str, Any]:
-        """Every token issued so far becomes invalid."""
-        return {"revoked": self.state.tokens.revoke_all()}
+        """Every token issued so far (``{"app": client id}``: of one application) becomes
+        invalid."""
+        body = await _body(request)
+        app = self._apps([body["app"]], "app")[0] if "app" in body else None
+        return {"revoked": self.state.tokens.revoke_all(app)}
 
     async def add_org(self, request: Request) -> dict[str, Any]:
         """``{"bookings": m, "contacts": n, "apps"?: [client ids]}`` → ``{"org_id"}``.

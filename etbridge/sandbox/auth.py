@@ -141,10 +141,13 @@ class TokenRegistry:
             return AuthCheck("revoked", "The access token was revoked")
         return _OK
 
-    def revoke_all(self) -> int:
-        """Invalidate every issued token; return how many were still live."""
+    def revoke_all(self, client_id: str | None = None) -> int:
+        """Invalidate every issued token (of one application if given); return how many
+        were still live."""
         live = 0
         for token in self._tokens.values():
+            if client_id is not None and token.client_id != client_id:
+                continue
             live += not token.revoked
             token.revoked = True
         return live

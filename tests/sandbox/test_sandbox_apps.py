@@ -79,6 +79,18 @@ def test_each_application_sees_its_own_orgs(sb: Sandbox) -> None:
     assert get(sb, c, "contacts", org="1003").status_code == 200
 
 
+def test_revoking_one_applications_tokens(sb: Sandbox) -> None:
+    a, b = sb.token(app=A), sb.token(app=B)
+    sb.revoke_tokens(app=A.client_id)
+    refused = get(sb, a, "organizations")
+    assert refused.status_code == 401
+    assert "revoked" in refused.headers["WWW-Authenticate"]
+    assert get(sb, b, "organizations").status_code == 200
+    assert sb.counters()["by_app"][A.client_id]["unauthorized"] == 1
+    sb.revoke_tokens()
+    assert get(sb, b, "organizations").status_code == 401
+
+
 def test_an_added_org_is_seen_by_the_apps_named_and_those_seeing_all(sb: Sandbox) -> None:
     org_id = sb.add_org(bookings=2, apps=[B.client_id])
     a, b, c = (sb.token(app=app) for app in (A, B, C))

@@ -247,9 +247,9 @@ class Sandbox:
         """The next ``count`` API calls get 429 with ``Retry-After: retry_after``."""
         self.admin("POST", "force_429", {"count": count, "retry_after": retry_after})
 
-    def revoke_tokens(self) -> None:
-        """Every token issued so far becomes invalid."""
-        self.admin("POST", "revoke_tokens")
+    def revoke_tokens(self, app: str | None = None) -> None:
+        """Every token issued so far (of the client id ``app`` if given) becomes invalid."""
+        self.admin("POST", "revoke_tokens", None if app is None else {"app": app})
 
     def counters(self) -> dict[str, Any]:
         """``GET /_admin/counters``."""
