@@ -1,6 +1,7 @@
 """The ``etbridge`` command.
 
-Subcommands: ``demo``, ``sandbox``, ``check``, ``status``, ``console``, ``orgs``,
+Subcommands: ``demo``, ``sandbox``, ``check``, ``apps list | check NAME``, ``status``,
+``console``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
 ``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
 ``dlq purge (ID… | --before TIME)``, ``events show EVENT_ID``,
@@ -17,12 +18,16 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import redis
 
 from etbridge import redisconn
 from etbridge.errors import AuthenticationError, EtbridgeError
 from etbridge.settings import Settings, SettingsError, load_settings, parse_sink
+
+if TYPE_CHECKING:
+    from etbridge.apps import AppConfig
 
 
 def _settings() -> Settings:
@@ -66,12 +71,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    return _check(_settings(), orgs_from="ETBRIDGE_ORGS")
+
+
+def _check(settings: Settings, *, orgs_from: str) -> int:
+    """Token, organizations and rate-limit headers of one application (never its secret)."""
     import requests
 
     from etbridge.auth import fetch_token
     from etbridge.client import EventTempleClient
 
-    settings = _settings()
     session = requests.Session()
     limits: dict[str, str] = {}
 
@@ -111,11 +120,63 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"rate      limit {limits.get('X-Api-Request-Limit', '?')} per minute, "
             f"remaining {limits.get('X-Api-Request-Remaining', '?')}"
         )
+        announced = limits.get("X-Api-Request-Limit", "")
+        if announced.isdigit() and settings.rate_limit > int(announced):
+            print(
+                f"warning   the budget ({settings.rate_limit}/min) is above the API's limit "
+                f"({announced}/min): expect 429s"
+            )
     if settings.orgs:
         missing = sorted(set(settings.orgs) - {o.org_id for o in orgs})
         if missing:
-            print(f"warning   ETBRIDGE_ORGS lists unknown orgs: {', '.join(missing)}")
+            print(f"warning   {orgs_from} lists unknown orgs: {', '.join(missing)}")
     return 0
+
+
+def cmd_apps(args: argparse.Namespace) -> int:
+    settings = _settings()
+    apps = settings.apps()
+    if args.apps_command == "list":
+        if settings.apps_file:
+            print(f"{len(apps)} application(s) from ETBRIDGE_APPS_FILE ({settings.apps_file})")
+        else:
+            print("one application from ETBRIDGE_CLIENT_ID (ETBRIDGE_APPS_FILE is not set)")
+        for app in apps:
+            print()
+            for line in _app_lines(app, settings):
+                print(line)
+        return 0
+    found = [app for app in apps if app.name == args.name]
+    if not found:
+        known = ", ".join(app.name for app in apps)
+        print(f"apps check: no application named {args.name!r} (known: {known})", file=sys.stderr)
+        return 2
+    print(f"app       {args.name}")
+    orgs_from = "ETBRIDGE_ORGS" if not settings.apps_file else f"app {args.name}'s orgs"
+    return _check(found[0].settings(settings), orgs_from=orgs_from)
+
+
+def _app_lines(app: AppConfig, settings: Settings) -> list[str]:
+    """``apps list``'s block for one application: no secret, sink URLs masked."""
+    if app.orgs:
+        orgs = ", ".join(app.orgs)
+    else:
+        orgs = f"discovery (every {settings.discovery_interval:.0f}s)"
+    lines = [
+        app.name,
+        f"  api         {app.api_url}",
+        f"  token url   {app.token_url}",
+        f"  client id   {app.client_id}  secret ***"
+        + (f" (from {app.secret_file})" if app.secret_file else ""),
+        f"  scope       {app.scope}",
+        f"  orgs        {orgs}",
+        f"  rate limit  {app.rate_limit} per minute",
+    ]
+    for index, sink in enumerate(app.sinks):
+        lines.append(f"  {'sinks' if index == 0 else '':<11} {sink.display}")
+    if app.webhook_key_names:
+        lines.append(f"  webhooks    keys {', '.join(app.webhook_key_names)} (values not shown)")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -307,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="fetch a token and list the organizations")
     check.set_defaults(func=cmd_check)
+
+    apps = sub.add_parser("apps", help="the Event Temple applications (ETBRIDGE_APPS_FILE)")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True)
+    apps_sub.add_parser("list", help="each application: API, orgs, budget, sinks (no secrets)")
+    apps_check = apps_sub.add_parser("check", help="as `etbridge check`, for one application")
+    apps_check.add_argument("name")
+    apps.set_defaults(func=cmd_apps)
 
     st = sub.add_parser("status", help="orgs, token, budget, outbox and sinks (reads Redis)")
     st.add_argument("--json", action="store_true", help="one JSON object")

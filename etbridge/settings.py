@@ -12,7 +12,7 @@ import base64
 import binascii
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -44,8 +44,12 @@ from etbridge.sinkurl import (
     mask_url,
     parse_duration,
     parse_sink,
+    parse_sink_list,
     split_sink_list,
 )
+
+if TYPE_CHECKING:
+    from etbridge.apps import AppConfig
 
 __all__ = [
     "DEFAULT_DISABLE_AFTER",
@@ -193,6 +197,8 @@ class Settings(BaseSettings):
     # Issue 17: replicas that must acknowledge a page commit (WAIT) before it counts.
     redis_wait_replicas: int = Field(default=0, ge=0)
     redis_wait_timeout: float = Field(default=1.0, gt=0)
+    # Issue 18: the applications (TOML, see etbridge.apps); empty: the one of CLIENT_ID.
+    apps_file: str = ""
 
     @field_validator("orgs", "ignore_fields", "resources", mode="before")
     @classmethod
@@ -207,12 +213,7 @@ class Settings(BaseSettings):
     @field_validator("sinks", mode="before")
     @classmethod
     def _sinks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            items = split_sink_list(value)
-            if not items:
-                raise ValueError("at least one sink URL is needed")
-            return [parse_sink(item) for item in items]
-        return value
+        return parse_sink_list(value) if isinstance(value, str) else value
 
     @field_validator("retry_schedule", mode="before")
     @classmethod
@@ -262,6 +263,8 @@ class Settings(BaseSettings):
 
     # Resolved signing keys per webhook sink name (see webhook_keys_for).
     _sink_keys: dict[str, tuple[SecretStr, ...]] = PrivateAttr(default_factory=dict)
+    # The applications of ETBRIDGE_APPS_FILE, parsed and checked at start (see apps()).
+    _apps: tuple[AppConfig, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -289,7 +292,23 @@ class Settings(BaseSettings):
             if spec.kind == "webhook":
                 resolved[spec.name] = tuple(SecretStr(k) for k in self._resolve_keys(spec))
         self._sink_keys = resolved
+        if self.apps_file:
+            from etbridge.apps import AppsFileError, read_apps_file
+
+            try:
+                self._apps = read_apps_file(self.apps_file, secret_setting)
+            except AppsFileError as exc:
+                # "ETBRIDGE_APPS_FILE: app 'acme': ...": describe_validation_error's shape.
+                raise ValueError(str(exc).removeprefix(ENV_PREFIX)) from None
         return self
+
+    def apps(self) -> tuple[AppConfig, ...]:
+        """The applications: those of ``ETBRIDGE_APPS_FILE``, else the one of ``CLIENT_ID``."""
+        if self._apps:
+            return self._apps
+        from etbridge.apps import implicit_app
+
+        return (implicit_app(self),)
 
     def _resolve_keys(self, spec: SinkSpec) -> tuple[str, ...]:
         """Read and check a webhook sink's keys; ``ValueError`` names the variable."""

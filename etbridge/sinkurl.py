@@ -297,3 +297,11 @@ def split_sink_list(value: str) -> list[str]:
         elif piece.strip():
             urls.append(piece.strip())
     return urls
+
+
+def parse_sink_list(value: str | list[str]) -> list[SinkSpec]:
+    """Parse ``ETBRIDGE_SINKS`` (or a list of sink URLs); ``ValueError`` if there is none."""
+    urls = split_sink_list(value) if isinstance(value, str) else value
+    if not urls:
+        raise ValueError("at least one sink URL is needed")
+    return [parse_sink(url) for url in urls]

@@ -89,6 +89,7 @@ class AdminApi:
             Route("/truth", self._wrap(self.truth), methods=["GET"]),
             Route("/log", self._wrap(self.log), methods=["GET"]),
             Route("/config", self._wrap(self.config), methods=["GET", "POST"]),
+            Route("/apps", self._wrap(self.apps), methods=["GET"]),
         ]
         return [Mount("/_admin", routes=routes, middleware=[Middleware(LoopbackOnly)])]
 
@@ -171,15 +172,40 @@ class AdminApi:
         return {"forced_429_left": count, "retry_after": retry_after}
 
     async def revoke_tokens(self, request: Request) -> dict[str, Any]:
-        """Every token issued so far becomes invalid."""
-        return {"revoked": self.state.tokens.revoke_all()}
+        """Every token issued so far (``{"app": client id}``: of one application) becomes
+        invalid."""
+        body = await _body(request)
+        app = self._apps([body["app"]], "app")[0] if "app" in body else None
+        return {"revoked": self.state.tokens.revoke_all(app)}
 
     async def add_org(self, request: Request) -> dict[str, Any]:
-        """``{"bookings": m, "contacts": n}`` → ``{"org_id"}``."""
+        """``{"bookings": m, "contacts": n, "apps"?: [client ids]}`` → ``{"org_id"}``.
+
+        ``apps`` names the applications with an org list that may see the new org
+        (an application without one sees every org anyway).
+        """
         body = await _body(request)
         bookings = _whole(body.get("bookings", 10), "bookings", 0, 1_000_000)
         contacts = _whole(body.get("contacts", 10), "contacts", 0, 1_000_000)
-        return {"org_id": self.state.store.add_org(bookings, contacts)}
+        apps = self._apps(body.get("apps", []), "apps")
+        org_id = self.state.store.add_org(bookings, contacts)
+        self.state.apps.grant(apps, org_id)
+        return {"org_id": org_id}
+
+    def _apps(self, value: Any, name: str) -> list[str]:
+        """A list of known client ids (``name`` is the field, for the refusal)."""
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise AdminError(400, f"{name} must be a list of client ids")
+        unknown = [v for v in value if v not in self.state.apps]
+        if unknown:
+            raise AdminError(404, f"unknown application {unknown[0]}")
+        return list(value)
+
+    async def apps(self, request: Request) -> dict[str, Any]:
+        """``{"apps": {client_id: {"orgs": [ids] | null, "rate_limit": n}}}`` (no secrets)."""
+        state = self.state
+        limits = {cid: state.limiter.limit_of(cid) for cid in state.apps.specs}
+        return {"apps": state.apps.as_dict(limits), "default": state.apps.default}
 
     async def remove_org(self, request: Request) -> dict[str, Any]:
         """``DELETE /_admin/orgs/{id}``."""
@@ -233,18 +259,34 @@ class AdminApi:
         return {"log": self.state.store.log_since(int(raw))}
 
     async def config(self, request: Request) -> dict[str, Any]:
-        """POST ``{"rate_limit"?, "token_ttl"?}`` changes them until the next reset."""
+        """POST ``{"rate_limit"?, "token_ttl"?, "app"?}`` changes them until the next reset.
+
+        ``rate_limit`` with ``app`` is that application's; without, every one's.
+        """
         state = self.state
+        limiter = state.limiter
         if request.method == "POST":
             body = await _body(request)
-            unknown = sorted(set(body) - {"rate_limit", "token_ttl"})
+            unknown = sorted(set(body) - {"rate_limit", "token_ttl", "app"})
             if unknown:
                 raise AdminError(400, f"unknown settings: {', '.join(unknown)}")
+            app = self._apps([body["app"]], "app")[0] if "app" in body else None
+            if app is not None and "rate_limit" not in body:
+                raise AdminError(400, "app applies to rate_limit only")
             if "rate_limit" in body:
-                state.limiter.limit = _whole(body["rate_limit"], "rate_limit", 1, 10**9)
+                limit = _whole(body["rate_limit"], "rate_limit", 1, 10**9)
+                if app is None:
+                    # Every application's limit, as with one application.
+                    limiter.limit, limiter.limits = limit, {}
+                else:
+                    limiter.limits[app] = limit
             if "token_ttl" in body:
                 state.token_ttl = _whole(body["token_ttl"], "token_ttl", 1, 10**9)
-        return {"rate_limit": state.limiter.limit, "token_ttl": state.token_ttl}
+        return {
+            "rate_limit": limiter.limit_of(state.apps.default),
+            "token_ttl": state.token_ttl,
+            "rate_limits": {cid: limiter.limit_of(cid) for cid in state.apps.specs},
+        }
 
 
 async def _body(request: Request) -> dict[str, Any]:

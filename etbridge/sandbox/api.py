@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from etbridge.sandbox import pagination
-from etbridge.sandbox.auth import TokenError, parse_token_request
+from etbridge.sandbox.auth import TokenError, claimed_client, parse_token_request
 from etbridge.sandbox.faults import HTML_502, truncate
 from etbridge.sandbox.glitches import Glitch
 from etbridge.sandbox.jsonapi import CONTENT_TYPE, dumps, error_document
@@ -86,10 +87,15 @@ class PublicApi:
         state = self.state
         state.counters.token_requests += 1
         body = await request.body()
+        app_counts: Counter[str] = Counter()  # the named application's, if it is one
         try:
             params, basic = parse_token_request(
                 request.headers.get("content-type", ""), body, request.headers.get("authorization")
             )
+            claimed = claimed_client(params, basic)
+            if claimed in state.apps:
+                app_counts = state.counters.by_app[str(claimed)]
+            app_counts["token_requests"] += 1
             token = state.tokens.grant(params, basic, state.clock(), state.token_ttl)
         except TokenError as exc:
             headers = dict(_TOKEN_HEADERS)
@@ -97,6 +103,7 @@ class PublicApi:
                 headers["WWW-Authenticate"] = 'Basic realm="Doorkeeper", error="invalid_client"'
             return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
         state.counters.token_requests_ok += 1
+        app_counts["token_requests_ok"] += 1
         answer = {
             "access_token": token.value,
             "token_type": "Bearer",
@@ -113,11 +120,18 @@ class PublicApi:
         state = self.state
         counters = state.counters
         counters.api_requests += 1
-        decision = state.limiter.hit(state.config.client_id, state.clock())
+        # The application is the token's, valid or not; an unknown token counts
+        # against the default application (the only one, without --app).
+        app = state.tokens.owner(request.headers.get("authorization")) or state.apps.default
+        per_app = counters.by_app[app]
+        per_app["api_requests"] += 1
+        decision = state.limiter.hit(app, state.clock())
         counters.requests_per_window[decision.window_start] += 1
+        counters.requests_per_window_by_app[app][decision.window_start] += 1
         headers = decision.headers()
         if decision.limited:
             counters.served_429 += 1
+            per_app["served_429"] += 1
             detail = f"Rate limit of {decision.limit} requests per minute exceeded."
             return self._too_many(detail, decision.retry_after, headers)
 
@@ -125,6 +139,7 @@ class PublicApi:
         if not auth.ok:
             assert auth.reason is not None
             counters.unauthorized += 1
+            per_app["unauthorized"] += 1
             counters.unauthorized_by_reason[auth.reason] += 1
             if auth.reason == "expired":
                 counters.expired_token_requests += 1
@@ -164,7 +179,7 @@ class PublicApi:
             return Response(HTML_502, status_code=502, media_type="text/html")
 
         try:
-            body = self._dispatch(request)
+            body = self._dispatch(request, app)
         except ApiError as exc:
             return self._answer(exc.status, error_document(exc.status, exc.detail), headers)
         if faults.roll("truncated"):
@@ -182,15 +197,15 @@ class PublicApi:
         headers["Retry-After"] = str(retry_after)
         return self._answer(429, error_document(429, detail), headers)
 
-    def _dispatch(self, request: Request) -> bytes:
+    def _dispatch(self, request: Request, app: str) -> bytes:
         path = request.path_params["path"].strip("/")
         parts = path.split("/") if path else []
         if parts == ["organizations"]:
             self._require_get(request)
-            return self._organizations(request.query_params)
+            return self._organizations(request.query_params, app)
         if parts and parts[0] in RESOURCES and len(parts) <= 2:
             self._require_get(request)
-            org = self._org(request)
+            org = self._org(request, app)
             if len(parts) == 1:
                 return self._list(org, parts[0], request.query_params)
             return self._one(org, parts[0], parts[1], request.query_params)
@@ -203,11 +218,13 @@ class PublicApi:
                 405, f"{request.method} is not supported here (the sandbox is read-only)."
             )
 
-    def _org(self, request: Request) -> Org:
+    def _org(self, request: Request, app: str) -> Org:
         org_id = request.headers.get("x-api-org")
         if not org_id:
             raise ApiError(400, "The X-API-ORG header is required.")
         org = self.state.store.org(org_id.strip())
+        if org is not None and not self.state.apps.sees(app, org.id):
+            org = None  # another application's org: as if it did not exist
         glitch = self.state.glitches.get(org.id) if org is not None else None
         if glitch is not None and glitch.forbidden:
             self.state.counters.faults_served["forbidden"] += 1
@@ -218,14 +235,16 @@ class PublicApi:
 
     # ----------------------------------------------------------------- endpoints
 
-    def _organizations(self, query: QueryParams) -> bytes:
+    def _organizations(self, query: QueryParams, app: str) -> bytes:
         params = _list_params(query, _ORG_SORTS, filterable=False, includable=())
         orgs = self.state.store.orgs
         glitches = self.state.glitches
+        apps = self.state.apps
         keys = sorted(
             int(org_id)
             for org_id in orgs
-            if not ((g := glitches.get(org_id)) is not None and g.unlisted)
+            if apps.sees(app, org_id)
+            and not ((g := glitches.get(org_id)) is not None and g.unlisted)
         )
         page = _select_ids(keys, params, accept=None)
         data = [orgs[str(key)].resource() for key in page.keys]

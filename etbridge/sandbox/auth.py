@@ -22,6 +22,8 @@ class Token:
     expires_at: float
     scope: str
     revoked: bool = False
+    #: The application (client id) it was issued to.
+    client_id: str = ""
 
 
 class TokenError(Exception):
@@ -54,12 +56,19 @@ class AuthCheck:
 _OK = AuthCheck(None)
 
 
-class TokenRegistry:
-    """Issues, checks and revokes tokens of the sandbox's single OAuth application."""
+def claimed_client(params: dict[str, str], basic: tuple[str, str] | None) -> str | None:
+    """The client id a token request names (HTTP Basic first), whether or not it is right."""
+    return basic[0] if basic else params.get("client_id")
 
-    def __init__(self, client_id: str, client_secret: str) -> None:
-        self.client_id = client_id
-        self.client_secret = client_secret
+
+class TokenRegistry:
+    """Issues, checks and revokes tokens of the sandbox's OAuth applications.
+
+    ``clients`` maps each application's client id to its secret.
+    """
+
+    def __init__(self, clients: dict[str, str]) -> None:
+        self.clients = dict(clients)
         # Expired and revoked tokens stay known so a 401 can say why (and be counted).
         self._tokens: dict[str, Token] = {}
 
@@ -81,11 +90,11 @@ class TokenRegistry:
                 "The authorization grant type is not supported by the authorization server.",
             )
         client_id, client_secret = basic or (params.get("client_id"), params.get("client_secret"))
+        expected = self.clients.get(client_id) if client_id is not None else None
         if not (
-            client_id is not None
+            expected is not None
             and client_secret is not None
-            and secrets.compare_digest(client_id.encode(), self.client_id.encode())
-            and secrets.compare_digest(client_secret.encode(), self.client_secret.encode())
+            and secrets.compare_digest(client_secret.encode(), expected.encode())
         ):
             raise TokenError(
                 401,
@@ -102,9 +111,18 @@ class TokenRegistry:
             )
         # Without a scope the application's full scope set is granted.
         scope = " ".join(dict.fromkeys(requested)) if requested else " ".join(KNOWN_SCOPES)
-        token = Token(secrets.token_urlsafe(32), now, now + ttl, scope)
+        assert client_id is not None  # checked above
+        token = Token(secrets.token_urlsafe(32), now, now + ttl, scope, client_id=client_id)
         self._tokens[token.value] = token
         return token
+
+    def owner(self, authorization: str | None) -> str | None:
+        """The client id of the token a request carries (valid or not), None if unknown."""
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        token = self._tokens.get(value.strip())
+        return token.client_id if token is not None else None
 
     def check(self, authorization: str | None, now: float) -> AuthCheck:
         """Check an ``Authorization`` header; reasons: missing, unknown, expired, revoked."""
@@ -123,10 +141,13 @@ class TokenRegistry:
             return AuthCheck("revoked", "The access token was revoked")
         return _OK
 
-    def revoke_all(self) -> int:
-        """Invalidate every issued token; return how many were still live."""
+    def revoke_all(self, client_id: str | None = None) -> int:
+        """Invalidate every issued token (of one application if given); return how many
+        were still live."""
         live = 0
         for token in self._tokens.values():
+            if client_id is not None and token.client_id != client_id:
+                continue
             live += not token.revoked
             token.revoked = True
         return live

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import uvicorn
 
 from etbridge.sandbox.app import create_app
-from etbridge.sandbox.config import SandboxConfig
+from etbridge.sandbox.config import AppSpec, SandboxConfig, parse_app
 
 
 def _whole_at_least(minimum: int) -> Callable[[str], int]:
@@ -29,6 +29,16 @@ def _non_negative(text: str) -> float:
     if not value >= 0.0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
+
+
+def _app(text: str) -> AppSpec:
+    try:
+        return parse_app(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_app.__name__ = "application"
 
 
 def build_parser(prog: str = "etbridge sandbox") -> argparse.ArgumentParser:
@@ -64,6 +74,16 @@ def build_parser(prog: str = "etbridge sandbox") -> argparse.ArgumentParser:
     parser.add_argument("--client-id", default=defaults.client_id)
     parser.add_argument("--client-secret", default=defaults.client_secret)
     parser.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        type=_app,
+        default=[],
+        metavar="CLIENT_ID:SECRET[:ORGS[:RATE_LIMIT]]",
+        help="serve this application (repeatable; replaces --client-id/--client-secret); "
+        "ORGS: ids like 1001,1002 or * for all; RATE_LIMIT: its requests per minute",
+    )
+    parser.add_argument(
         "--log-level",
         default=defaults.log_level,
         choices=["critical", "error", "warning", "info", "debug"],
@@ -76,7 +96,11 @@ def build_parser(prog: str = "etbridge sandbox") -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> SandboxConfig:
     """Parse the command line into a :class:`SandboxConfig` (exits on bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    client_ids = [app.client_id for app in args.apps]
+    if len(set(client_ids)) != len(client_ids):
+        parser.error("argument --app: two applications have the same client id")
     return SandboxConfig(
         host=args.host,
         port=args.port,
@@ -91,6 +115,7 @@ def parse_config(argv: Sequence[str] | None = None) -> SandboxConfig:
         client_secret=args.client_secret,
         log_level=args.log_level,
         access_log=args.access_log,
+        apps=tuple(args.apps),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,13 @@ class Counters:
     list_requests_by_resource: Counter[str] = field(default_factory=Counter)
     faults_served: Counter[str] = field(default_factory=Counter)
     status_codes: Counter[int] = field(default_factory=Counter)
+    #: Per application (client id): token_requests, token_requests_ok, api_requests,
+    #: served_429, unauthorized.
+    by_app: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    #: Per application: ``/v2`` requests per 60 s window.
+    requests_per_window_by_app: defaultdict[str, Counter[int]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy (window starts become string keys)."""
@@ -43,4 +50,9 @@ class Counters:
             "list_requests_by_resource": dict(self.list_requests_by_resource),
             "faults_served": dict(self.faults_served),
             "status_codes": {str(k): v for k, v in sorted(self.status_codes.items())},
+            "by_app": {app: dict(counts) for app, counts in sorted(self.by_app.items())},
+            "requests_per_window_by_app": {
+                app: {str(k): v for k, v in sorted(windows.items())}
+                for app, windows in sorted(self.requests_per_window_by_app.items())
+            },
         }

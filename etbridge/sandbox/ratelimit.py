@@ -27,11 +27,19 @@ class RateDecision:
 
 
 class FixedWindowLimiter:
-    """Counts every request of an application; past ``limit`` in a window, refuses it."""
+    """Counts every request of an application; past its limit in a window, refuses it.
 
-    def __init__(self, limit: int) -> None:
+    ``limit`` applies to every application without one of its own in ``limits``.
+    """
+
+    def __init__(self, limit: int, limits: dict[str, int] | None = None) -> None:
         self.limit = limit
+        self.limits = dict(limits or {})
         self._windows: dict[str, tuple[int, int]] = {}
+
+    def limit_of(self, application: str) -> int:
+        """The requests per minute ``application`` may make."""
+        return self.limits.get(application, self.limit)
 
     def hit(self, application: str, now: float) -> RateDecision:
         """Count one request of ``application`` at ``now`` (refused ones count too)."""
@@ -42,11 +50,12 @@ class FixedWindowLimiter:
         count += 1
         self._windows[application] = (window_start, count)
         retry_after = max(1, math.ceil(window_start + WINDOW_SECONDS - now))
+        limit = self.limit_of(application)
         return RateDecision(
             window_start=window_start,
-            limit=self.limit,
-            remaining=max(0, self.limit - count),
-            limited=count > self.limit,
+            limit=limit,
+            remaining=max(0, limit - count),
+            limited=count > limit,
             retry_after=retry_after,
         )
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from etbridge.sandbox.applications import Applications
 from etbridge.sandbox.auth import TokenRegistry
 from etbridge.sandbox.churn import Churn
 from etbridge.sandbox.config import SandboxConfig
@@ -30,6 +31,8 @@ class SandboxState:
     churn: Churn
     #: Lifetime of tokens issued from now on (the admin config call may change it).
     token_ttl: int
+    #: The OAuth applications and the orgs each may see.
+    apps: Applications
     #: Per-org lies: empty or thinned listings, a 403 org header, an unlisted org.
     glitches: Glitches = field(default_factory=Glitches)
 
@@ -43,12 +46,14 @@ class SandboxState:
             seed=config.seed,
             clock=clock,
         )
+        apps = Applications(config.applications())
         return cls(
             config=config,
             clock=clock,
             store=store,
-            tokens=TokenRegistry(config.client_id, config.client_secret),
-            limiter=FixedWindowLimiter(config.rate_limit),
+            apps=apps,
+            tokens=TokenRegistry(apps.secrets()),
+            limiter=FixedWindowLimiter(config.rate_limit, _own_limits(config)),
             faults=Faults(config.seed),
             counters=Counters(),
             churn=Churn(store),
@@ -66,4 +71,10 @@ class SandboxState:
         self.churn.set_rate(0.0)
         self.limiter.reset()
         self.limiter.limit = self.config.rate_limit
+        self.limiter.limits = _own_limits(self.config)
         self.token_ttl = self.config.token_ttl
+
+
+def _own_limits(config: SandboxConfig) -> dict[str, int]:
+    """The applications' own request limits (the others use ``--rate-limit``)."""
+    return {app.client_id: app.rate_limit for app in config.applications() if app.rate_limit}

@@ -276,6 +276,8 @@ def test_truth_log_and_counters(sandbox: Sandbox, session_for: Sessions) -> None
         "list_requests_by_resource": {},
         "faults_served": {},
         "status_codes": {},
+        "by_app": {},
+        "requests_per_window_by_app": {},
     }
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,22 @@ STOP_TIMEOUT = 10.0
 HTTP_TIMEOUT = 30.0
 
 _LISTENING = re.compile(r"sandbox listening on (http://\S+)")
+
+
+@dataclass(frozen=True)
+class SandboxApp:
+    """One application of a sandbox started with several (``--app``)."""
+
+    client_id: str
+    client_secret: str
+    orgs: Sequence[str] | None = None  # None: every org
+    rate_limit: int | None = None  # None: the sandbox's rate_limit
+
+    @property
+    def argument(self) -> str:
+        """Its ``--app`` value."""
+        orgs = "*" if self.orgs is None else ",".join(self.orgs)
+        return f"{self.client_id}:{self.client_secret}:{orgs}:{self.rate_limit or ''}"
 
 
 class SandboxError(RuntimeError):
@@ -73,9 +90,16 @@ class Sandbox:
         churn: float = 0.0,
         client_id: str = "sandbox-client",
         client_secret: str = "sandbox-secret",
+        apps: Sequence[SandboxApp] = (),
         extra_args: Sequence[str] = (),
     ) -> Sandbox:
-        """Start a sandbox on a free loopback port and wait until it accepts connections."""
+        """Start a sandbox on a free loopback port and wait until it accepts connections.
+
+        ``apps``: several applications (``--app``); the first one's credentials
+        become ``client_id`` / ``client_secret``.
+        """
+        if apps:
+            client_id, client_secret = apps[0].client_id, apps[0].client_secret
         command = [
             sys.executable,
             "-m",
@@ -99,6 +123,7 @@ class Sandbox:
             "--client-secret",
             client_secret,
             *([] if contacts is None else ["--contacts", str(contacts)]),
+            *[arg for app in apps for arg in ("--app", app.argument)],
             *extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -222,9 +247,9 @@ class Sandbox:
         """The next ``count`` API calls get 429 with ``Retry-After: retry_after``."""
         self.admin("POST", "force_429", {"count": count, "retry_after": retry_after})
 
-    def revoke_tokens(self) -> None:
-        """Every token issued so far becomes invalid."""
-        self.admin("POST", "revoke_tokens")
+    def revoke_tokens(self, app: str | None = None) -> None:
+        """Every token issued so far (of the client id ``app`` if given) becomes invalid."""
+        self.admin("POST", "revoke_tokens", None if app is None else {"app": app})
 
     def counters(self) -> dict[str, Any]:
         """``GET /_admin/counters``."""
@@ -246,9 +271,12 @@ class Sandbox:
         entries: list[dict[str, Any]] = self.admin("GET", f"log?since={since}")["log"]
         return entries
 
-    def add_org(self, bookings: int = 10) -> str:
-        """Add an organization; returns its id."""
-        return str(self.admin("POST", "orgs", {"bookings": bookings})["org_id"])
+    def add_org(self, bookings: int = 10, apps: Sequence[str] = ()) -> str:
+        """Add an organization (visible to these client ids too); returns its id."""
+        body: dict[str, Any] = {"bookings": bookings}
+        if apps:
+            body["apps"] = list(apps)
+        return str(self.admin("POST", "orgs", body)["org_id"])
 
     def remove_org(self, org_id: str) -> None:
         """Remove an organization."""
@@ -261,21 +289,27 @@ class Sandbox:
         body = {"add": add, "value": value} if add is not None else {"remove": remove}
         self.admin("POST", "schema", body)
 
-    def config(self, **settings: int) -> dict[str, int]:
-        """Change ``rate_limit`` / ``token_ttl`` until the next reset; returns both."""
-        current: dict[str, int] = self.admin("POST", "config", settings)
+    def config(self, **settings: Any) -> dict[str, Any]:
+        """Change ``rate_limit`` (of one ``app=`` client id, or all) / ``token_ttl`` until
+        the next reset; returns ``rate_limit``, ``token_ttl`` and ``rate_limits``."""
+        current: dict[str, Any] = self.admin("POST", "config", settings)
         return current
+
+    def apps(self) -> dict[str, Any]:
+        """``{client_id: {"orgs": [ids] | None, "rate_limit": n}}`` of every application."""
+        answer: dict[str, Any] = self.admin("GET", "apps")["apps"]
+        return answer
 
     # ----------------------------------------------------------------- public API
 
-    def token(self, scope: str = "crm_read crm_manage") -> str:
-        """Fetch an access token with the client credentials."""
+    def token(self, scope: str = "crm_read crm_manage", app: SandboxApp | None = None) -> str:
+        """Fetch an access token with the client credentials (the first app's, or ``app``'s)."""
         resp = requests.post(
             self.token_url,
             json={
                 "grant_type": "client_credentials",
-                "client_id": self.client_id,
-                "client_secret": self.client_secret,
+                "client_id": app.client_id if app else self.client_id,
+                "client_secret": app.client_secret if app else self.client_secret,
                 "scope": scope,
             },
             timeout=HTTP_TIMEOUT,
