@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -110,6 +111,12 @@ def _setup_logging(**_: Any) -> None:
     """etbridge's key=value (or JSON) lines for Celery's own logs too."""
     logs.configure(settings.log_format, settings.log_level)
     logs.add_settings_secrets(settings)
+    if settings.apps_file:
+        # Checked at start (etbridge apps check), not served yet: docs/applications.md.
+        logging.getLogger("etbridge.worker").warning(
+            "ETBRIDGE_APPS_FILE is checked but not served yet: this process polls only "
+            "the application of ETBRIDGE_CLIENT_ID (docs/applications.md)"
+        )
 
 
 if settings.sentry_dsn is not None:
