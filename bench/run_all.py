@@ -823,8 +823,8 @@ def plot_all(results: dict[str, Any]) -> list[str]:
         for name in names:
             ok = {int(k): v for k, v in fleets[name]["ok_per_5s"].items()}
             lim = {int(k): v for k, v in fleets[name].get("limited_per_5s", {}).items()}
-            xs: list[float] = []
-            ys: list[float] = []
+            xs = []
+            ys = []
             for w in windows:
                 total = 0
                 xs.append(w - t0)

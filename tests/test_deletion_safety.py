@@ -228,7 +228,7 @@ def test_lost_access_keeps_the_state_and_polling_resumes_from_the_watermark(
     sandbox.glitch(ORG, forbidden=True)
     for mode in ("incremental", "sweep", "sweep"):
         with pytest.raises(AccessLost):
-            p.poll(ORG, mode)  # type: ignore[arg-type]
+            p.poll(ORG, mode)
     assert outbox_events(rt.redis, ORG) == []
     assert state.count() == len(live_ids(sandbox)) and state.meta()["watermark"] == watermark
     doc = org_status(rt)

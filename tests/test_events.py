@@ -273,7 +273,7 @@ def test_created_snapshot_deleted_envelopes_validate() -> None:
             ORG,
             Change(op, "bookings", "42", None, b, {}),
             detected_at=DETECTED,
-            ignore_fields=IGNORE,  # type: ignore[arg-type]
+            ignore_fields=IGNORE,
         )
         assert env["type"] == f"com.eventtemple.booking.{op}"
         assert env["time"] == "2026-11-27T20:04:03Z"

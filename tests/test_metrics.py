@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etbridge import metrics
 from etbridge.outbox import DeliveryResult
+from etbridge.outbox.outcomes import Outcome
 from etbridge.poller import PollResult
 from etbridge.redisserver import free_port
 from etbridge.runtime import Runtime
@@ -134,7 +135,7 @@ def test_polls_and_deliveries_are_counted() -> None:
     d0 = sample("etbridge_events_delivered_total", **labels)
     r0 = sample("etbridge_deliveries_total", **labels, outcome="retry")
     metrics.record_delivery(
-        DeliveryResult("1001", sink.name, outcome="retry", delivered=5), settings
+        DeliveryResult("1001", sink.name, outcome=Outcome.RETRY, delivered=5), settings
     )
     assert sample("etbridge_events_delivered_total", **labels) == d0 + 5
     assert sample("etbridge_deliveries_total", **labels, outcome="retry") == r0 + 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
+from typing import cast
 
 import pytest
 import redis
@@ -28,6 +30,7 @@ from etbridge.sinks.redis_stream import RedisStreamSink
 from etbridge.sinks.webhook import WebhookSink, parse_retry_after, raise_for_delivery
 from tests.support.delivery import SECRET, envelope, make_settings
 from tests.support.receiver import Receiver, Reply
+from tests.support.replies import StreamEntry
 
 # --- routing (pure) -----------------------------------------------------------------
 
@@ -143,7 +146,7 @@ def test_redis_stream_sink_batches_with_maxlen(r: redis.Redis, redis_url: str) -
     # MAXLEN ~ trims whole nodes only: at least maxlen kept, far fewer than sent.
     length = r.xlen("etb-test:events")
     assert 1000 <= length < 2500
-    last = r.xrevrange("etb-test:events", count=1)[0][1][b"event"]
+    last = cast(list[StreamEntry], r.xrevrange("etb-test:events", count=1))[0][1][b"event"]
     assert last == events[-1].body
 
 
@@ -198,7 +201,7 @@ def test_celery_sink_publishes_json_task(r: redis.Redis, redis_url: str) -> None
     # kombu's Redis transport keeps a queue as a list named after it.
     raw = r.lpop("etb-test-q")
     assert raw is not None
-    message = json.loads(raw)
+    message = json.loads(cast(bytes, raw))
     assert message["headers"]["task"] == "etb_test.record"
     assert message["content-type"] == "application/json"
     args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
@@ -222,7 +225,7 @@ def test_celery_sink_broker_down_is_retriable(redis_url: str) -> None:
 
 
 @pytest.fixture
-def receiver() -> Receiver:
+def receiver() -> Iterator[Receiver]:
     with Receiver(SECRET) as rx:
         yield rx
 

@@ -89,19 +89,19 @@ def grade(
         last[(env["orgid"], env["subject"])] = env
     for org_id, org in truth["orgs"].items():
         for rid, record in org["bookings"].items():
-            env = last.get((org_id, rid))
-            if env is None:
+            found = last.get((org_id, rid))
+            if found is None:
                 problems.append(f"org {org_id} booking {rid}: no event at all")
                 continue
-            if env["type"].endswith(".deleted"):
+            if found["type"].endswith(".deleted"):
                 problems.append(f"org {org_id} booking {rid}: announced deleted but exists")
                 continue
-            got = _strip(env["data"]["after"], ignore)
+            got = _strip(found["data"]["after"], ignore)
             want = _strip(changes.canonical(record), ignore)
             if got != want:
                 problems.append(f"org {org_id} booking {rid}: last after differs from the truth")
         for rid in org.get("deleted", []):
-            env = last.get((org_id, rid))
-            if env is not None and not env["type"].endswith(".deleted"):
+            found = last.get((org_id, rid))
+            if found is not None and not found["type"].endswith(".deleted"):
                 problems.append(f"org {org_id} booking {rid}: deleted, not announced")
     return problems

@@ -185,7 +185,8 @@ def to_text(value: Any) -> str:
 def _to_yaml(value: Any) -> str:
     if value is None:
         return "null"
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True).rstrip("\n")
+    dumped: str = yaml.safe_dump(value, default_flow_style=False, sort_keys=True)
+    return dumped.rstrip("\n")
 
 
 def _indent(n: int, text: str) -> str:
@@ -446,7 +447,7 @@ def render_chart(
 
 def manifests(rendered: Mapping[str, str]) -> list[dict[str, Any]]:
     """Every non-empty YAML document of the rendered templates."""
-    docs = []
+    docs: list[dict[str, Any]] = []
     for name, text in rendered.items():
         try:
             docs.extend(d for d in yaml.safe_load_all(text) if d)
