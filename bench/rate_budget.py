@@ -65,7 +65,7 @@ ORGS = 4
 ctx = mp.get_context("fork")
 
 
-def worker(
+def worker(  # noqa: PLR0913  (a Process target: its args are positional)
     mode: str,
     index: int,
     procs: int,

@@ -12,6 +12,7 @@ import redis
 
 from etbridge import keys
 from etbridge.poller import Poller
+from etbridge.settings import parse_sink
 from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for
@@ -43,6 +44,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
@@ -122,7 +124,6 @@ def test_settings_mistake_and_unreachable_redis(sandbox: Sandbox, redis_url: str
 
 def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    from etbridge.settings import parse_sink
 
     name = parse_sink("redis-stream:cli:events").name
     client.hset(keys.sink_state(name), mapping={"disabled": "1", "disabled_reason": "410"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -164,8 +165,6 @@ def test_fleet_gauges_come_from_status(redis_url: str, r: redis.Redis) -> None:
 
 
 def test_dashboard_uses_only_metrics_that_exist() -> None:
-    import json
-
     path = Path(__file__).resolve().parent.parent / "docker" / "grafana-dashboard.json"
     dashboard = json.loads(path.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]

@@ -20,6 +20,7 @@ from etbridge.outbox import (
     RETRY,
     WAITING,
     Relay,
+    attempts,
     next_delay,
     retry_schedule,
 )
@@ -82,7 +83,7 @@ def test_retry_schedule_override_per_sink(redis_url: str) -> None:
     assert retry_schedule(settings.sinks[0], settings) == (0.0, 0.2, 0.5)
     assert retry_schedule(settings.sinks[1], settings) == (0.0, 1.0, 2.5)
     assert retry_schedule(parse_sink("redis-stream:k?retry=3|4"), settings) == (3.0, 4.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="retry= needs non-negative seconds"):
         retry_schedule(parse_sink("redis-stream:k?retry=-1"), settings)
 
 
@@ -214,7 +215,6 @@ def test_dead_letter_then_redeliver(r: redis.Redis, redis_url: str, rx: Receiver
     assert outbox.dlq_redeliver(r, settings, [doomed]) == 1
     assert rx.delivered_ids()[-1] == doomed
     # The attempt log has the three attempts, the failed and the good redelivery.
-    from etbridge.outbox import attempts
 
     logged = attempts.read(r, settings, "1001", doomed, [settings.sinks[0].name])
     tries = logged[settings.sinks[0].name]

@@ -175,7 +175,7 @@ def test_default_pace_and_burst(r: redis.Redis) -> None:
     assert 0.4 < budget.try_acquire() <= 0.61
     assert RequestBudget(r, APP, 600).burst == 12
     assert RequestBudget(r, APP, 1).burst == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="burst must be within"):
         RequestBudget(r, APP, 10, burst=11)
     budget.reset()
     assert r.keys("*") == []

@@ -216,6 +216,7 @@ def test_no_secret_reaches_sentry(capture: SentryCapture, redis_url: str) -> Non
             capture_output=True,
             text=True,
             timeout=120,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         token = json.loads(proc.stdout.strip().splitlines()[-1])["token"]

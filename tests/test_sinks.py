@@ -13,10 +13,11 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
+from etbridge import logs
 from etbridge.errors import FatalError, RateLimited, ServerError, TransportError
 from etbridge.events import validate_envelope
 from etbridge.redisserver import free_port
-from etbridge.settings import SinkFilter, parse_sink
+from etbridge.settings import SettingsError, SinkFilter, load_settings, parse_sink
 from etbridge.sinks import (
     OutboxEvent,
     ReceiverRejected,
@@ -151,7 +152,7 @@ def test_redis_stream_sink_batches_with_maxlen(r: redis.Redis, redis_url: str) -
 
 
 def test_redis_stream_sink_on_another_redis_db(r: redis.Redis, redis_url: str) -> None:
-    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    port = redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
     url = f"redis-stream://127.0.0.1:{port}/3/elsewhere:events"
     settings = make_settings(redis_url, [url])
     sink = make_sink(settings.sinks[0], settings, redis_client=r)
@@ -415,8 +416,6 @@ def test_a_sink_names_its_own_secret(
 def test_bad_secrets_are_one_line_setting_errors(
     monkeypatch: pytest.MonkeyPatch, secret: str, named: str | None, message: str
 ) -> None:
-    from etbridge.settings import SettingsError, load_settings
-
     monkeypatch.chdir("/")  # no .env file
     monkeypatch.delenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", raising=False)
     if named is not None:
@@ -436,8 +435,6 @@ def test_bad_secrets_are_one_line_setting_errors(
 
 
 def test_every_key_is_scrubbed_from_logs(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from etbridge import logs
-
     monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", KEY_NAMED)
     sink = _webhook(redis_url, "http://127.0.0.1:9/hook?secret=partner")
     sink.close()

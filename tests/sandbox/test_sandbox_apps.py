@@ -157,7 +157,7 @@ def test_parse_app() -> None:
     assert parse_app("id:s:*:30") == AppSpec("id", "s", None, 30)
     assert parse_app("id:s:1001,1002") == AppSpec("id", "s", ("1001", "1002"))
     for bad in ("id", "id::", "id:s:abc", "id:s:1001:0", "a:b:c:d:e"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"expected CLIENT_ID|ORGS are|RATE_LIMIT must"):
             parse_app(bad)
     assert SandboxConfig().applications() == (AppSpec("sandbox-client", "sandbox-secret"),)
     config = parse_config(["--port", "0", "--app", "x:y:1001:5", "--app", "z:w"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -252,7 +253,6 @@ class RedisClusterSet(_Context):
 
 def _cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too."""
-    import socket
 
     while True:
         port = free_port()
@@ -323,8 +323,6 @@ class RabbitNode(_Context):
         return env
 
     def start(self, timeout: float = 90) -> RabbitNode:
-        import socket
-
         self.process = subprocess.Popen(
             [RABBITMQ_SERVER],
             env=self._env(),
@@ -339,7 +337,7 @@ class RabbitNode(_Context):
             if self.process.poll() is not None:
                 log = (Path(self.directory) / "stdout.log").read_text()[-2000:]
                 raise RuntimeError(f"rabbitmq-server exited: {log}")
-            from kombu.connection import Connection
+            from kombu.connection import Connection  # noqa: PLC0415  (RabbitMQ runs only)
 
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 pass

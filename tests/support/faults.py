@@ -186,9 +186,10 @@ class FaultRun:
         """
         truth = self.sandbox.truth()
         found = self.outbox_problems()
-        for name, events in self.sink_events().items():
+        for name, received in self.sink_events().items():
+            events = received
             if copies_allowed:
-                events, copies, bad = collapse_copies(events)
+                events, copies, bad = collapse_copies(received)
                 self.copies[name] = copies
                 found += [f"{name}: {p}" for p in bad]
             found += [f"{name}: {p}" for p in grade(events, truth)]
@@ -328,7 +329,7 @@ class FaultRun:
 
 
 @contextlib.contextmanager
-def fault_run(
+def fault_run(  # noqa: PLR0913  (keyword-only knobs, all defaulted)
     logdir: Path,
     redis_server: RedisServer | HasUrl,
     *,

@@ -92,7 +92,8 @@ def _split_actions(source: str) -> list[tuple[str, str]]:
     return parts
 
 
-def parse(source: str, defines: dict[str, list[Node]]) -> list[Node]:
+# One branch per template tag.
+def parse(source: str, defines: dict[str, list[Node]]) -> list[Node]:  # noqa: C901, PLR0912
     """Parse a template; ``define`` blocks go into ``defines``."""
     root: list[Node] = []
     # Each frame: (node, or None for define/root; the list being filled; a tag:

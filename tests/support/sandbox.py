@@ -78,7 +78,7 @@ class Sandbox:
     # --------------------------------------------------------------- lifecycle
 
     @classmethod
-    def start(
+    def start(  # noqa: PLR0913  (keyword-only sandbox knobs, all defaulted)
         cls,
         *,
         orgs: int = 3,
