@@ -242,7 +242,7 @@ class Relay:
             rows = self.redis.xpending_range(part.stream, part.group, "-", "+", 1)
         return dict(rows[0]) if rows else None
 
-    # One partition turn, step by step as docs/ describes; the delivery issue owns relay.py.
+    # One partition turn, step by step as docs/relay.md tells it; left whole to the delivery issue.
     def _run(  # noqa: C901, PLR0912
         self, part: Partition, result: DeliveryResult, max_events: int, deadline: float
     ) -> None:
@@ -337,7 +337,7 @@ class Relay:
         part.held += [i for i, _ in entries]
         return entries
 
-    # The batch protocol in order; left to the delivery issue.
+    # The batch protocol (docs/relay.md) in order; left whole to the delivery issue.
     def _process(  # noqa: C901, PLR0911, PLR0912, PLR0915
         self,
         part: Partition,
