@@ -39,11 +39,16 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 def redis_version() -> str:
     """The version of the Redis server binary the benchmarks start."""
-    from etbridge.redisserver import find_server_binary
+    # After the sys.path insert above: bench scripts run from bench/, not the root.
+    from etbridge.redisserver import find_server_binary  # noqa: PLC0415
 
     try:
         out = subprocess.run(
-            [find_server_binary(), "--version"], capture_output=True, text=True, timeout=10
+            [find_server_binary(), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -40,6 +40,7 @@ from etbridge import keys
 from etbridge.poller import Poller
 from etbridge.redisserver import RedisServer
 from tests.support.fleet import fleet, fleet_env, wait_for
+from tests.support.replies import stream
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for
 
@@ -124,7 +125,7 @@ def latency(window: float, orgs: int, bookings: int, sweep_interval: float) -> d
             def committed() -> dict[tuple[str, str], float]:
                 out: dict[tuple[str, str], float] = {}
                 for o in org_ids:
-                    for entry_id, fields in client.xrange(keys.outbox(o)):
+                    for entry_id, fields in stream(client, keys.outbox(o)):
                         env_ = json.loads(fields[b"event"])
                         if env_["type"].endswith(".deleted"):
                             out[(o, env_["subject"])] = int(entry_id.split(b"-")[0]) / 1000

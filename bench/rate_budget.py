@@ -65,7 +65,7 @@ ORGS = 4
 ctx = mp.get_context("fork")
 
 
-def worker(
+def worker(  # noqa: PLR0913  (a Process target: its args are positional)
     mode: str,
     index: int,
     procs: int,
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests the API counted per whole window; util = mean ok per window / L)"
     )
     ours = results.get("etbridge")
-    target_met = bool(ours) and ours["served_429_total"] == 0 and ours["utilisation"] >= 0.95
+    target_met = ours is not None and ours["served_429_total"] == 0 and ours["utilisation"] >= 0.95
     print(f"target (etbridge: 0 x 429, utilisation >= 0.95): {'met' if target_met else 'MISSED'}")
 
     document = {

@@ -178,6 +178,7 @@ def code_version() -> str:
             capture_output=True,
             text=True,
             timeout=10,
+            check=False,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "etbridge"],
@@ -185,6 +186,7 @@ def code_version() -> str:
             capture_output=True,
             text=True,
             timeout=10,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -716,12 +718,14 @@ def section_sandbox(d: dict[str, Any], headline: dict[str, Any]) -> list[str]:
 # --- plots ------------------------------------------------------------------------------
 
 
-def plot_all(results: dict[str, Any]) -> list[str]:
+# One figure after another.
+def plot_all(results: dict[str, Any]) -> list[str]:  # noqa: C901, PLR0912, PLR0915
     """Write the PNGs whose data is there; return their file names."""
-    import matplotlib
+    # Only the plots need matplotlib, and the backend must be chosen before pyplot loads.
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     made: list[str] = []
     colors = {"planner": "#1b7837", "round-robin": "#2166ac", "fixed-60s": "#b2182b"}
@@ -823,8 +827,8 @@ def plot_all(results: dict[str, Any]) -> list[str]:
         for name in names:
             ok = {int(k): v for k, v in fleets[name]["ok_per_5s"].items()}
             lim = {int(k): v for k, v in fleets[name].get("limited_per_5s", {}).items()}
-            xs: list[float] = []
-            ys: list[float] = []
+            xs = []
+            ys = []
             for w in windows:
                 total = 0
                 xs.append(w - t0)

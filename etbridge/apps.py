@@ -221,7 +221,8 @@ class AppConfig(BaseModel):
         relay) needs to act as this application; the rest (Redis, intervals,
         retry schedule) stays the fleet's.
         """
-        assert self.client_secret is not None  # _checks guarantees it
+        if self.client_secret is None:  # _checks refuses such an application
+            raise ValueError(f"application {self.name!r} has no client secret")
         copy = base.model_copy(
             update={
                 "client_id": self.client_id,

@@ -21,12 +21,12 @@ def exponential(attempt: int, base: float, cap: float) -> float:
 
 def full_jitter(attempt: int, base: float, cap: float) -> float:
     """Uniform in ``[0, exponential(attempt)]``: spreads a fleet's retries over the interval."""
-    return random.uniform(0.0, exponential(attempt, base, cap))
+    return random.uniform(0.0, exponential(attempt, base, cap))  # noqa: S311  (jitter, not a secret)
 
 
 def jitter(delay: float, low: float, high: float) -> float:
     """``delay`` scaled by a random factor in ``[low, high]`` (so processes do not align)."""
-    return delay * random.uniform(low, high)
+    return delay * random.uniform(low, high)  # noqa: S311  (jitter, not a secret)
 
 
 def max_attempts_in(span: float, base: float, cap: float) -> int:

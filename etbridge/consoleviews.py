@@ -184,7 +184,8 @@ def render_hold_confirm(hold: Hold, verb: str, csrf: str) -> tuple[str, str]:
             f"({escape(hold.resource)})? The bookings stay stored; a sweep that misses "
             "them again holds them again."
         )
-    sample = ", ".join(escape(i) for i in hold.ids[:20]) + (" …" if hold.count > 20 else "")
+    shown = 20  # ids listed on the page; the rest are summarised by the ellipsis
+    sample = ", ".join(escape(i) for i in hold.ids[:shown]) + (" …" if hold.count > shown else "")
     body = (
         f"<p>{what}</p><p>held since {iso(hold.since)}, reason {escape(hold.reason)}; "
         f"ids: {sample}</p>"

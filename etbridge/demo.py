@@ -36,7 +36,7 @@ from etbridge.redisserver import RedisServer, free_port
 SINK_KEY = "etbridge:events"
 CLIENT_ID = "sandbox-client"
 # The sandbox's default credential: a local, throwaway value, not a secret.
-CLIENT_SECRET = "sandbox-secret"
+CLIENT_SECRET = "sandbox-secret"  # noqa: S105
 FOOTER_EVERY = 5.0
 STOP_TIMEOUT = 15.0
 
@@ -51,7 +51,7 @@ class Child:
         self.log_path = logdir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.killed = False
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603  (our own command line, no shell)
             args,
             env=env,
             cwd=cwd,
@@ -185,7 +185,8 @@ def _child_env(redis_url: str, api_url: str, poll_interval: float) -> dict[str, 
     return env
 
 
-def run(
+# The demo script, step by step.
+def run(  # noqa: PLR0915
     *,
     duration: float | None = None,
     orgs: int = 3,

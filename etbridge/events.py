@@ -91,7 +91,7 @@ def singular(resource: str) -> str:
         # snake/kebab compounds: event_statuses -> event_status
         if name.endswith(("_" + irregular, "-" + irregular)):
             return name[: -len(irregular)] + single
-    if name.endswith("ies") and len(name) > 3:
+    if name.endswith("ies") and len(name) > len("ies"):
         return name[:-3] + "y"
     if name.endswith(("sses", "shes", "ches", "xes", "zzes")):
         return name[:-2]
@@ -147,7 +147,7 @@ def parse_timestamp(value: Any) -> datetime | None:
         if m.group(9):
             offset = timedelta(hours=int(m.group(10)), minutes=int(m.group(11) or 0))
             tz = timezone(-offset if m.group(9) == "-" else offset)
-        leap = second == 60  # a leap second is the instant the next second starts
+        leap = second == 60  # noqa: PLR2004  (a leap second is the instant the next one starts)
         dt = datetime(year, month, day, hour, minute, 59 if leap else second, micro, tzinfo=tz)
         if leap:
             dt += timedelta(seconds=1)
@@ -337,7 +337,10 @@ def _check_change_data(
             _check_resource_object(name, value, subject, problems)
         elif value is not None:
             problems.append(f"data.{name} must be null for a {op} event")
-    changes = data.get("changes")
+    _check_changes(op, data.get("changes"), problems)
+
+
+def _check_changes(op: str, changes: Any, problems: list[str]) -> None:
     if not isinstance(changes, Mapping):
         problems.append("data.changes is not an object")
         return
@@ -386,8 +389,19 @@ def validate_envelope(env: Mapping[str, Any]) -> None:
     if not isinstance(env, Mapping):
         raise ValueError("envelope is not an object")
     problems: list[str] = []
-    keys = set(env)
-    _check_keys("attributes", keys, _ENVELOPE_KEYS, problems)
+    _check_attributes(env, problems)
+    _check_data(env, problems)
+    try:
+        json.dumps(env, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"not strict JSON: {exc}")
+    if problems:
+        raise ValueError("invalid envelope: " + "; ".join(problems))
+
+
+def _check_attributes(env: Mapping[str, Any], problems: list[str]) -> None:
+    """The CloudEvents attributes other than ``type`` and ``data``."""
+    _check_keys("attributes", set(env), _ENVELOPE_KEYS, problems)
     if env.get("specversion") != SPECVERSION:
         problems.append("specversion is not '1.0'")
     for name in ("id", "source", "subject", "orgid"):
@@ -398,26 +412,24 @@ def validate_envelope(env: Mapping[str, Any]) -> None:
     time = env.get("time")
     if not (isinstance(time, str) and _RFC3339_RE.fullmatch(time) and parse_timestamp(time)):
         problems.append("time is not an RFC 3339 timestamp")
-    etype = env.get("type")
+
+
+def _check_data(env: Mapping[str, Any], problems: list[str]) -> None:
+    """``data`` against ``orgid``/``source`` and the shape its ``type`` calls for."""
     data = env.get("data")
     if not isinstance(data, Mapping):
         problems.append("data is not an object")
+        return
+    org = env.get("orgid")
+    if data.get("org_id") != org:
+        problems.append("data.org_id is not orgid")
+    if env.get("source") != source(str(org), str(data.get("resource"))):
+        problems.append("source is not /orgs/<orgid>/<data.resource>")
+    etype = env.get("type")
+    match = _TYPE_RE.fullmatch(etype) if isinstance(etype, str) else None
+    if etype == SCHEMA_CHANGED:
+        _check_schema_data(env, data, problems)
+    elif match is not None:
+        _check_change_data(env, match.group(2), data, problems)
     else:
-        org = env.get("orgid")
-        if data.get("org_id") != org:
-            problems.append("data.org_id is not orgid")
-        if env.get("source") != source(str(org), str(data.get("resource"))):
-            problems.append("source is not /orgs/<orgid>/<data.resource>")
-        match = _TYPE_RE.fullmatch(etype) if isinstance(etype, str) else None
-        if etype == SCHEMA_CHANGED:
-            _check_schema_data(env, data, problems)
-        elif match is not None:
-            _check_change_data(env, match.group(2), data, problems)
-        else:
-            problems.append(f"type {etype!r} is not an etbridge event type")
-    try:
-        json.dumps(env, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        problems.append(f"not strict JSON: {exc}")
-    if problems:
-        raise ValueError("invalid envelope: " + "; ".join(problems))
+        problems.append(f"type {etype!r} is not an etbridge event type")

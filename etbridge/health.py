@@ -220,7 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
 class Server:
     """A running health server (``stop()`` it on shutdown)."""
 
-    def __init__(self, health: Health, port: int, host: str = "0.0.0.0") -> None:
+    # All interfaces: the kubelet and the compose healthcheck probe the pod/container IP.
+    def __init__(self, health: Health, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
         handler = type("Handler", (_Handler,), {"health": health})
         self.health = health
         self.httpd = ThreadingHTTPServer((host, port), handler)

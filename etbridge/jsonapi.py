@@ -122,7 +122,7 @@ def transient_error(
     ``retry_after`` comes from ``Retry-After`` (capped: :func:`parse_retry_after`).
     """
     status = resp.status_code
-    if status != 429 and status != 408 and status < 500:
+    if status not in {429, 408} and status < 500:
         return None
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     if status == 429:
@@ -246,6 +246,22 @@ class Page:
     has_more: bool
 
 
+def _check_items(data: list[Any], resource: str, at: str) -> None:
+    """Each item a ``{type, id}`` object of ``resource``, no id twice."""
+    seen: set[str] = set()
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise MalformedResponse(f"{at}: data[{index}] is not an object")
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            raise MalformedResponse(f"{at}: data[{index}] has no string id")
+        if item.get("type") != resource:
+            raise MalformedResponse(f"{at}: data[{index}] is not of type {resource!r}")
+        if item_id in seen:
+            raise MalformedResponse(f"{at}: id {item_id} appears twice in one page")
+        seen.add(item_id)
+
+
 def parse_page(
     doc: Mapping[str, Any],
     *,
@@ -264,18 +280,7 @@ def parse_page(
     data = doc.get("data")
     if not isinstance(data, list):
         raise MalformedResponse(f"{at}: 'data' is not a list")
-    seen: set[str] = set()
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise MalformedResponse(f"{at}: data[{index}] is not an object")
-        item_id = item.get("id")
-        if not isinstance(item_id, str) or not item_id:
-            raise MalformedResponse(f"{at}: data[{index}] has no string id")
-        if item.get("type") != resource:
-            raise MalformedResponse(f"{at}: data[{index}] is not of type {resource!r}")
-        if item_id in seen:
-            raise MalformedResponse(f"{at}: id {item_id} appears twice in one page")
-        seen.add(item_id)
+    _check_items(data, resource, at)
     included = doc.get("included", [])
     if included is None:
         included = []

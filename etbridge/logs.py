@@ -37,7 +37,7 @@ def add_secret(value: str | None, *, transient: bool = False) -> None:
     ``transient`` values (access tokens) are kept among the newest
     :data:`MAX_TRANSIENT`; the others (client secret, webhook key) for good.
     """
-    if not value or len(value) < 8:
+    if not value or len(value) < 8:  # noqa: PLR2004  (shorter values are not secrets worth masking)
         return
     if not transient:
         _secrets.add(value)
@@ -92,8 +92,8 @@ def secret_hook(response: Any, *_args: Any, **_kwargs: Any) -> None:
                 header = header.decode("latin-1")
             if isinstance(header, str) and header.lower().startswith(_BEARER_PREFIX):
                 add_secret(header[len(_BEARER_PREFIX) :].strip(), transient=True)
-            body = resp.content if resp.status_code == 200 else b""
-            if body and len(body) < 16384 and b'"access_token"' in body:
+            body = resp.content if resp.status_code == 200 else b""  # noqa: PLR2004  (HTTP OK)
+            if body and len(body) < 16384 and b'"access_token"' in body:  # noqa: PLR2004  (16 KiB)
                 token = json.loads(body).get("access_token")
                 if isinstance(token, str):
                     add_secret(token, transient=True)

@@ -235,7 +235,7 @@ class RequestBudget:
                 )
             # A little jitter spreads the processes that wait for the same
             # slot, so they do not all ask Redis at the same microsecond.
-            time.sleep(min(wait, self.poll_cap) + random.uniform(0.0, 0.005))
+            time.sleep(min(wait, self.poll_cap) + random.uniform(0.0, 0.005))  # noqa: S311
 
     # -- signals from the API ----------------------------------------------------
 

@@ -44,7 +44,7 @@ def _hosts(netloc: str) -> tuple[tuple[str, int], ...]:
     out = []
     for item in netloc.rpartition("@")[2].split(","):
         host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
             raise ValueError("each address must be HOST:PORT")
         out.append((host.strip("[]"), int(port)))
     return tuple(out)
@@ -66,11 +66,12 @@ def parse(url: str) -> Target:
         if segments and segments != ["0"]:
             raise ValueError(f"a cluster has db 0 only: expected {FORM_CLUSTER}")
         return Target("cluster", url, hosts, password=password, tls=tls)
-    if len(segments) not in (1, 2) or (len(segments) == 2 and not segments[1].isdigit()):
+    # /SERVICE or /SERVICE/DB
+    if len(segments) not in (1, 2) or not all(s.isdigit() for s in segments[1:]):
         raise ValueError(f"expected {FORM_SENTINEL}")
     query = parse_qs(parts.query)
     sentinel_password = query.get("sentinel_password", [None])[0]
-    db = int(segments[1]) if len(segments) == 2 else 0
+    db = int(segments[1]) if segments[1:] else 0
     return Target("sentinel", url, hosts, segments[0], db, password, sentinel_password, tls)
 
 

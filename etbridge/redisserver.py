@@ -125,7 +125,7 @@ class RedisServer:
         return args
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603  (the redis-server binary we located)
             self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

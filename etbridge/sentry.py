@@ -62,7 +62,8 @@ _checkin_lock = threading.Lock()
 _last_checkin = [float("-inf")]
 
 
-def _scrub_value(value: Any, key: str | None = None) -> Any:
+# One return per JSON type.
+def _scrub_value(value: Any, key: str | None = None) -> Any:  # noqa: PLR0911
     if key is not None and _SECRET_KEY.search(key) and isinstance(value, (str, bytes)):
         return FILTERED
     if isinstance(value, str):
@@ -73,7 +74,8 @@ def _scrub_value(value: Any, key: str | None = None) -> Any:
         return {k: _scrub_value(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         # Header lists come as [name, value] pairs.
-        if len(value) == 2 and isinstance(value[0], str) and _SECRET_KEY.search(value[0]):
+        pair = len(value) == 2  # noqa: PLR2004
+        if pair and isinstance(value[0], str) and _SECRET_KEY.search(value[0]):
             return [value[0], FILTERED]
         return [_scrub_value(v) for v in value]
     if isinstance(value, tuple):

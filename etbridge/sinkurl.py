@@ -10,6 +10,7 @@ no environment, no I/O (secrets named by ``secret=`` are resolved in
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -156,6 +157,42 @@ def _last(params: dict[str, list[str]], key: str) -> str | None:
     return values[-1] if values else None
 
 
+def _retry_option(raw: str | None) -> tuple[float, ...]:
+    """``retry=0;5;300``: the sink's own retry schedule (``()``: the fleet's)."""
+    if raw is None:
+        return ()
+    try:
+        retry = tuple(float(p) for p in _SCHEDULE_SEPARATORS.split(raw) if p)
+    except ValueError:
+        retry = (-1.0,)
+    if not retry or any(v < 0 or math.isnan(v) for v in retry):
+        raise ValueError("retry= needs non-negative seconds separated by ; (e.g. 0;5;300)")
+    return retry
+
+
+def _rate_option(raw: str | None) -> float | None:
+    """``rate=5/s`` or ``rate=120/m`` as events per second (``None``: unlimited)."""
+    if raw is None:
+        return None
+    found = _RATE.match(raw)
+    if not found or float(found.group(1)) <= 0:
+        raise ValueError(f"rate={raw!r}: expected events per second, e.g. 5/s or 120/m")
+    per = 60.0 if found.group(2) in ("m", "min") else 1.0
+    return float(found.group(1)) / per
+
+
+def _disable_after_option(raw: str | None) -> float | None:
+    """``disable_after=3d`` in seconds; ``never``/``0``: ``None`` (never disabled)."""
+    if raw is None:
+        return DEFAULT_DISABLE_AFTER
+    if raw.strip() in ("never", "0"):
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ValueError(f"disable_after=: {exc}") from None
+
+
 def _split_options(query: str) -> tuple[_Options, str]:
     """Take etbridge's own parameters out of a query string; return them typed, and the rest.
 
@@ -170,23 +207,8 @@ def _split_options(query: str) -> tuple[_Options, str]:
         if op not in (*EVENT_OPS, "schema.changed"):
             raise ValueError(f"unknown event type {op!r} in types= filter")
     where = parse_all(params.pop("where", []))
-    retry: tuple[float, ...] = ()
-    raw_retry = _last(params, "retry")
-    if raw_retry is not None:
-        try:
-            retry = tuple(float(p) for p in _SCHEDULE_SEPARATORS.split(raw_retry) if p)
-        except ValueError:
-            retry = (-1.0,)
-        if not retry or any(v < 0 or v != v for v in retry):
-            raise ValueError("retry= needs non-negative seconds separated by ; (e.g. 0;5;300)")
-    rate: float | None = None
-    raw_rate = _last(params, "rate")
-    if raw_rate is not None:
-        found = _RATE.match(raw_rate)
-        if not found or float(found.group(1)) <= 0:
-            raise ValueError(f"rate={raw_rate!r}: expected events per second, e.g. 5/s or 120/m")
-        per = 60.0 if found.group(2) in ("m", "min") else 1.0
-        rate = float(found.group(1)) / per
+    retry = _retry_option(_last(params, "retry"))
+    rate = _rate_option(_last(params, "rate"))
     raw_order = _last(params, "order")
     if raw_order not in (None, "strict", "none"):
         raise ValueError(f"order={raw_order!r}: expected strict or none")
@@ -194,16 +216,7 @@ def _split_options(query: str) -> tuple[_Options, str]:
     secret = _last(params, "secret")
     if secret is not None and not _SECRET_NAME.match(secret):
         raise ValueError("secret= expects a NAME of letters, digits and _")
-    disable_after: float | None = DEFAULT_DISABLE_AFTER
-    raw_disable = _last(params, "disable_after")
-    if raw_disable is not None:
-        if raw_disable.strip() in ("never", "0"):
-            disable_after = None
-        else:
-            try:
-                disable_after = parse_duration(raw_disable)
-            except ValueError as exc:
-                raise ValueError(f"disable_after=: {exc}") from None
+    disable_after = _disable_after_option(_last(params, "disable_after"))
     rest = urlencode([(k, v) for k, vs in params.items() for v in vs])
     options = _Options(
         filter=SinkFilter(where=where, **values),
@@ -259,7 +272,7 @@ def parse_sink(url: str) -> SinkSpec:
     if scheme in ("redis-stream", "redis-streams"):
         # redis-stream://[:PASSWORD@]HOST[:PORT]/DB/KEY
         segments = parts.path.lstrip("/").split("/", 1)
-        if len(segments) != 2 or not segments[0].isdigit() or not segments[1]:
+        if len(segments) != 2 or not segments[0].isdigit() or not segments[1]:  # noqa: PLR2004
             raise ValueError(f"sink {mask_url(url)!r}: expected redis-stream://HOST:PORT/DB/KEY")
         db, key = segments
         redis_scheme = "rediss" if scheme == "redis-streams" else "redis"

@@ -191,24 +191,41 @@ def _org_line(org_id: str, org: dict[str, Any], tag: str | None = None) -> str:
     )
 
 
-def render(doc: dict[str, Any]) -> str:
-    """A readable table of :func:`collect`'s document."""
-    lines = []
-    tok = doc["token"]
+def _token_line(tok: dict[str, Any]) -> str:
     if tok.get("error"):
         line = f"token    ERROR {tok['error']}"
         if tok.get("error_description"):
             line += f": {_clip(tok['error_description'], 80)}"
         if tok.get("next_attempt_at"):
             line += f"  (next token request {_short(tok['next_attempt_at'])} UTC)"
-    elif tok.get("expires_at"):
-        line = (
+        return line
+    if tok.get("expires_at"):
+        return (
             f"token    ok, expires {_short(tok['expires_at'])} UTC"
             f"  (fetched {_short(tok.get('fetched_at'))} UTC)"
         )
-    else:
-        line = "token    none cached (fetched on the fleet's first API call)"
-    lines.append(line)
+    return "token    none cached (fetched on the fleet's first API call)"
+
+
+def _sink_line(url: str, sink: dict[str, Any]) -> str:
+    line = (
+        f"sink {url} [{sink.get('kind')} {sink.get('name')}]: "
+        f"delivered {sink.get('delivered', 0)}  pending {sink.get('pending', 0)}  "
+        f"retrying {sink.get('retrying', 0)}  dead-lettered {sink.get('dead_lettered', 0)}"
+    )
+    if sink.get("disabled"):
+        line += f"  DISABLED ({sink.get('disabled_reason') or 'see etbridge dlq'})"
+    elif sink.get("failing_since"):
+        line += f"  failing since {_short(sink.get('failing_since'))} UTC"
+    if sink.get("last_error"):
+        line += f"  last error {_short(sink.get('last_error_at'))}: "
+        line += _clip(str(sink["last_error"]), 80)
+    return line
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A readable table of :func:`collect`'s document."""
+    lines = [_token_line(doc["token"])]
     bud = doc["rate_budget"]
     lines.append(
         f"budget   {bud.get('used')}/{bud.get('limit')} requests in the last 60 s"
@@ -241,20 +258,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("(no org yet: set ETBRIDGE_ORGS, or wait for the planner's discovery)")
     if doc.get("sinks"):
         lines.append("")
-        for url, sink in doc["sinks"].items():
-            line = (
-                f"sink {url} [{sink.get('kind')} {sink.get('name')}]: "
-                f"delivered {sink.get('delivered', 0)}  pending {sink.get('pending', 0)}  "
-                f"retrying {sink.get('retrying', 0)}  dead-lettered {sink.get('dead_lettered', 0)}"
-            )
-            if sink.get("disabled"):
-                line += f"  DISABLED ({sink.get('disabled_reason') or 'see etbridge dlq'})"
-            elif sink.get("failing_since"):
-                line += f"  failing since {_short(sink.get('failing_since'))} UTC"
-            if sink.get("last_error"):
-                line += f"  last error {_short(sink.get('last_error_at'))}: "
-                line += _clip(str(sink["last_error"]), 80)
-            lines.append(line)
+        lines.extend(_sink_line(url, sink) for url, sink in doc["sinks"].items())
     for warning in doc.get("warnings", []):
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

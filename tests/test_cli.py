@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import redis
 
 from etbridge import keys
 from etbridge.poller import Poller
+from etbridge.settings import parse_sink
+from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for
 
@@ -43,6 +44,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
@@ -95,8 +97,8 @@ def test_resync_orgs_and_replay(sandbox: Sandbox, redis_url: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "replayed 10 event(s)" in proc.stdout
-    replayed = [json.loads(f[b"event"]) for _i, f in client.xrange("replayed")]
-    outbox = [json.loads(f[b"event"]) for _i, f in client.xrange(keys.outbox("1001"))]
+    replayed = stream_events(client, "replayed")
+    outbox = stream_events(client, keys.outbox("1001"))
     assert [e["id"] for e in replayed] == [e["id"] for e in outbox]
 
     proc = run(sandbox, redis_url, "replay", "--sink", "ftp://nope", "--since", "1h")
@@ -122,7 +124,6 @@ def test_settings_mistake_and_unreachable_redis(sandbox: Sandbox, redis_url: str
 
 def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    from etbridge.settings import parse_sink
 
     name = parse_sink("redis-stream:cli:events").name
     client.hset(keys.sink_state(name), mapping={"disabled": "1", "disabled_reason": "410"})

@@ -36,7 +36,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def csrf_of(html: str) -> str:
-    return html.split('name="csrf" value="')[1].split('"')[0]
+    return html.split('name="csrf" value="')[1].split('"', maxsplit=1)[0]
 
 
 def test_held_deletions_lost_access_and_breakers(

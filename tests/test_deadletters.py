@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import cli, outbox
+from etbridge import cli, metrics, outbox, status
 from etbridge.outbox import Relay
 from etbridge.settings import Settings
 from tests.support.delivery import SECRET, commit_events, drive, make_settings
@@ -54,7 +54,6 @@ def test_the_cap_drops_the_oldest_loudly(
     assert facts["dead_letter_fill"] == 1.0
     assert any("dead letters at 100% of ETBRIDGE_DLQ_MAXLEN" in w for w in state["warnings"])
     # `etbridge status` carries the warning, and the fill gauge reads it.
-    from etbridge import metrics, status
 
     doc = status.collect(r, settings)
     assert any("ETBRIDGE_DLQ_MAXLEN" in w for w in doc["warnings"])

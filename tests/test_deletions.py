@@ -14,6 +14,7 @@ from etbridge.deletions import (
     parse_guard,
     plan,
 )
+from etbridge.settings import SettingsError, load_settings
 
 GUARD = Guard()  # 20 %, 10
 IDS = [str(100000 + n) for n in range(40)]
@@ -34,7 +35,7 @@ def test_parse_guard(text: str, guard: Guard) -> None:
 
 @pytest.mark.parametrize("text", ["20", "20,10", "%,10", "20%", "20%,x", "120%,1", "20%,-1"])
 def test_parse_guard_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"PERCENT%,COUNT|percent must be within"):
         parse_guard(text)
 
 
@@ -103,8 +104,6 @@ def test_samples_differ_between_sweeps() -> None:
 
 
 def test_the_setting_is_read_and_a_bad_one_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from etbridge.settings import SettingsError, load_settings
-
     monkeypatch.setenv("ETBRIDGE_CLIENT_ID", "id")
     monkeypatch.setenv("ETBRIDGE_CLIENT_SECRET", "secret")
     assert load_settings().delete_guard == Guard(0.2, 10)

@@ -85,7 +85,7 @@ def test_event_type_singular(resource: str, noun: str) -> None:
 
 
 def test_event_type_rejects_unknown_op() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown change op"):
         event_type("bookings", "changed")
 
 
@@ -273,7 +273,7 @@ def test_created_snapshot_deleted_envelopes_validate() -> None:
             ORG,
             Change(op, "bookings", "42", None, b, {}),
             detected_at=DETECTED,
-            ignore_fields=IGNORE,  # type: ignore[arg-type]
+            ignore_fields=IGNORE,
         )
         assert env["type"] == f"com.eventtemple.booking.{op}"
         assert env["time"] == "2026-11-27T20:04:03Z"
@@ -422,7 +422,7 @@ def test_validate_schema_event_problems() -> None:
     bad["data"]["added"] = []
     with pytest.raises(ValueError, match="names no attribute"):
         validate_envelope(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an object"):
         validate_envelope([])  # type: ignore[arg-type]
 
 

@@ -103,7 +103,7 @@ def resources(draw: st.DrawFn, rid: str | None = None) -> dict[str, Any]:
 @st.composite
 def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     """Another version of the same record: some attributes and links changed."""
-    out = json.loads(json.dumps(base))
+    out: dict[str, Any] = json.loads(json.dumps(base))
     attrs = out.setdefault("attributes", {}) or {}
     out["attributes"] = attrs
     for name in draw(st.lists(names, max_size=3)):

@@ -77,7 +77,7 @@ def container(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_chart_keeps_its_promises() -> None:
-    values = copy.deepcopy(deploycheck.REQUIRED)
+    values: dict[str, Any] = copy.deepcopy(deploycheck.REQUIRED)
     values["secrets"] = {"keys": sorted(secret_variables().values())}
     with pytest.raises(TemplateError, match=r"ETBRIDGE_SINKS is in both config and secrets\.keys"):
         render(values)  # NAME and NAME_FILE together would stop the pods

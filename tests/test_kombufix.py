@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import kombu
 import pytest
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 
 from etbridge import kombufix
 
 
-def _collected_connection_with_an_unacked_message(redis_url: str) -> kombu.Connection:
-    conn = kombu.Connection(redis_url, transport_options={"visibility_timeout": 3600})
+def _collected_connection_with_an_unacked_message(redis_url: str) -> Connection:
+    conn = Connection(redis_url, transport_options={"visibility_timeout": 3600})
     channel = conn.default_channel
-    queue = kombu.Queue("kombufix", channel=channel)
+    queue = Queue("kombufix", channel=channel)
     queue.declare()
-    kombu.Producer(channel).publish({"n": 1}, routing_key="kombufix")
+    Producer(channel).publish({"n": 1}, routing_key="kombufix")
     assert queue.get(no_ack=False) is not None  # delivered, not acknowledged
     # What Celery 5.7 does on a lost connection, and the pool lost with it:
     # the transport is detached, the channel stays open.
     conn._do_close_transport()
-    channel._disconnect_pools()
+    channel._disconnect_pools()  # type: ignore[attr-defined]  # kombu Redis Channel, untyped
     return conn
 
 
@@ -29,7 +31,11 @@ def test_kombu_alone_stops_on_the_detached_connection(
     """The failure the guard exists for; if kombu fixes it, drop etbridge/kombufix.py."""
     channel = kombu_redis.Channel
     if getattr(channel._connparams, "_etbridge_guard", False):  # etbridge.worker imported
-        monkeypatch.setattr(channel, "_connparams", channel._connparams.__wrapped__)
+        monkeypatch.setattr(
+            channel,
+            "_connparams",
+            channel._connparams.__wrapped__,  # type: ignore[attr-defined]  # set by functools.wraps
+        )
     conn = _collected_connection_with_an_unacked_message(redis_url)
     with pytest.raises(AttributeError, match="hostname"):
         conn.close()

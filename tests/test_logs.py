@@ -198,6 +198,7 @@ def test_fleet_logs_and_status_hold_no_secret(redis_url: str, tmp_path: Path) ->
                     capture_output=True,
                     text=True,
                     timeout=60,
+                    check=False,
                 )
                 for extra in ([], ["--json"])
             ]

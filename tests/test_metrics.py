@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etbridge import metrics
 from etbridge.outbox import DeliveryResult
+from etbridge.outbox.outcomes import Outcome
 from etbridge.poller import PollResult
 from etbridge.redisserver import free_port
 from etbridge.runtime import Runtime
@@ -134,7 +136,7 @@ def test_polls_and_deliveries_are_counted() -> None:
     d0 = sample("etbridge_events_delivered_total", **labels)
     r0 = sample("etbridge_deliveries_total", **labels, outcome="retry")
     metrics.record_delivery(
-        DeliveryResult("1001", sink.name, outcome="retry", delivered=5), settings
+        DeliveryResult("1001", sink.name, outcome=Outcome.RETRY, delivered=5), settings
     )
     assert sample("etbridge_events_delivered_total", **labels) == d0 + 5
     assert sample("etbridge_deliveries_total", **labels, outcome="retry") == r0 + 1
@@ -163,8 +165,6 @@ def test_fleet_gauges_come_from_status(redis_url: str, r: redis.Redis) -> None:
 
 
 def test_dashboard_uses_only_metrics_that_exist() -> None:
-    import json
-
     path = Path(__file__).resolve().parent.parent / "docker" / "grafana-dashboard.json"
     dashboard = json.loads(path.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]

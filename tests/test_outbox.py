@@ -20,6 +20,7 @@ from etbridge.outbox import (
     RETRY,
     WAITING,
     Relay,
+    attempts,
     next_delay,
     retry_schedule,
 )
@@ -34,6 +35,7 @@ from tests.support.delivery import (
     stream_events,
 )
 from tests.support.receiver import Receiver, Reply
+from tests.support.replies import group_read
 
 STREAM = "redis-stream:etb-test:events"
 
@@ -52,8 +54,7 @@ def by_org(envelopes: list[dict[str, object]]) -> dict[str, list[object]]:
 
 
 def first_arrivals(ids: list[str]) -> list[str]:
-    seen: set[str] = set()
-    return [i for i in ids if not (i in seen or seen.add(i))]
+    return list(dict.fromkeys(ids))
 
 
 # --- the schedule (pure) ---------------------------------------------------------------
@@ -61,15 +62,18 @@ def first_arrivals(ids: list[str]) -> list[str]:
 
 def test_next_delay_follows_the_contract() -> None:
     schedule = [0, 5, 300]
-    no_jitter = {"rand": lambda: 0.0}
+
+    def no_jitter() -> float:
+        return 0.0
+
     # After attempt n fails, attempt n+1 waits value n+1 ...
-    assert next_delay(schedule, 1, **no_jitter) == 5
-    assert next_delay(schedule, 2, **no_jitter) == 300
+    assert next_delay(schedule, 1, rand=no_jitter) == 5
+    assert next_delay(schedule, 2, rand=no_jitter) == 300
     # ... and the attempt that waited the last value is the last one.
     assert next_delay(schedule, 3) is None
     # Retry-After wins when longer, never when shorter.
-    assert next_delay(schedule, 1, 60, **no_jitter) == 60
-    assert next_delay(schedule, 2, 60, **no_jitter) == 300
+    assert next_delay(schedule, 1, 60, rand=no_jitter) == 60
+    assert next_delay(schedule, 2, 60, rand=no_jitter) == 300
     # Jitter only adds, at most 10 %.
     assert next_delay(schedule, 2, rand=lambda: 0.999) == pytest.approx(329.97)
 
@@ -79,7 +83,7 @@ def test_retry_schedule_override_per_sink(redis_url: str) -> None:
     assert retry_schedule(settings.sinks[0], settings) == (0.0, 0.2, 0.5)
     assert retry_schedule(settings.sinks[1], settings) == (0.0, 1.0, 2.5)
     assert retry_schedule(parse_sink("redis-stream:k?retry=3|4"), settings) == (3.0, 4.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="retry= needs non-negative seconds"):
         retry_schedule(parse_sink("redis-stream:k?retry=-1"), settings)
 
 
@@ -211,7 +215,6 @@ def test_dead_letter_then_redeliver(r: redis.Redis, redis_url: str, rx: Receiver
     assert outbox.dlq_redeliver(r, settings, [doomed]) == 1
     assert rx.delivered_ids()[-1] == doomed
     # The attempt log has the three attempts, the failed and the good redelivery.
-    from etbridge.outbox import attempts
 
     logged = attempts.read(r, settings, "1001", doomed, [settings.sinks[0].name])
     tries = logged[settings.sinks[0].name]
@@ -322,7 +325,7 @@ def test_entries_of_a_dead_relay_are_reclaimed_after_the_timeout(
     more = commit_events(r, "1001", 4, start=5)
     # A relay that read three entries and died before sending them.
     stream, group = keys.outbox("1001"), outbox.group_name(sink)
-    assert len(r.xreadgroup(group, "dead-worker", {stream: ">"}, count=3)[0][1]) == 3
+    assert len(group_read(r, group, "dead-worker", stream, count=3)) == 3
     first = relay.deliver("1001", sink)
     assert first.outcome == WAITING  # they may still be in flight: not yet
     assert first.next_at is not None

@@ -149,7 +149,9 @@ def test_schema_added_then_seen_lazily_by_incremental_polls() -> None:
     drift, evs = org.poll([canon("0", vip=1, status="definite")])
     assert drift == SchemaChange("bookings", ("vip",), ())
     assert [e.changes for e in evs] == [{"status": {"from": "tentative", "to": "definite"}}]
-    assert "vip" in evs[0].after["attributes"] and "vip" not in evs[0].before["attributes"]
+    after, before = evs[0].after, evs[0].before
+    assert after is not None and before is not None
+    assert "vip" in after["attributes"] and "vip" not in before["attributes"]
     drift, evs = org.poll([canon("1", vip=2, guest_count=3)])
     assert drift is None
     assert [e.changes for e in evs] == [{"guest_count": {"from": 120, "to": 3}}]

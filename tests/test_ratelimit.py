@@ -12,6 +12,7 @@ import redis
 from etbridge import keys, redisconn
 from etbridge.errors import RateLimited
 from etbridge.ratelimit import RequestBudget, low_water_mark, pace_key
+from etbridge.replies import text
 from etbridge.settings import Settings
 
 APP = keys.digest("test-client")
@@ -143,7 +144,7 @@ def test_budget_of_settings_keys_on_a_digest_of_the_client_id(r: redis.Redis) ->
     assert budget.limit == 42
     budget.acquire(max_wait=0)
     budget.pause(1)
-    names = [k.decode() for k in r.keys("*")]
+    names = [text(k) for k in r.keys("*")]
     assert sorted(names) == sorted(
         [keys.budget(budget.app_id), keys.budget_pause(budget.app_id), pace_key(budget.app_id)]
     )
@@ -174,7 +175,7 @@ def test_default_pace_and_burst(r: redis.Redis) -> None:
     assert 0.4 < budget.try_acquire() <= 0.61
     assert RequestBudget(r, APP, 600).burst == 12
     assert RequestBudget(r, APP, 1).burst == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="burst must be within"):
         RequestBudget(r, APP, 10, burst=11)
     budget.reset()
     assert r.keys("*") == []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from etbridge import redisconn
+from etbridge import cli, redisconn
+from etbridge.redisserver import free_port
 from etbridge.settings import SettingsError, load_settings
 
 BASE = {"_env_file": None, "client_id": "c", "client_secret": "s"}
@@ -94,9 +95,6 @@ def test_errors_never_carry_the_password() -> None:
 def test_the_cli_names_an_unreachable_engine_in_one_line(
     url: str, reason: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from etbridge import cli
-    from etbridge.redisserver import free_port
-
     for name, value in {
         "ETBRIDGE_CLIENT_ID": "c",
         "ETBRIDGE_CLIENT_SECRET": "s",

@@ -211,6 +211,7 @@ def test_check_gets_a_token_with_the_secret_from_a_file(
         text=True,
         timeout=60,
         cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "expires in" in proc.stdout
@@ -230,7 +231,9 @@ def test_entry_points_name_the_missing_file(argv: list[str], tmp_path: Path) -> 
         ETBRIDGE_CLIENT_ID="client",
         ETBRIDGE_CLIENT_SECRET_FILE=str(tmp_path / "not-mounted"),
     )
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
     assert proc.returncode != 0
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1, proc.stderr

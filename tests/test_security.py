@@ -41,7 +41,7 @@ import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etbridge import keys
 from etbridge.redisserver import RedisServer, find_server_binary, free_port
@@ -88,6 +88,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
@@ -235,7 +236,7 @@ def _certificates(directory: Path) -> dict[str, Path]:
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
     )
     files = {
@@ -323,7 +324,9 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         binary = find_server_binary()
     except FileNotFoundError:
         pytest.skip("no redis-server binary")
-    probe = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+    probe = subprocess.run(
+        [binary, "--help"], capture_output=True, text=True, timeout=10, check=False
+    )
     if "tls" not in (probe.stdout + probe.stderr).lower() and not _links_openssl(binary):
         pytest.skip("this redis-server was built without TLS")
     server = TlsRedis(directory, _certificates(directory), "pw-" + secrets.token_urlsafe(8))
@@ -339,7 +342,9 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
 
 def _links_openssl(binary: str) -> bool:
     try:
-        done = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["ldd", binary], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return True  # cannot tell: let the start-up probe decide
     return "libssl" in done.stdout

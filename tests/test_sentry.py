@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from etbridge import sentry
+from etbridge.replies import text
 from tests.support.fleet import fleet, fleet_env, wait_for
 from tests.support.sandbox import Sandbox
 
@@ -215,6 +216,7 @@ def test_no_secret_reaches_sentry(capture: SentryCapture, redis_url: str) -> Non
             capture_output=True,
             text=True,
             timeout=120,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         token = json.loads(proc.stdout.strip().splitlines()[-1])["token"]
@@ -275,7 +277,7 @@ def test_fleet_with_sentry_checks_in_and_leaks_nothing(
                 raise AssertionError(f"{capture.items()[:5]}\n{f.logs()}") from None
         f_logs = "\n".join(p.output() for p in f.procs)
         client = redis.Redis.from_url(redis_url)
-        cache_keys = [k for k in client.keys("etb:token:*") if k.count(b":") == 2]
+        cache_keys = [k for k in client.keys("etb:token:*") if text(k).count(":") == 2]
         assert cache_keys, "the fleet cached no token"
         token = client.hget(cache_keys[0], "token")
         assert token
@@ -289,5 +291,5 @@ def test_fleet_with_sentry_checks_in_and_leaks_nothing(
     }
     # Sentry Crons refuses sub-minute intervals: the 2 s tick must not be auto-monitored.
     assert "not supported by Sentry Crons" not in f_logs
-    _assert_clean(capture, {"client secret": client_secret, "access token": token.decode()})
+    _assert_clean(capture, {"client secret": client_secret, "access token": text(token)})
     assert os.environ.get("SENTRY_DSN") is None  # the test process never touched Sentry

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from etbridge import keys, shutdown
+from etbridge.replies import text, text_hash
 from tests.support.fleet import Fleet, fleet, fleet_env, wait_for
 from tests.support.sandbox import Sandbox
 
@@ -32,7 +33,7 @@ def big_sandbox() -> Iterator[Sandbox]:
 
 
 def meta(r: redis.Redis) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(keys.org_meta(ORG, "bookings")).items()}
+    return text_hash(r.hgetall(keys.org_meta(ORG, "bookings")))
 
 
 def exit_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
@@ -92,7 +93,7 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         big_sandbox.faults(slow=0.0)
         wait_for(lambda: meta(r).get("baselined") == "1", 120, "the baseline complete")
         truth = big_sandbox.truth()["orgs"][ORG]["bookings"]
-        stored = {k.decode() for k in r.hkeys(keys.fingerprints(ORG, "bookings"))}
+        stored = {text(k) for k in r.hkeys(keys.fingerprints(ORG, "bookings"))}
         assert stored == set(truth), "every booking stored once the sweep finished"
         resumed = [line for line in second.output().splitlines() if "poll done" in line]
         assert resumed, f.logs()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
+from typing import cast
 
 import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
+from etbridge import logs
 from etbridge.errors import FatalError, RateLimited, ServerError, TransportError
 from etbridge.events import validate_envelope
 from etbridge.redisserver import free_port
-from etbridge.settings import SinkFilter, parse_sink
+from etbridge.settings import SettingsError, SinkFilter, load_settings, parse_sink
 from etbridge.sinks import (
     OutboxEvent,
     ReceiverRejected,
@@ -28,6 +31,7 @@ from etbridge.sinks.redis_stream import RedisStreamSink
 from etbridge.sinks.webhook import WebhookSink, parse_retry_after, raise_for_delivery
 from tests.support.delivery import SECRET, envelope, make_settings
 from tests.support.receiver import Receiver, Reply
+from tests.support.replies import StreamEntry
 
 # --- routing (pure) -----------------------------------------------------------------
 
@@ -143,12 +147,12 @@ def test_redis_stream_sink_batches_with_maxlen(r: redis.Redis, redis_url: str) -
     # MAXLEN ~ trims whole nodes only: at least maxlen kept, far fewer than sent.
     length = r.xlen("etb-test:events")
     assert 1000 <= length < 2500
-    last = r.xrevrange("etb-test:events", count=1)[0][1][b"event"]
+    last = cast(list[StreamEntry], r.xrevrange("etb-test:events", count=1))[0][1][b"event"]
     assert last == events[-1].body
 
 
 def test_redis_stream_sink_on_another_redis_db(r: redis.Redis, redis_url: str) -> None:
-    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    port = redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
     url = f"redis-stream://127.0.0.1:{port}/3/elsewhere:events"
     settings = make_settings(redis_url, [url])
     sink = make_sink(settings.sinks[0], settings, redis_client=r)
@@ -198,7 +202,7 @@ def test_celery_sink_publishes_json_task(r: redis.Redis, redis_url: str) -> None
     # kombu's Redis transport keeps a queue as a list named after it.
     raw = r.lpop("etb-test-q")
     assert raw is not None
-    message = json.loads(raw)
+    message = json.loads(cast(bytes, raw))
     assert message["headers"]["task"] == "etb_test.record"
     assert message["content-type"] == "application/json"
     args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
@@ -222,7 +226,7 @@ def test_celery_sink_broker_down_is_retriable(redis_url: str) -> None:
 
 
 @pytest.fixture
-def receiver() -> Receiver:
+def receiver() -> Iterator[Receiver]:
     with Receiver(SECRET) as rx:
         yield rx
 
@@ -412,8 +416,6 @@ def test_a_sink_names_its_own_secret(
 def test_bad_secrets_are_one_line_setting_errors(
     monkeypatch: pytest.MonkeyPatch, secret: str, named: str | None, message: str
 ) -> None:
-    from etbridge.settings import SettingsError, load_settings
-
     monkeypatch.chdir("/")  # no .env file
     monkeypatch.delenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", raising=False)
     if named is not None:
@@ -433,8 +435,6 @@ def test_bad_secrets_are_one_line_setting_errors(
 
 
 def test_every_key_is_scrubbed_from_logs(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from etbridge import logs
-
     monkeypatch.setenv("ETBRIDGE_WEBHOOK_SECRET_PARTNER", KEY_NAMED)
     sink = _webhook(redis_url, "http://127.0.0.1:9/hook?secret=partner")
     sink.close()

@@ -10,7 +10,9 @@ import redis
 
 from etbridge import keys, state
 from etbridge.errors import LeaseLost
+from etbridge.replies import text
 from etbridge.state import CommitConflict, CommitPlan, OrgState
+from tests.support.replies import stream
 
 ORG = "1001"
 
@@ -39,13 +41,13 @@ def everything(r: redis.Redis) -> dict[str, Any]:
             continue
         kind = r.type(key)
         if kind == b"hash":
-            out[key.decode()] = r.hgetall(key)
+            out[text(key)] = r.hgetall(key)
         elif kind == b"set":
-            out[key.decode()] = r.smembers(key)
+            out[text(key)] = r.smembers(key)
         elif kind == b"stream":
-            out[key.decode()] = r.xlen(key)
+            out[text(key)] = r.xlen(key)
         else:
-            out[key.decode()] = r.get(key)
+            out[text(key)] = r.get(key)
     return out
 
 
@@ -123,7 +125,7 @@ def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis)
     assert s.commit(lease, plan) == 2
     assert s.digests(["1", "2", "3"]) == {"1": "fp-1", "2": "fp-2", "3": ""}
     assert org(r).records(["1", "2", "3"]) == {"1": records[0], "2": records[1]}
-    assert [f[b"event"] for _id, f in r.xrange(keys.outbox(ORG))] == [
+    assert [f[b"event"] for _id, f in stream(r, keys.outbox(ORG))] == [
         b'{"id": "e1"}',
         b'{"id": "e2"}',
     ]

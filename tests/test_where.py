@@ -6,18 +6,18 @@ import pytest
 
 from etbridge.settings import SettingsError, load_settings, parse_sink
 from etbridge.sinks import route
-from etbridge.where import matches, parse_where, value_text
+from etbridge.where import Where, matches, parse_where, value_text
 from tests.support.delivery import envelope
 
 
 def _booking(status_to: str | None = "definite", **attributes: object) -> dict[str, object]:
     changes = {"status": {"from": "tentative", "to": status_to}} if status_to else {}
     env = envelope("1001", "7", "updated", changes=changes)
-    env["data"]["after"]["attributes"] = dict(attributes)  # type: ignore[index]
+    env["data"]["after"]["attributes"] = dict(attributes)
     return env
 
 
-def _where(*clauses: str) -> list[object]:
+def _where(*clauses: str) -> list[Where]:
     return [parse_where(c) for c in clauses]
 
 

@@ -142,7 +142,8 @@ class Sender:
             excerpt=excerpt,
         )
 
-    def _failed(
+    # One return per failure kind.
+    def _failed(  # noqa: PLR0911
         self,
         part: Partition,
         chunk: list[OutboxEvent],

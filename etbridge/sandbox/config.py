@@ -55,7 +55,7 @@ class SandboxConfig:
     rate_limit: int = 100
     churn: float = 0.0
     client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
+    client_secret: str = "sandbox-secret"  # noqa: S105  (the sandbox's throwaway default)
     log_level: str = "warning"
     access_log: bool = False
     #: Several applications (``--app``); empty: the one of client_id / client_secret.

@@ -83,7 +83,8 @@ class Faults:
             if name in ("mutate_between_pages", "storm_retry_after", "no_updated_filter"):
                 if value != int(value) or value < 0:
                     raise ValueError(f"{name} must be a whole number >= 0")
-                value = int(value)
+                validated[name] = int(value)
+                continue
             validated[name] = float(value) if name in RATE_KNOBS else value
         for name, value in validated.items():
             setattr(self.settings, name, value)

@@ -450,7 +450,8 @@ class Store:
         self._set_updated(org, booking, now)
         return sorted(changed | {"updated_at"})
 
-    def _edit(self, group: str, org: Org, booking: Booking, now: int) -> dict[str, Any]:
+    # One return per attribute group.
+    def _edit(self, group: str, org: Org, booking: Booking, now: int) -> dict[str, Any]:  # noqa: PLR0911
         """New values for one attribute group, different from the current ones."""
         rng = self.rng
         current = booking.attributes

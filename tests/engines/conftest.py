@@ -24,9 +24,9 @@ def redis_cluster() -> Iterator[RedisClusterSet]:
 
 
 @pytest.fixture
-def redis_url(redis_cluster: RedisClusterSet) -> Iterator[str]:
+def redis_url(redis_cluster: RedisClusterSet) -> str:
     redis_cluster.flushall()
-    yield redis_cluster.url
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from etbridge.ratelimit import RequestBudget
 from etbridge.state import CommitNotReplicated, CommitPlan, OrgState
 from tests.support.engines import SentinelSet
 from tests.support.fleet import wait_for
+from tests.support.replies import stream
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_state_budget_and_lease_follow_a_failover(sentinels: SentinelSet) -> Non
 
     # The acknowledged commit survived; the same client finds the new master by itself.
     wait_for(commits, 30, "a commit on the new master")
-    assert [f[b"event"] for _id, f in client.xrange(keys.outbox("8"))] == [
+    assert [f[b"event"] for _id, f in stream(client, keys.outbox("8"))] == [
         b'{"id":"e1"}',
         b'{"id":"e2"}',
     ]

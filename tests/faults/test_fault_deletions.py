@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -33,7 +33,7 @@ def _deletions(run: FaultRun, n: int) -> list[str]:
 
 def _meta(run: FaultRun) -> dict[bytes, bytes]:
     with contextlib.closing(run.client()) as client:
-        meta: dict[bytes, bytes] = client.hgetall(keys.org_meta(ORG, "bookings"))
+        meta = cast(dict[bytes, bytes], client.hgetall(keys.org_meta(ORG, "bookings")))
         return meta
 
 

@@ -98,7 +98,8 @@ def api_worker(
 ) -> None:
     """Call GET /v2/organizations until told to stop; report failures and retries."""
     cache = TokenCache(redis.Redis.from_url(settings.redis_url), settings)
-    report = {"errors": [], "retried": 0, "max_history": 0}
+    errors: list[str] = []
+    counts = {"retried": 0, "max_history": 0}
     lock = threading.Lock()
 
     def loop() -> None:
@@ -110,14 +111,14 @@ def api_worker(
                 ok = resp.status_code == 200
                 with lock:
                     if not ok:
-                        report["errors"].append(f"status {resp.status_code}")
+                        errors.append(f"status {resp.status_code}")
                     if resp.history:
-                        report["retried"] += 1
-                    report["max_history"] = max(report["max_history"], len(resp.history))
+                        counts["retried"] += 1
+                    counts["max_history"] = max(counts["max_history"], len(resp.history))
                     calls[index] += 1
             except Exception as exc:
                 with lock:
-                    report["errors"].append(repr(exc))
+                    errors.append(repr(exc))
             time.sleep(pause)
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
@@ -125,7 +126,7 @@ def api_worker(
         t.start()
     for t in workers:
         t.join()
-    out.put(report)
+    out.put({"errors": errors, **counts})
 
 
 def failing_worker(settings: Settings, until: float, out: Any) -> None:
@@ -203,7 +204,7 @@ def test_short_lived_tokens_are_refreshed_once_per_lifetime_before_expiry(
         p.start()
     lifetime = 5.0
     # Run for 3.5 lifetimes, counted from the first call.
-    wait_for(lambda: sum(calls) > 0)
+    wait_for(lambda: sum(calls[:]) > 0)
     first_call = time.monotonic()
     wait_for(lambda: time.monotonic() - first_call > 3.5 * lifetime, timeout=60)
     stop.set()
@@ -229,11 +230,11 @@ def test_revoking_tokens_under_load_costs_one_token_request(sb: Sandbox, redis_u
     for p in procs:
         p.start()
     try:
-        wait_for(lambda: min(calls) >= 3)
+        wait_for(lambda: min(calls[:]) >= 3)
         assert sb.counters()["token_requests"] == 1
         sb.revoke_tokens()
-        at_revoke = list(calls)
-        wait_for(lambda: all(c >= a + 5 for c, a in zip(calls, at_revoke, strict=True)))
+        at_revoke = calls[:]
+        wait_for(lambda: all(c >= a + 5 for c, a in zip(calls[:], at_revoke, strict=True)))
     finally:
         stop.set()
     reports = [out.get(timeout=60) for _ in procs]

@@ -20,7 +20,7 @@ from tests.support.stack import FixedToken
 CTX = multiprocessing.get_context("spawn")
 
 
-def _hammer(
+def _hammer(  # noqa: PLR0913  (a Process target: its args are positional)
     api_url: str,
     client_id: str,
     token: str,

@@ -37,6 +37,7 @@ from tests.support.delivery import (
     wait_for,
 )
 from tests.support.receiver import Receiver, Reply
+from tests.support.replies import group_read
 
 REPO = Path(__file__).resolve().parents[2]
 STREAM = "redis-stream:etb-test:events"
@@ -109,11 +110,11 @@ def test_redis_stream_sink_feeds_a_consumer_group(r: redis.Redis, redis_url: str
         deadline = time.monotonic() + 60
         while len(received) < len(committed):
             assert time.monotonic() < deadline, f"only {len(received)} events consumed"
-            answer = r.xreadgroup("consumers", "c1", {"etb-test:events": ">"}, count=100, block=200)
-            for _stream, rows in answer or []:
-                for entry_id, fields in rows:
-                    received.append(json.loads(fields[b"event"]))
-                    r.xack("etb-test:events", "consumers", entry_id)
+            for entry_id, fields in group_read(
+                r, "consumers", "c1", "etb-test:events", count=100, block=200
+            ):
+                received.append(json.loads(fields[b"event"]))
+                r.xack("etb-test:events", "consumers", entry_id)
     finally:
         relays.stop()
     assert per_org_first_arrivals(received) == per_org_first_arrivals(committed)
@@ -336,7 +337,8 @@ def test_where_delivers_only_bookings_that_became_definite(
         for a in rx.delivered()
     ]
     assert sorted(e.get_id() for e in parsed) == sorted(e["id"] for e in became)
-    assert all(e.get_data()["changes"]["status"]["to"] == "definite" for e in parsed)
+    data = [e.get_data() for e in parsed]
+    assert all(isinstance(d, dict) and d["changes"]["status"]["to"] == "definite" for d in data)
     assert {e.get_extension("orgid") for e in parsed} == {"1001", "1002"}
     # What the filter dropped counts as delivered: nothing is pending or retrying.
     facts = outbox.status(r, settings)["sinks"][settings.sinks[0].display]

@@ -99,6 +99,7 @@ def test_short_budget_no_429_bounded_queue_and_adaptive(redis_url: str, tmp_path
                 capture_output=True,
                 text=True,
                 timeout=60,
+                check=False,
             )
         doc = json.loads(status.stdout)
         polls = {o: end.get(o, 0) - start.get(o, 0) for o in orgs}

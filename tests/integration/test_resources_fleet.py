@@ -58,6 +58,7 @@ def _status(env: dict[str, str], *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     return done.stdout
 

@@ -28,6 +28,7 @@ def status(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
@@ -90,6 +91,7 @@ def test_status_json_matches_the_contract(redis_url: str, tmp_path: Path) -> Non
                 capture_output=True,
                 text=True,
                 timeout=60,
+                check=False,
             )
             assert orgs.returncode == 0 and orgs.stdout.startswith("discovered:"), orgs
             assert all(o in orgs.stdout for o in ("1001", "1002", "1003"))
@@ -101,6 +103,7 @@ def test_status_json_matches_the_contract(redis_url: str, tmp_path: Path) -> Non
                 capture_output=True,
                 text=True,
                 timeout=60,
+                check=False,
             )
             assert resync.returncode == 0 and "full sweep" in resync.stdout, resync
             wait_for(

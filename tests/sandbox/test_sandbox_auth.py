@@ -73,8 +73,11 @@ def test_token_errors_follow_rfc_6749(
     sandbox: Sandbox, overrides: dict[str, str], status: int, error: str
 ) -> None:
     for send in ("json", "data"):
-        resp = requests.post(
-            sandbox.token_url, **{send: creds(sandbox, **overrides)}, timeout=TIMEOUT
+        body = creds(sandbox, **overrides)
+        resp = (
+            requests.post(sandbox.token_url, json=body, timeout=TIMEOUT)
+            if send == "json"
+            else requests.post(sandbox.token_url, data=body, timeout=TIMEOUT)
         )
         assert resp.status_code == status, resp.text
         body = resp.json()

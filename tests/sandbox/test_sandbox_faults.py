@@ -40,7 +40,7 @@ def test_html_502_looks_like_a_proxy_page(sandbox: Sandbox, session_for: Session
     assert resp.headers["Content-Type"].startswith("text/html")
     assert "<title>502 Bad Gateway</title>" in resp.text and "nginx" in resp.text
     assert "X-Api-Request-Remaining" not in resp.headers  # the proxy answered, not the API
-    with pytest.raises(ValueError):
+    with pytest.raises(requests.JSONDecodeError):
         resp.json()
     assert sandbox.counters()["faults_served"] == {"html_502": 1}
 

@@ -153,12 +153,17 @@ def test_page_after_and_before_together_select_a_range(
     session = session_for(org=ORG)
     url = f"{sandbox.url}/v2/bookings"
     ten = session.get(url, params={"page[size]": 10}, timeout=TIMEOUT).json()
-    cursors = []
+    cursors: list[str] = []
     for record in ten["data"]:
-        one = session.get(url, params={"page[size]": 1, **_after(cursors)}, timeout=TIMEOUT)
+        page: dict[str, str | int] = {"page[size]": 1, **_after(cursors)}
+        one = session.get(url, params=page, timeout=TIMEOUT)
         assert one.json()["data"] == [record]
         cursors.append(one.json()["meta"]["after_cursor"])
-    params = {"page[after]": cursors[1], "page[before]": cursors[6], "page[size]": 100}
+    params: dict[str, str | int] = {
+        "page[after]": cursors[1],
+        "page[before]": cursors[6],
+        "page[size]": 100,
+    }
     doc = session.get(url, params=params, timeout=TIMEOUT).json()
     assert doc["data"] == ten["data"][2:6]
     assert doc["meta"]["has_more"] is False
@@ -205,7 +210,11 @@ def test_updated_at_filters_gt_and_gteq(sandbox: Sandbox, session_for: Sessions,
     pivot = max(ordered[len(ordered) // 3 : 2 * len(ordered) // 3], key=lambda s: stamps[s])
     session = session_for(org=ORG)
     url = f"{sandbox.url}/v2/bookings"
-    for predicate, keep in (("gt", lambda s: s > pivot), ("gteq", lambda s: s >= pivot)):
+    checks: list[tuple[str, Callable[[str], bool]]] = [
+        ("gt", lambda s: s > pivot),
+        ("gteq", lambda s: s >= pivot),
+    ]
+    for predicate, keep in checks:
         seen = walk(session, url, {f"filter[updated_at][{predicate}]": pivot, "sort": sort})
         want = {i for i, r in expected.items() if keep(r["attributes"]["updated_at"])}
         ids = [r["id"] for r in seen]
@@ -305,7 +314,7 @@ def test_get_one_booking(sandbox: Sandbox, session_for: Sessions) -> None:
 
 
 def test_include_adds_the_related_resources(sandbox: Sandbox, session_for: Sessions) -> None:
-    params = {"include": "account,contact,owner", "page[size]": 100}
+    params: dict[str, str | int] = {"include": "account,contact,owner", "page[size]": 100}
     doc = session_for(org=ORG).get(f"{sandbox.url}/v2/bookings", params=params).json()
     wanted = {
         (rel["data"]["type"], rel["data"]["id"])

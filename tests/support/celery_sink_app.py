@@ -33,7 +33,7 @@ _client: redis.Redis | None = None
 
 @app.task(name=TASK)
 def record(envelope: dict[str, Any]) -> None:
-    global _client
+    global _client  # noqa: PLW0603  (one client per worker process, made on first use)
     if _client is None:
         _client = redis.Redis.from_url(RECORD_REDIS)
     _client.rpush(RECEIVED, json.dumps(envelope))

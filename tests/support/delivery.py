@@ -20,6 +20,7 @@ import redis
 from etbridge import keys
 from etbridge.outbox import Relay
 from etbridge.settings import Settings, parse_sink
+from tests.support import replies
 
 SECRET = "whsec_" + base64.b64encode(b"etbridge-test-webhook-key-0123").decode()
 
@@ -99,7 +100,7 @@ def make_settings(redis_url: str, sinks: Sequence[str], **overrides: Any) -> Set
         "webhook_timeout": 2.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def drive(
@@ -157,4 +158,4 @@ def relay_loop(
 
 def stream_events(client: redis.Redis, key: str) -> list[dict[str, Any]]:
     """The envelopes in a sink stream, in order."""
-    return [json.loads(fields[b"event"]) for _id, fields in client.xrange(key)]
+    return replies.stream_events(client, key)

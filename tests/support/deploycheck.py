@@ -109,6 +109,7 @@ def check_compose() -> list[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     if proc.returncode != 0:
         return [f"docker/compose.yaml: {proc.stdout.strip()} {proc.stderr.strip()}"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -144,7 +145,7 @@ class SentinelSet(_Context):
             host_port = client.sentinel_get_master_addr_by_name(SERVICE)
         finally:
             client.close()
-        return int(host_port[1])
+        return int(cast(tuple[bytes, int], host_port)[1])
 
     def kill_master(self, timeout: float = 30, *, rejoin: bool = True) -> int:
         """SIGKILL the master and wait for the sentinels to promote the replica; with
@@ -252,7 +253,6 @@ class RedisClusterSet(_Context):
 
 def _cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too."""
-    import socket
 
     while True:
         port = free_port()
@@ -323,8 +323,6 @@ class RabbitNode(_Context):
         return env
 
     def start(self, timeout: float = 90) -> RabbitNode:
-        import socket
-
         self.process = subprocess.Popen(
             [RABBITMQ_SERVER],
             env=self._env(),
@@ -339,7 +337,7 @@ class RabbitNode(_Context):
             if self.process.poll() is not None:
                 log = (Path(self.directory) / "stdout.log").read_text()[-2000:]
                 raise RuntimeError(f"rabbitmq-server exited: {log}")
-            from kombu import Connection
+            from kombu.connection import Connection  # noqa: PLC0415  (RabbitMQ runs only)
 
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 pass

@@ -34,12 +34,13 @@ from typing import Any, Protocol
 import redis
 from celery import Celery
 
-from etbridge import keys, redisconn
+from etbridge import keys, redisconn, replies
 from etbridge.redisserver import RedisServer, free_port
 from etbridge.settings import parse_sink
 from tests.support.fleet import Fleet, Proc, fleet, fleet_env, read_sink, wait_for
 from tests.support.grader import grade
 from tests.support.receiver import Receiver, _Handler, _Server
+from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 
 log = logging.getLogger("tests.faults")
@@ -185,9 +186,10 @@ class FaultRun:
         """
         truth = self.sandbox.truth()
         found = self.outbox_problems()
-        for name, events in self.sink_events().items():
+        for name, received in self.sink_events().items():
+            events = received
             if copies_allowed:
-                events, copies, bad = collapse_copies(events)
+                events, copies, bad = collapse_copies(received)
                 self.copies[name] = copies
                 found += [f"{name}: {p}" for p in bad]
             found += [f"{name}: {p}" for p in grade(events, truth)]
@@ -198,11 +200,8 @@ class FaultRun:
         found: list[str] = []
         with contextlib.closing(self.client()) as client:
             for raw in client.hkeys(keys.ORGS):
-                org_id = raw.decode()
-                ids = [
-                    json.loads(fields[b"event"])["id"]
-                    for _id, fields in client.xrange(keys.outbox(org_id))
-                ]
+                org_id = replies.text(raw)
+                ids = [env["id"] for env in stream_events(client, keys.outbox(org_id))]
                 if len(set(ids)) != len(ids):
                     found.append(f"outbox of org {org_id}: an event committed twice")
         return found
@@ -275,7 +274,7 @@ class FaultRun:
         with contextlib.closing(self.client()) as client:
             for key in client.scan_iter(match=f"{keys.PREFIX}:token:*"):
                 if client.type(key) == b"hash" and (token := client.hget(key, "token")):
-                    secrets.append(token.decode())
+                    secrets.append(replies.text(token))
         for proc in self.fleet.procs:
             text = proc.output()
             leaked = [s[:4] + "…" for s in secrets if s in text]
@@ -330,7 +329,7 @@ class FaultRun:
 
 
 @contextlib.contextmanager
-def fault_run(
+def fault_run(  # noqa: PLR0913  (keyword-only knobs, all defaulted)
     logdir: Path,
     redis_server: RedisServer | HasUrl,
     *,

@@ -7,7 +7,6 @@ test can SIGKILL one (and its prefork children) and read what it logged.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 
 import redis
 
+from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 
 
@@ -145,9 +145,13 @@ def fleet(env: dict[str, str], logdir: Path) -> Iterator[Fleet]:
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float, message: str = "", interval: float = 0.25
+    condition: Callable[..., Any], timeout: float, message: str = "", interval: float = 0.25
 ) -> Any:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass."""
+    """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass.
+
+    ``condition`` is called with no arguments (``Callable[..., Any]`` so that a lambda
+    binding a loop variable as a default, ``lambda p=port: ...``, type-checks).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -159,4 +163,4 @@ def wait_for(
 
 
 def read_sink(client: redis.Redis, key: str = "test:events") -> list[dict[str, Any]]:
-    return [json.loads(fields[b"event"]) for _id, fields in client.xrange(key)]
+    return stream_events(client, key)

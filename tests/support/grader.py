@@ -53,6 +53,33 @@ def expected_changes(
     return out
 
 
+def _against_truth(
+    last: dict[tuple[str, str], dict[str, Any]],
+    truth: dict[str, Any],
+    ignore: Collection[str],
+) -> list[str]:
+    """Each record's last event against the sandbox's truth (and its deletions)."""
+    problems: list[str] = []
+    for org_id, org in truth["orgs"].items():
+        for rid, record in org["bookings"].items():
+            found = last.get((org_id, rid))
+            if found is None:
+                problems.append(f"org {org_id} booking {rid}: no event at all")
+                continue
+            if found["type"].endswith(".deleted"):
+                problems.append(f"org {org_id} booking {rid}: announced deleted but exists")
+                continue
+            got = _strip(found["data"]["after"], ignore)
+            want = _strip(changes.canonical(record), ignore)
+            if got != want:
+                problems.append(f"org {org_id} booking {rid}: last after differs from the truth")
+        for rid in org.get("deleted", []):
+            found = last.get((org_id, rid))
+            if found is not None and not found["type"].endswith(".deleted"):
+                problems.append(f"org {org_id} booking {rid}: deleted, not announced")
+    return problems
+
+
 def grade(
     events: Iterable[dict[str, Any]],
     truth: dict[str, Any],
@@ -87,21 +114,5 @@ def grade(
             if data["changes"] != want:
                 problems.append(f"event {env['id']}: changes {data['changes']} != {want}")
         last[(env["orgid"], env["subject"])] = env
-    for org_id, org in truth["orgs"].items():
-        for rid, record in org["bookings"].items():
-            env = last.get((org_id, rid))
-            if env is None:
-                problems.append(f"org {org_id} booking {rid}: no event at all")
-                continue
-            if env["type"].endswith(".deleted"):
-                problems.append(f"org {org_id} booking {rid}: announced deleted but exists")
-                continue
-            got = _strip(env["data"]["after"], ignore)
-            want = _strip(changes.canonical(record), ignore)
-            if got != want:
-                problems.append(f"org {org_id} booking {rid}: last after differs from the truth")
-        for rid in org.get("deleted", []):
-            env = last.get((org_id, rid))
-            if env is not None and not env["type"].endswith(".deleted"):
-                problems.append(f"org {org_id} booking {rid}: deleted, not announced")
+    problems += _against_truth(last, truth, ignore)
     return problems

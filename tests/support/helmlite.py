@@ -92,7 +92,8 @@ def _split_actions(source: str) -> list[tuple[str, str]]:
     return parts
 
 
-def parse(source: str, defines: dict[str, list[Node]]) -> list[Node]:
+# One branch per template tag.
+def parse(source: str, defines: dict[str, list[Node]]) -> list[Node]:  # noqa: C901, PLR0912
     """Parse a template; ``define`` blocks go into ``defines``."""
     root: list[Node] = []
     # Each frame: (node, or None for define/root; the list being filled; a tag:
@@ -185,7 +186,8 @@ def to_text(value: Any) -> str:
 def _to_yaml(value: Any) -> str:
     if value is None:
         return "null"
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True).rstrip("\n")
+    dumped: str = yaml.safe_dump(value, default_flow_style=False, sort_keys=True)
+    return dumped.rstrip("\n")
 
 
 def _indent(n: int, text: str) -> str:
@@ -446,7 +448,7 @@ def render_chart(
 
 def manifests(rendered: Mapping[str, str]) -> list[dict[str, Any]]:
     """Every non-empty YAML document of the rendered templates."""
-    docs = []
+    docs: list[dict[str, Any]] = []
     for name, text in rendered.items():
         try:
             docs.extend(d for d in yaml.safe_load_all(text) if d)

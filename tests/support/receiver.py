@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -161,8 +161,9 @@ class Receiver:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> Receiver:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,

@@ -78,7 +78,7 @@ class Sandbox:
     # --------------------------------------------------------------- lifecycle
 
     @classmethod
-    def start(
+    def start(  # noqa: PLR0913  (keyword-only sandbox knobs, all defaulted)
         cls,
         *,
         orgs: int = 3,
@@ -241,7 +241,8 @@ class Sandbox:
     def glitch(self, org: str, **knobs: Any) -> dict[str, Any]:
         """Set one org's glitches, e.g. ``glitch("1001", empty_listings=True)``; all orgs'."""
         answer: dict[str, Any] = self.admin("POST", "glitches", {"org": org, **knobs})
-        return answer["glitches"]
+        glitches: dict[str, Any] = answer["glitches"]
+        return glitches
 
     def force_429(self, count: int, retry_after: int) -> None:
         """The next ``count`` API calls get 429 with ``Retry-After: retry_after``."""

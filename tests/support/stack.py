@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
@@ -12,6 +11,7 @@ import requests.auth
 from etbridge import keys
 from etbridge.runtime import Runtime
 from etbridge.settings import Settings, load_settings
+from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 
 
@@ -37,7 +37,7 @@ def runtime_for(sandbox: Sandbox, redis_url: str, **overrides: Any) -> Runtime:
 
 def outbox_events(client: redis.Redis, org_id: str) -> list[dict[str, Any]]:
     """Every envelope in an org's outbox, in commit order."""
-    return [json.loads(fields[b"event"]) for _id, fields in client.xrange(keys.outbox(org_id))]
+    return stream_events(client, keys.outbox(org_id))
 
 
 class FixedToken(requests.auth.AuthBase):
