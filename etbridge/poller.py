@@ -84,20 +84,14 @@ class PollResult:
     ms: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "org_id": self.org_id,
-            "resource": self.resource,
-            "mode": self.mode,
-            "pages": self.pages,
-            "records": self.records,
-            "events": self.events,
-            "deleted": self.deleted,
-            "complete": self.complete,
-            "skipped": self.skipped,
-            "ms": round(self.ms, 1),
-            "counts": dict(self.counts),
-        }
+    def summary(self) -> str:
+        """One line for the task's result: Celery logs its repr, at a cost per item."""
+        state = self.skipped or ("complete" if self.complete else "paused")
+        return (
+            f"{self.org_id} {self.resource} {self.mode} {state} pages={self.pages} "
+            f"records={self.records} events={self.events} deleted={self.deleted} "
+            f"ms={self.ms:.1f}"
+        )
 
 
 class _Heartbeat(threading.Thread):
@@ -305,17 +299,20 @@ class Poller:
                     meta_updates["sweep_cursor"] = page.next_cursor or ""
                     if scan_max is not None:
                         meta_updates["scan_max"] = rfc3339(scan_max)
-                known, absorbed = self.commit_page(
-                    state,
-                    lease,
-                    records,
-                    result,
-                    baseline=baseline,
-                    seen=sweep_active,
-                    known=known,
-                    absorbed=absorbed,
-                    meta_updates=meta_updates,
-                )
+                if records or meta_updates:
+                    # (An empty page of an incremental poll, the common answer, has
+                    # nothing to commit: the final commit checks the lease.)
+                    known, absorbed = self.commit_page(
+                        state,
+                        lease,
+                        records,
+                        result,
+                        baseline=baseline,
+                        seen=sweep_active,
+                        known=known,
+                        absorbed=absorbed,
+                        meta_updates=meta_updates,
+                    )
                 result.pages += 1
                 result.records += len(records)
                 if (
@@ -404,6 +401,10 @@ class Poller:
         for _attempt in range(_MAX_CONFLICTS):
             stored_digests = state.digests(ids)
             moved = [i for i in ids if stored_digests[i] != digests[i]]
+            if not moved and not seen and not meta_updates:
+                # The lookback's overlap, unchanged: nothing to write, so no commit
+                # (the poll's final commit checks the lease).
+                return known, absorbed
             plan = CommitPlan(
                 checks=stored_digests, seen=ids if seen else [], meta=dict(meta_updates)
             )
