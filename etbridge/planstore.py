@@ -36,14 +36,18 @@ def take_tick(client: redis.Redis, tick: float) -> bool:
     return bool(client.set(PLAN_LOCK, str(time.time()), nx=True, px=max(1, int(tick * 900))))
 
 
-def _f(values: dict[str, str], name: str) -> float | None:
-    raw = values.get(name)
+def _num(raw: bytes | str | None) -> float | None:
+    """A stored number, or None when missing or bad (float() reads bytes as it reads text)."""
     if not raw:
         return None
     try:
         return float(raw)
     except ValueError:
         return None
+
+
+def _f(values: dict[str, str], name: str) -> float | None:
+    return _num(values.get(name))
 
 
 def _estimate(values: dict[str, str], prefix: str) -> RateEstimate:
@@ -87,16 +91,6 @@ for i = 2, #KEYS, 2 do
 end
 return out
 """
-
-
-def _num(raw: bytes | None) -> float | None:
-    """:func:`_f` on a raw reply (float() reads bytes as it reads text)."""
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
 
 
 def gather(
