@@ -56,7 +56,7 @@ class Reason(enum.StrEnum):
 _POLL, _SWEEP = Reason.POLL, Reason.SWEEP
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RateEstimate:
     """A decayed count of events over a decayed span of time."""
 
@@ -75,7 +75,7 @@ class RateEstimate:
         return (self.events + prior[0]) / (self.seconds + prior[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnitView:
     """What the planner knows of one (org, resource), gathered from Redis by planner.py."""
 
