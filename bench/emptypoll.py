@@ -14,7 +14,8 @@ churn, three layers of the same poll side by side in one run:
 
 CPU is this process's (``time.process_time``) for the first two and
 ``/proc`` for the worker. ``--profile N`` prints the N hottest functions of
-the task layer (cProfile, by own time).
+the task layer (cProfile on CPU time, by own time; ``EMPTYPOLL_SORT=cumulative``
+sorts otherwise, ``EMPTYPOLL_CALLERS=NAME`` adds who calls NAME).
 """
 
 from __future__ import annotations
