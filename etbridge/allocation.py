@@ -13,6 +13,7 @@ import math
 import operator
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import NamedTuple
 
 # A unit is first polled at least every ``FLOOR_CYCLES`` round-robin cycles of
@@ -91,49 +92,76 @@ def waterfill(
     and one ``t`` (``1/√μ``, the multiplier) for all, chosen so the budget is
     spent exactly: the spend is piecewise linear in ``t``, so one sort of the
     breakpoints finds it. Floors that do not fit are scaled down together.
+    Every ``lo_i <= hi_i``.
     """
-    n = len(weights)
-    floor_cost = sum(c * lo for c, lo in zip(costs, lows, strict=True))
+    return _fill(_slopes(weights, costs), costs, lows, highs, budget)
+
+
+def _slopes(weights: Sequence[float], costs: Sequence[float]) -> list[float]:
+    """``k_i = √(w_i/c_i)``: how fast each rate grows with ``t`` off its clamps."""
+    return [
+        math.sqrt(w / c) if w > 0 and c > 0 else 0.0 for w, c in zip(weights, costs, strict=True)
+    ]
+
+
+def _fill(
+    ks: Sequence[float],
+    costs: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    budget: float,
+) -> list[float]:
+    """:func:`waterfill` with the ``k_i`` computed (the allocation's two passes share them)."""
+    floor_cost = math.fsum(map(operator.mul, costs, lows))
     if floor_cost >= budget:
         scale = budget / floor_cost if floor_cost > 0 else 0.0
         return [lo * scale for lo in lows]
-    if sum(c * hi for c, hi in zip(costs, highs, strict=True)) <= budget:
+    if math.fsum(map(operator.mul, costs, highs)) <= budget:
         return list(highs)
-    ks = [math.sqrt(w / c) if w > 0 and c > 0 else 0.0 for w, c in zip(weights, costs, strict=True)]
-    # Breakpoints: at lo/k a unit leaves its floor, at hi/k it reaches its ceiling.
-    # Two sorted index lists merged as they are walked (cheaper than sorting tuples).
-    moving = [i for i in range(n) if ks[i] > 0 and highs[i] > lows[i]]
-    leave = {i: lows[i] / ks[i] for i in moving}
-    reach = {i: highs[i] / ks[i] for i in moving}
-    by_leave = sorted(moving, key=leave.__getitem__)
-    by_reach = sorted(moving, key=reach.__getitem__)
+    # spend(t) = base + slope·t between breakpoints: at lo/k a unit leaves its
+    # floor (the slope gains c·k, the base loses c·lo), at hi/k it reaches its
+    # ceiling (the slope loses c·k, the base gains c·hi). A unit without a floor
+    # leaves it at t = 0, before the walk: no breakpoint to sort.
     base, slope = floor_cost, 0.0
-    t = 0.0
-    a = b = 0
-    m = len(moving)
-    while b < m:
-        if a < m and leave[by_leave[a]] <= reach[by_reach[b]]:
-            i, at, leaving = by_leave[a], leave[by_leave[a]], True
+    at: list[float] = []
+    dslope: list[float] = []
+    dbase: list[float] = []
+    for k, c, lo, hi in zip(ks, costs, lows, highs, strict=True):
+        if k <= 0 or hi <= lo:
+            continue
+        ck = c * k
+        if lo > 0:
+            at.append(lo / k)
+            dslope.append(ck)
+            dbase.append(-c * lo)
         else:
-            i, at, leaving = by_reach[b], reach[by_reach[b]], False
-        if base + slope * at >= budget:
-            break
-        ck = costs[i] * ks[i]
-        if leaving:
-            base -= costs[i] * lows[i]
             slope += ck
-            a += 1
-        else:
-            slope -= ck
-            base += costs[i] * highs[i]
-            b += 1
-        t = at
-    if slope > 0:
+        at.append(hi / k)
+        dslope.append(-ck)
+        dbase.append(c * hi)
+    if slope > 0 and base + slope * min(at, default=math.inf) >= budget:
+        # Spent before the first breakpoint, where no unit has reached its ceiling
+        # yet (the common case of a tight budget): nothing to sort.
         t = (budget - base) / slope
-    xs = [min(highs[i], max(lows[i], ks[i] * t)) for i in range(n)]
+    else:
+        t = 0.0
+        for j in sorted(range(len(at)), key=at.__getitem__):
+            x = at[j]
+            if base + slope * x >= budget:
+                break
+            base += dbase[j]
+            slope += dslope[j]
+            t = x
+        if slope > 0:
+            t = (budget - base) / slope
+    # clamp(k·t, lo, hi), spelt out: a comprehension without calls is the fast one.
+    xs = [
+        lo if x <= lo else hi if x >= hi else x
+        for x, lo, hi in zip([k * t for k in ks], lows, highs, strict=True)
+    ]
     # The running slope loses precision when weights span many orders of
     # magnitude; never let rounding spend more than the budget.
-    spent = sum(c * x for c, x in zip(costs, xs, strict=True))
+    spent = math.fsum(map(operator.mul, costs, xs))
     if spent > budget:
         scale = (budget - floor_cost) / (spent - floor_cost)
         xs = [lo + (x - lo) * scale for x, lo in zip(xs, lows, strict=True)]
@@ -144,43 +172,63 @@ def allocate(demands: Sequence[Demand], limits: Limits) -> Allocation:
     """The poll and sweep rates of every unit (see docs/scheduling.md for the derivation)."""
     if not demands:
         return Allocation({}, 0.0, 0.0, True, True)
+    keys, lam, dl, pp, sp, ceilings = zip(*demands, strict=True)
+    return allocate_columns(keys, lam, dl, pp, sp, ceilings, limits)
+
+
+def allocate_columns(
+    keys: Sequence[Hashable],
+    change_rates: Sequence[float],
+    delete_rates: Sequence[float],
+    poll_pages: Sequence[float],
+    sweep_pages: Sequence[float],
+    sweep_ceilings: Sequence[float | None],
+    limits: Limits,
+) -> Allocation:
+    """:func:`allocate` on the demands' fields, one sequence each (no tuple per unit)."""
+    n = len(keys)
+    if not n:
+        return Allocation({}, 0.0, 0.0, True, True)
     rate = max(limits.rate, 1e-9)
     f_hi = 1.0 / max(limits.poll_interval, 1e-6)
     # The sweep interval is what the operator asked for: sweeps run that often
     # when the budget allows, less often (as the optimum says) when it does not.
     g_hi = 1.0 / max(limits.sweep_interval, 1e-6)
-    keys, lam, dl, pp, sp, ceilings = zip(*demands, strict=True)
-    polled = [p > 0 for p in pp]
+    polled = [p > 0 for p in poll_pages]
     # One vector of 2n items: the polls, then the sweeps, sharing one multiplier.
-    weights = [x / 2 for x in lam] + [x / 2 for x in dl]
-    costs = [p if p > 1e-9 else 1e-9 for p in pp] + [x if x > 1.0 else 1.0 for x in sp]
-    g_his = [g_hi if c is None else c for c in ceilings]
+    weights = [x / 2 for x in change_rates] + [x / 2 for x in delete_rates]
+    costs = [p if p > 1e-9 else 1e-9 for p in poll_pages] + [
+        x if x > 1.0 else 1.0 for x in sweep_pages
+    ]
+    g_his = [g_hi if c is None else c for c in sweep_ceilings]
     highs = [f_hi if p else 0.0 for p in polled] + g_his
-    n = len(demands)
+    ks = _slopes(weights, costs)
 
     # Pass 1, no floors: the share of the budget that sweeps earn by their deletions.
-    first = waterfill(weights, costs, [0.0] * (2 * n), highs, rate)
+    first = _fill(ks, costs, [0.0] * (2 * n), highs, rate)
     sweep_share = math.fsum(map(operator.mul, costs[n:], first[n:]))
-    poll_pages = math.fsum(p for p in pp if p > 0)
+    poll_pages_sum = math.fsum(compress(poll_pages, polled))
     poll_rate = max(rate - sweep_share, rate * 1e-3)
-    cycle = poll_pages / poll_rate if poll_pages else 0.0
+    cycle = poll_pages_sum / poll_rate if poll_pages_sum else 0.0
 
     # Pass 2: a tail floor of floor_cycles round-robin cycles of that poll share,
     # and the asked sweep interval where it still fits beside the poll floors.
     f_lo = min(f_hi, 1.0 / (limits.floor_cycles * cycle)) if cycle > 0 else 0.0
-    poll_floor_cost = f_lo * poll_pages
-    g_lo = g_hi
-    sweep_floor_cost = math.fsum(c * min(g_lo, hi) for c, hi in zip(costs[n:], g_his, strict=True))
-    sweep_floor_met = poll_floor_cost + sweep_floor_cost <= rate
+    poll_floor_cost = f_lo * poll_pages_sum
+    sweep_floors = [hi if hi < g_hi else g_hi for hi in g_his]
+    sweep_floor_met = (
+        poll_floor_cost + math.fsum(map(operator.mul, costs[n:], sweep_floors)) <= rate
+    )
     if not sweep_floor_met:
-        g_lo = 0.0
-    lows = [f_lo if p else 0.0 for p in polled] + [min(g_lo, hi) for hi in g_his]
-    rates = waterfill(weights, costs, lows, highs, rate)
+        sweep_floors = [0.0] * n
+    lows = [f_lo if p else 0.0 for p in polled] + sweep_floors
+    rates = _fill(ks, costs, lows, highs, rate)
     spent = math.fsum(map(operator.mul, costs, rates))
-    result = dict(zip(keys, map(Rates, rates[:n], rates[n:]), strict=True))
-    poll_met = all(x >= f_hi * (1 - 1e-9) for x, p in zip(rates, polled, strict=False) if p)
+    polls, sweeps = rates[:n], rates[n:]
+    result = dict(zip(keys, map(Rates, polls, sweeps), strict=True))
+    poll_met = min(compress(polls, polled), default=math.inf) >= f_hi * (1 - 1e-9)
     if sweep_floor_met:
         sweep_floor_met = all(
-            x >= lo * (1 - 1e-9) for x, lo in zip(rates[n:], lows[n:], strict=True)
+            x >= lo * (1 - 1e-9) for x, lo in zip(sweeps, sweep_floors, strict=True)
         )
     return Allocation(result, spent, cycle, sweep_floor_met, poll_met)

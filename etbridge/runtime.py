@@ -14,7 +14,7 @@ import requests
 
 from etbridge import keys, logs, metrics, redisconn
 from etbridge.auth import BearerAuth, TokenCache
-from etbridge.client import EventTempleClient
+from etbridge.client import EventTempleClient, Session
 from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.ratelimit import RequestBudget
@@ -33,7 +33,7 @@ class Runtime:
             health_check_interval=30,
             retry_on_timeout=True,
         )
-        self.session = requests.Session()
+        self.session = Session()
         # API calls and token requests share this session: one hook counts both,
         # and one registers every token it carries as a secret for logs and Sentry.
         self.session.hooks["response"].append(metrics.response_hook(settings.token_url))

@@ -95,7 +95,7 @@ def poll_org(
     resource: str | None = None,
     due: float | None = None,
     max_pages: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[str]:
     rt = runtime.get(settings)
     res = resource or settings.resources[0]
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
@@ -153,7 +153,7 @@ def poll_org(
                 pages=r.pages,
                 complete=r.complete,
             )
-        return [r.as_dict() for r in results]
+        return [r.summary() for r in results]
 
 
 @app.task(name="etbridge.deliver", bind=True)
