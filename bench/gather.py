@@ -115,15 +115,15 @@ def main() -> int:
         org = sorted(sb.truth()["orgs"])[0]
         rt.poller().poll(org, "sweep")
         tasks.poll_org.apply((org, "incremental"), {"resource": "bookings"}).get()
-        meta = rt.redis.hgetall(keys.org_meta(org, "bookings"))
-        plan = rt.redis.hgetall(planstore.plan_key(org, "bookings"))
+        meta: dict[Any, Any] = rt.redis.hgetall(keys.org_meta(org, "bookings"))
+        plan: dict[Any, Any] = rt.redis.hgetall(planstore.plan_key(org, "bookings"))
         rng = random.Random(1)
         now = time.time()
         orgs = [f"9{i:06d}" for i in range(args.orgs)]
         pipe = rt.redis.pipeline(transaction=False)
         for o in orgs:
             for res in resources:
-                p = dict(plan)
+                p: dict[Any, Any] = dict(plan)
                 p[b"poll_due"] = repr(now - rng.uniform(0, 600)).encode()
                 p[b"chg_n"] = repr(rng.expovariate(0.2)).encode()
                 pipe.hset(keys.org_meta(o, res), mapping=meta)
