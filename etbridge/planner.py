@@ -140,6 +140,10 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
         )
     budget = rt.budget.status(ahead=config.lookahead)
     cursor = planstore.send_cursor(rt.redis)
+    workers = scheduler.Workers(
+        started=planstore.started_rate(rt.redis, now),
+        waiting=sum(1 for u in units if u.queued),
+    )
     decisions = scheduler.dispatch(
         now,
         units,
@@ -151,6 +155,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
             freeing=int(budget.get("freeing", 0)),
             paused_for=float(budget.get("paused_for") or 0.0),
             next_send=cursor,
+            slots=scheduler.worker_slots(workers, config),
         ),
         config,
     )

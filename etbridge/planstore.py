@@ -88,8 +88,12 @@ def gather(
                     urgent_sweep=meta.get("resync") == "1",
                     sweeping=meta.get("sweep_active") == "1",
                     sweeps_only=meta.get("filter_unsupported") == "1",
-                    last_poll_due=_f(plan, "poll_due"),
-                    last_sweep_due=_f(plan, "sweep_due"),
+                    # A unit the planner has not polled (or swept) yet counts from
+                    # its last listing (its baseline, a tool's): a fleet does not sweep
+                    # every unit at once on its first tick, and while the workers are
+                    # behind, a unit just baselined is not always the latest deadline.
+                    last_poll_due=_f(plan, "poll_due") or _f(meta, "last_poll_at"),
+                    last_sweep_due=_f(plan, "sweep_due") or _f(meta, "last_sweep_at"),
                     changes=_estimate(plan, "chg"),
                     deletions=_estimate(plan, "del"),
                     poll_pages=max(1.0, _f(plan, "poll_pages") or 1.0),
@@ -151,10 +155,40 @@ def mark_started(client: redis.Redis, org_id: str, resource: str, due: float | N
     """The poll holds the lease now: the queued marker has done its job; note the delay."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(plan_key(org_id, resource), "queued_at")
+    pipe.incr(keys.PLAN_STARTED)
     if due is not None:
         pipe.lpush(keys.PLAN_DELAYS, f"{due:.3f} {time.time() - due:.4f}")
         pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
     pipe.execute()
+
+
+def started_rate(client: redis.Redis, now: float) -> float | None:
+    """The workers' start rate (polls a second, fleet-wide), read from the start counter.
+
+    Every tick reads the counter and keeps its reading, so the rate spans
+    ticks of any beat; the pure half is scheduler.started_rate.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.PLAN_STARTED)
+    pipe.hgetall(keys.PLAN_WORKERS)
+    raw_count, raw_last = pipe.execute()
+    count = int(raw_count or 0)
+    last = text_hash(raw_last)
+    previous = _f(last, "rate")
+    last_count, last_at = _f(last, "count"), _f(last, "at")
+    rate = previous
+    if last_count is not None and last_at is not None:
+        # A counter behind its last reading was reset (a flushed Redis): start again.
+        rate = scheduler.started_rate(
+            previous if count >= last_count else None,
+            int(count - last_count) if count >= last_count else 0,
+            now - last_at,
+        )
+    values: dict[Any, Any] = {"count": str(count), "at": repr(now)}
+    if rate is not None:
+        values["rate"] = repr(rate)
+    client.hset(keys.PLAN_WORKERS, mapping=values)
+    return rate
 
 
 def record_success(

@@ -41,6 +41,14 @@ DELETE_PRIOR_EVENTS = 0.1
 PSEUDO_SECONDS = 10.0
 # The budget's window: the API's 60 s plus the limiter's safety margin.
 BUDGET_WINDOW = 61.0
+# Worker capacity (see Workers): seconds of the workers' measured start rate
+# that may wait, beyond the lookahead's timed sends, for a worker to take it...
+QUEUE_SECONDS = 0.5
+# ...and polls that may always wait, whatever was measured: a fleet's first
+# tick, and an idle fleet whose start rate is only what it was given.
+MIN_WAITING = 8
+# Half-life (seconds) of the measured start rate when it falls; a rise counts at once.
+STARTED_HALF_LIFE = 2.0
 
 
 class Reason(enum.StrEnum):
@@ -103,6 +111,21 @@ class Budget:
     freeing: int = 0  # grants that leave the window within the lookahead
     next_send: float = 0.0  # the earliest send time the last dispatch left free
     paused_for: float = 0.0  # seconds left of a 429 pause
+    slots: int | None = None  # polls the workers can take this tick (None: no bound)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """What the workers can take: polls started a second, and polls waiting to start.
+
+    A budget far above what the workers poll would otherwise have every tick
+    queue every due unit: the broker's queue grows by what the workers cannot
+    take, each poll waits in it for many seconds, and a wait longer than the
+    queued mark's lifetime (planstore.QUEUED_TTL) queues the unit a second time.
+    """
+
+    started: float | None = None  # polls started a second, fleet-wide (None: unmeasured)
+    waiting: int = 0  # polls dispatched and not started (timed sends and the broker's queue)
 
 
 @dataclass(frozen=True)
@@ -210,31 +233,36 @@ def _phase(unit: UnitView, now: float, gap: float) -> float:
 
 def _next(
     unit: UnitView, rates: Rates | None, now: float, config: PlanConfig
-) -> tuple[float, Mode, Reason] | None:
-    """The unit's next deadline, or None while it has nothing to do."""
+) -> tuple[float, Mode, Reason, float] | None:
+    """The unit's next deadline, or None while it has nothing to do.
+
+    The deadline of a unit more than one interval behind is moved up to
+    ``now - interval`` (no burst to catch up); the last item is the deadline
+    before that move, the order among units: when the workers, not the budget,
+    bind, the units that waited longest go first, none starves.
+    """
     if not unit.baselined or unit.urgent_sweep:
-        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC)
+        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC, now)
     if rates is None:
         return None
-    best: tuple[float, Mode, Reason] | None = None
+    best: tuple[float, Mode, Reason, float] | None = None
     if rates.poll > 0 and not unit.sweeps_only:
         gap = max(config.poll_interval, 1.0 / rates.poll)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        best = (max(due, now - gap), "incremental", Reason.POLL)
+        best = (max(due, now - gap), "incremental", Reason.POLL, due)
     if unit.sweeping:
         # A sweep's pages follow each other: a deletion is seen when the listing
         # that began after it ends, so a sweep spread over its cycle would make
         # deletions wait up to two cycles; back to back, one cycle at the most.
         if best is None or now < best[0]:
-            best = (now, "sweep", Reason.SWEEP_PAGE)
+            best = (now, "sweep", Reason.SWEEP_PAGE, now)
     elif rates.sweep > 0:
         gap = 1.0 / rates.sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        due = max(due, now - gap)
-        if best is None or due < best[0]:
-            best = (due, "sweep", Reason.SWEEP)
+        if best is None or max(due, now - gap) < best[0]:
+            best = (max(due, now - gap), "sweep", Reason.SWEEP, due)
     return best
 
 
@@ -250,20 +278,23 @@ def dispatch(
         return []
     available = budget.limit - budget.used - budget.inflight + budget.freeing
     horizon = now + config.lookahead
-    due: list[tuple[float, int, UnitView, Mode, Reason]] = []
+    due: list[tuple[float, float, int, UnitView, Mode, Reason]] = []
     for n, unit in enumerate(units):
         if unit.busy or unit.retry_at > now:
             continue
         step = _next(unit, allocation.rates.get(unit.key), now, config)
         if step is not None and step[0] < horizon:
-            due.append((step[0], n, unit, step[1], step[2]))
-    due.sort(key=lambda item: (item[0], item[1]))
+            due.append((step[3], step[0], n, unit, step[1], step[2]))
+    due.sort(key=lambda item: (item[0], item[2]))
     pace = BUDGET_WINDOW / budget.limit
     # Sends stay a pace apart across ticks too: the last tick may have sent ahead.
     cursor = max(now, budget.next_send)
     orgs: set[str] = set()
     out: list[Decision] = []
-    for deadline, _n, unit, mode, reason in due:
+    slots = math.inf if budget.slots is None else budget.slots
+    for _order, deadline, _n, unit, mode, reason in due:
+        if len(out) >= slots:
+            break  # the workers have as much waiting as they can start soon
         if unit.org_id in orgs:
             continue  # one poll per org at a time: the lease is the org's
         cost = 1.0 if mode == "sweep" else max(1.0, unit.poll_pages)
@@ -287,3 +318,33 @@ def next_send(decisions: Sequence[Decision], units: Sequence[UnitView], limit: i
     last = decisions[-1]
     cost = 1.0 if last.mode == "sweep" else max(1.0, pages.get((last.org_id, last.resource), 1.0))
     return last.send_at + BUDGET_WINDOW / max(1, limit) * cost
+
+
+def started_rate(previous: float | None, started: int, seconds: float) -> float | None:
+    """The workers' start rate after ``started`` more polls in ``seconds``.
+
+    A rise counts at once (a worker added, a backlog found), a fall decays
+    with STARTED_HALF_LIFE (one tick with little to do says little about
+    what the workers can do).
+    """
+    if seconds <= 0 or started < 0:
+        return previous
+    now = started / seconds
+    if previous is None or now >= previous:
+        return now
+    keep = math.pow(0.5, seconds / STARTED_HALF_LIFE)
+    return previous * keep + now * (1.0 - keep)
+
+
+def worker_slots(workers: Workers, config: PlanConfig) -> int:
+    """Polls this tick may hand out: what the workers start within the lookahead and
+    QUEUE_SECONDS more, less what already waits.
+
+    Measured, not configured: while polls wait, the workers are busy and the
+    start rate is what they can do; when they are idle, it is what they were
+    given, and MIN_WAITING plus a rise counted at once let the rate grow
+    severalfold a tick until the budget or the workers bind.
+    """
+    rate = workers.started or 0.0
+    allowed = math.ceil(rate * (config.lookahead + QUEUE_SECONDS)) + MIN_WAITING
+    return max(0, allowed - workers.waiting)
