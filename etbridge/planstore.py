@@ -121,11 +121,11 @@ def gather(
                     urgent_sweep=meta.get("resync") == "1",
                     sweeping=meta.get("sweep_active") == "1",
                     sweeps_only=meta.get("filter_unsupported") == "1",
-                    # A unit the planner has not polled (or swept) yet counts from
-                    # its last listing (its baseline, a tool's): a fleet does not sweep
-                    # every unit at once on its first tick, and while the workers are
-                    # behind, a unit just baselined is not always the latest deadline.
-                    last_poll_due=_f(plan, "poll_due") or _f(meta, "last_poll_at"),
+                    last_poll_due=_f(plan, "poll_due"),
+                    last_listed=_f(meta, "last_poll_at"),
+                    # A unit the planner has not swept yet counts from its last full
+                    # listing (its baseline, a tool's): a fleet does not sweep every
+                    # unit at once on its first tick.
                     last_sweep_due=_f(plan, "sweep_due") or _f(meta, "last_sweep_at"),
                     changes=_estimate(plan, "chg"),
                     deletions=_estimate(plan, "del"),

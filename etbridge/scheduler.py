@@ -93,6 +93,7 @@ class UnitView:
     sweeps_only: bool = False  # the API rejects the incremental filter
     last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
     last_sweep_due: float | None = None  # deadline of the last sweep's first page
+    last_listed: float | None = None  # end of the unit's last complete listing (any caller)
     changes: RateEstimate = RateEstimate()
     deletions: RateEstimate = RateEstimate()
     poll_pages: float = 1.0  # pages of an incremental poll (running average)
@@ -250,7 +251,10 @@ def _next(
         gap = max(config.poll_interval, 1.0 / rates.poll)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        best = (max(due, now - gap), "incremental", Reason.POLL, due)
+        # A unit not polled by the planner yet is due on its grid (units that start
+        # together are spread), but it waited since its last listing: that orders it.
+        order = due if last is not None or unit.last_listed is None else unit.last_listed + gap
+        best = (max(due, now - gap), "incremental", Reason.POLL, min(due, order))
     if unit.sweeping:
         # A sweep's pages follow each other: a deletion is seen when the listing
         # that began after it ends, so a sweep spread over its cycle would make

@@ -80,11 +80,11 @@ def test_a_unit_listed_outside_the_planner_counts_its_next_deadlines_from_that_l
     r.hset(keys.org_meta(ORG, RES), mapping=meta)
     (unit,) = planstore.gather(r, [ORG], [RES], time.time())
     assert unit.last_sweep_due == pytest.approx(swept)
-    assert unit.last_poll_due == pytest.approx(swept + 1)
-    # The planner's own deadlines win once it has them.
-    r.hset(keys.plan(ORG, RES), mapping={"sweep_due": "123.5", "poll_due": "124.5"})
+    assert unit.last_poll_due is None and unit.last_listed == pytest.approx(swept + 1)
+    # The planner's own deadline wins once it has one.
+    r.hset(keys.plan(ORG, RES), mapping={"sweep_due": "123.5"})
     (unit,) = planstore.gather(r, [ORG], [RES], time.time())
-    assert (unit.last_sweep_due, unit.last_poll_due) == (123.5, 124.5)
+    assert unit.last_sweep_due == 123.5
 
 
 def test_the_start_rate_is_read_from_the_counter_that_started_polls_raise(r: redis.Redis) -> None:

@@ -229,3 +229,13 @@ def test_when_slots_bind_the_units_that_waited_longest_go_first() -> None:
     picked = [d.org_id for d in run(units, Budget(limit=30_000, used=0, slots=2))]
     assert picked == ["3", "2"]
     assert all(d.due == NOW - 1.0 for d in run(units, Budget(limit=30_000, used=0)))
+
+
+def test_a_unit_not_polled_by_the_planner_yet_is_ordered_by_its_last_listing() -> None:
+    # Due on its grid (within the last interval), but listed long ago: with one
+    # slot it goes before a unit that is only a few seconds late.
+    fresh = unit(1, last_poll_due=None, last_listed=NOW - 60)
+    late = unit(2, last_poll_due=NOW - 5)
+    (first,) = run([late, fresh], Budget(limit=30_000, used=0, slots=1))
+    assert first.org_id == "1"
+    assert NOW - 1.0 <= first.due <= NOW  # its deadline is still its grid point
