@@ -119,6 +119,12 @@ PLAN_CURSOR = f"{PREFIX}:plan:cursor"
 PLAN_DELAYS = f"{PREFIX}:plan:delays"
 """List: the latest dispatch delays, "DEADLINE DELAY" (epoch seconds), newest first."""
 
+PLAN_STARTED = f"{PREFIX}:plan:started"
+"""String: a counter of planned polls started, fleet-wide (the workers' measured capacity)."""
+
+PLAN_WORKERS = f"{PREFIX}:plan:workers"
+"""Hash: the planner's last reading of PLAN_STARTED: ``count``, ``at``, ``rate`` (starts/s)."""
+
 
 PLAN_LOCK = f"{PREFIX}:plan:lock"
 """String: one planner tick per tick interval, fleet-wide (a second beat plans nothing)."""

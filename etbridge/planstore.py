@@ -65,10 +65,18 @@ def _estimate_fields(prefix: str, est: RateEstimate) -> dict[str, str]:
 
 
 # One org's planning facts in one call: whether it is leased, and per resource
-# the meta and plan fields below (HMGET order). A script per org, not three
-# commands: at 10,000 orgs, the client's cost per command was most of a tick.
+# the meta and plan fields below (HMGET order, not HGETALL: a unit's hashes hold
+# more). A script per org, not three commands: at 10,000 orgs, the client's cost
+# per command was most of a tick.
 # KEYS[1] lease; then per resource: KEYS[2i] meta, KEYS[2i+1] plan.
-_META_FIELDS = ("baselined", "resync", "sweep_active", "filter_unsupported")
+_META_FIELDS = (
+    "baselined",
+    "resync",
+    "sweep_active",
+    "filter_unsupported",
+    "last_poll_at",
+    "last_sweep_at",
+)
 _PLAN_FIELDS = (
     "queued_at",
     "retry_at",
@@ -116,6 +124,7 @@ def gather(
         for (res, meta, plan), unit_queued in zip(facts, queued, strict=True):
             _, retry_at, poll_due, sweep_due, chg_n, chg_t, chg_at, del_n, del_t, del_at = plan[:10]
             poll_pages, sweep_pages = plan[10:]
+            last_listed, last_swept = _num(meta[4]), _num(meta[5])
             views.append(
                 scheduler.UnitView(
                     org_id=org_id,
@@ -128,7 +137,11 @@ def gather(
                     sweeping=meta[2] == b"1",
                     sweeps_only=meta[3] == b"1",
                     last_poll_due=poll_due,
-                    last_sweep_due=sweep_due,
+                    last_listed=last_listed,
+                    # A unit the planner has not swept yet counts from its last full
+                    # listing (its baseline, a tool's): a fleet does not sweep every
+                    # unit at once on its first tick.
+                    last_sweep_due=sweep_due if sweep_due is not None else last_swept,
                     changes=RateEstimate(chg_n or 0.0, chg_t or 0.0, chg_at),
                     deletions=RateEstimate(del_n or 0.0, del_t or 0.0, del_at),
                     poll_pages=max(1.0, poll_pages or 1.0),
@@ -190,10 +203,40 @@ def mark_started(client: redis.Redis, org_id: str, resource: str, due: float | N
     """The poll holds the lease now: the queued marker has done its job; note the delay."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(plan_key(org_id, resource), "queued_at")
+    pipe.incr(keys.PLAN_STARTED)
     if due is not None:
         pipe.lpush(keys.PLAN_DELAYS, f"{due:.3f} {time.time() - due:.4f}")
         pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
     pipe.execute()
+
+
+def started_rate(client: redis.Redis, now: float) -> float | None:
+    """The workers' start rate (polls a second, fleet-wide), read from the start counter.
+
+    Every tick reads the counter and keeps its reading, so the rate spans
+    ticks of any beat; the pure half is scheduler.started_rate.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.PLAN_STARTED)
+    pipe.hgetall(keys.PLAN_WORKERS)
+    raw_count, raw_last = pipe.execute()
+    count = int(raw_count or 0)
+    last = text_hash(raw_last)
+    previous = _f(last, "rate")
+    last_count, last_at = _f(last, "count"), _f(last, "at")
+    rate = previous
+    if last_count is not None and last_at is not None:
+        # A counter behind its last reading was reset (a flushed Redis): start again.
+        rate = scheduler.started_rate(
+            previous if count >= last_count else None,
+            int(count - last_count) if count >= last_count else 0,
+            now - last_at,
+        )
+    values: dict[Any, Any] = {"count": str(count), "at": repr(now)}
+    if rate is not None:
+        values["rate"] = repr(rate)
+    client.hset(keys.PLAN_WORKERS, mapping=values)
+    return rate
 
 
 def record_success(

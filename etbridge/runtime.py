@@ -20,6 +20,12 @@ from etbridge.poller import Poller
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 
+# Retries within one planned poll: one, for a blip. A resource that fails again
+# is recorded (planstore.record_failure) and planned again on its backoff by
+# the planner, instead of holding a worker through the client's full schedule
+# (four retries: ~4.5 s on a failing resource, measured).
+PLANNED_RETRIES = 1
+
 
 class Runtime:
     """Redis client, HTTP session, shared token, fleet budget and API client of one process."""
@@ -42,8 +48,15 @@ class Runtime:
         self.budget = RequestBudget(
             self.redis, keys.digest(settings.client_id), settings.rate_limit
         )
-        self.api = EventTempleClient(
-            settings, auth=BearerAuth(self.tokens), budget=self.budget, session=self.session
+        auth = BearerAuth(self.tokens)
+        self.api = EventTempleClient(settings, auth=auth, budget=self.budget, session=self.session)
+        # The same session, token and budget; only the retries differ.
+        self.planned_api = EventTempleClient(
+            settings,
+            auth=auth,
+            budget=self.budget,
+            session=self.session,
+            max_retries=PLANNED_RETRIES,
         )
         self._relay: Relay | None = None
 
@@ -52,11 +65,13 @@ class Runtime:
         *,
         on_started: Callable[[], None] | None = None,
         on_events: Callable[[str], None] | None = None,
+        planned: bool = False,
     ) -> Poller:
+        """A poller; ``planned``: for the planner's polls (PLANNED_RETRIES retries a request)."""
         return Poller(
             self.redis,
             self.settings,
-            self.api,
+            self.planned_api if planned else self.api,
             on_started=on_started,
             on_events=on_events,
         )

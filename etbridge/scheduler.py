@@ -41,6 +41,14 @@ DELETE_PRIOR_EVENTS = 0.1
 PSEUDO_SECONDS = 10.0
 # The budget's window: the API's 60 s plus the limiter's safety margin.
 BUDGET_WINDOW = 61.0
+# Worker capacity (see Workers): seconds of the workers' measured start rate
+# that may wait, beyond the lookahead's timed sends, for a worker to take it...
+QUEUE_SECONDS = 0.5
+# ...and polls that may always wait, whatever was measured: a fleet's first
+# tick, and an idle fleet whose start rate is only what it was given.
+MIN_WAITING = 8
+# Half-life (seconds) of the measured start rate when it falls; a rise counts at once.
+STARTED_HALF_LIFE = 2.0
 
 
 class Reason(enum.StrEnum):
@@ -90,6 +98,7 @@ class UnitView:
     sweeps_only: bool = False  # the API rejects the incremental filter
     last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
     last_sweep_due: float | None = None  # deadline of the last sweep's first page
+    last_listed: float | None = None  # end of the unit's last complete listing (any caller)
     changes: RateEstimate = RateEstimate()
     deletions: RateEstimate = RateEstimate()
     poll_pages: float = 1.0  # pages of an incremental poll (running average)
@@ -108,6 +117,21 @@ class Budget:
     freeing: int = 0  # grants that leave the window within the lookahead
     next_send: float = 0.0  # the earliest send time the last dispatch left free
     paused_for: float = 0.0  # seconds left of a 429 pause
+    slots: int | None = None  # polls the workers can take this tick (None: no bound)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """What the workers can take: polls started a second, and polls waiting to start.
+
+    A budget far above what the workers poll would otherwise have every tick
+    queue every due unit: the broker's queue grows by what the workers cannot
+    take, each poll waits in it for many seconds, and a wait longer than the
+    queued mark's lifetime (planstore.QUEUED_TTL) queues the unit a second time.
+    """
+
+    started: float | None = None  # polls started a second, fleet-wide (None: unmeasured)
+    waiting: int = 0  # polls dispatched and not started (timed sends and the broker's queue)
 
 
 @dataclass(frozen=True)
@@ -235,15 +259,21 @@ def _phase(unit: UnitView, now: float, gap: float) -> float:
 
 def _next(
     unit: UnitView, rates: Rates | None, now: float, config: PlanConfig
-) -> tuple[float, Mode, Reason] | None:
-    """The unit's next deadline, or None while it has nothing to do."""
+) -> tuple[float, Mode, Reason, float] | None:
+    """The unit's next deadline, or None while it has nothing to do.
+
+    The deadline of a unit more than one interval behind is moved up to
+    ``now - interval`` (no burst to catch up); the last item is the deadline
+    before that move, the order among units: when the workers, not the budget,
+    bind, the units that waited longest go first, none starves.
+    """
     # Called for every unit on every tick (10,000 of them): conditionals rather
     # than max() calls, and the enum members read once (_POLL, _SWEEP).
     if not unit.baselined or unit.urgent_sweep:
-        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC)
+        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC, now)
     if rates is None:
         return None
-    best: tuple[float, Mode, Reason] | None = None
+    best: tuple[float, Mode, Reason, float] | None = None
     poll, sweep = rates
     if poll > 0 and not unit.sweeps_only:
         gap = 1.0 / poll
@@ -251,23 +281,25 @@ def _next(
             gap = config.poll_interval
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        if due < now - gap:
-            due = now - gap
-        best = (due, "incremental", _POLL)
+        # A unit not polled by the planner yet is due on its grid (units that start
+        # together are spread), but it waited since its last listing: that orders it.
+        order = due if last is not None or unit.last_listed is None else unit.last_listed + gap
+        if order > due:
+            order = due
+        best = (due if due >= now - gap else now - gap, "incremental", _POLL, order)
     if unit.sweeping:
         # A sweep's pages follow each other: a deletion is seen when the listing
         # that began after it ends, so a sweep spread over its cycle would make
         # deletions wait up to two cycles; back to back, one cycle at the most.
         if best is None or now < best[0]:
-            best = (now, "sweep", Reason.SWEEP_PAGE)
+            best = (now, "sweep", Reason.SWEEP_PAGE, now)
     elif sweep > 0:
         gap = 1.0 / sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        if due < now - gap:
-            due = now - gap
-        if best is None or due < best[0]:
-            best = (due, "sweep", _SWEEP)
+        clamped = due if due >= now - gap else now - gap
+        if best is None or clamped < best[0]:
+            best = (clamped, "sweep", _SWEEP, due)
     return best
 
 
@@ -283,7 +315,7 @@ def dispatch(
         return []
     available = budget.limit - budget.used - budget.inflight + budget.freeing
     horizon = now + config.lookahead
-    due: list[tuple[float, int, UnitView, Mode, Reason]] = []
+    due: list[tuple[float, float, int, UnitView, Mode, Reason]] = []
     rates = allocation.rates
     for n, unit in enumerate(units):
         if unit.busy or unit.retry_at > now:
@@ -304,14 +336,17 @@ def dispatch(
             continue
         step = _next(unit, r, now, config)
         if step is not None and step[0] < horizon:
-            due.append((step[0], n, unit, step[1], step[2]))
-    due.sort(key=lambda item: (item[0], item[1]))
+            due.append((step[3], step[0], n, unit, step[1], step[2]))
+    due.sort(key=lambda item: (item[0], item[2]))
     pace = BUDGET_WINDOW / budget.limit
     # Sends stay a pace apart across ticks too: the last tick may have sent ahead.
     cursor = max(now, budget.next_send)
     orgs: set[str] = set()
     out: list[Decision] = []
-    for deadline, _n, unit, mode, reason in due:
+    slots = math.inf if budget.slots is None else budget.slots
+    for _order, deadline, _n, unit, mode, reason in due:
+        if len(out) >= slots:
+            break  # the workers have as much waiting as they can start soon
         if unit.org_id in orgs:
             continue  # one poll per org at a time: the lease is the org's
         cost = 1.0 if mode == "sweep" else max(1.0, unit.poll_pages)
@@ -335,3 +370,33 @@ def next_send(decisions: Sequence[Decision], units: Sequence[UnitView], limit: i
     last = decisions[-1]
     cost = 1.0 if last.mode == "sweep" else max(1.0, pages.get((last.org_id, last.resource), 1.0))
     return last.send_at + BUDGET_WINDOW / max(1, limit) * cost
+
+
+def started_rate(previous: float | None, started: int, seconds: float) -> float | None:
+    """The workers' start rate after ``started`` more polls in ``seconds``.
+
+    A rise counts at once (a worker added, a backlog found), a fall decays
+    with STARTED_HALF_LIFE (one tick with little to do says little about
+    what the workers can do).
+    """
+    if seconds <= 0 or started < 0:
+        return previous
+    now = started / seconds
+    if previous is None or now >= previous:
+        return now
+    keep = math.pow(0.5, seconds / STARTED_HALF_LIFE)
+    return previous * keep + now * (1.0 - keep)
+
+
+def worker_slots(workers: Workers, config: PlanConfig) -> int:
+    """Polls this tick may hand out: what the workers start within the lookahead and
+    QUEUE_SECONDS more, less what already waits.
+
+    Measured, not configured: while polls wait, the workers are busy and the
+    start rate is what they can do; when they are idle, it is what they were
+    given, and MIN_WAITING plus a rise counted at once let the rate grow
+    severalfold a tick until the budget or the workers bind.
+    """
+    rate = workers.started or 0.0
+    allowed = math.ceil(rate * (config.lookahead + QUEUE_SECONDS)) + MIN_WAITING
+    return max(0, allowed - workers.waiting)

@@ -398,6 +398,11 @@ def known_orgs(client: redis.Redis) -> dict[str, dict[str, Any]]:
     return {text(k): json.loads(v) for k, v in sorted(client.hgetall(keys.ORGS).items())}
 
 
+def registered_org_ids(client: redis.Redis) -> set[str]:
+    """The ids in the registry, vanished ones included (no facts read: a tick's check)."""
+    return {text(k) for k in client.hkeys(keys.ORGS)}
+
+
 def iter_meta(
     client: redis.Redis, org_ids: Iterable[str], resource: str
 ) -> dict[str, dict[str, str]]:

@@ -102,6 +102,7 @@ def poll_org(
         poller = rt.poller(
             on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due),
             on_events=lambda org: _deliver_soon(rt, org),
+            planned=True,
         )
         kind: scheduler.Mode = "sweep" if mode == "sweep" else "incremental"
         try:

@@ -70,3 +70,28 @@ def test_status_shows_the_recorded_failure(r: redis.Redis, redis_url: str) -> No
     unit = status.collect(r, settings)["orgs"][ORG]
     assert unit["errors"] == 1 and unit["last_error"] == "RetriableError: HTTP 502"
     assert unit["next_retry"] is not None
+
+
+def test_a_unit_listed_outside_the_planner_counts_its_next_deadlines_from_that_listing(
+    r: redis.Redis,
+) -> None:
+    swept = time.time() - 100
+    meta = {"baselined": "1", "last_sweep_at": repr(swept), "last_poll_at": repr(swept + 1)}
+    r.hset(keys.org_meta(ORG, RES), mapping=meta)
+    (unit,) = planstore.gather(r, [ORG], [RES], time.time())
+    assert unit.last_sweep_due == pytest.approx(swept)
+    assert unit.last_poll_due is None and unit.last_listed == pytest.approx(swept + 1)
+    # The planner's own deadline wins once it has one.
+    r.hset(keys.plan(ORG, RES), mapping={"sweep_due": "123.5"})
+    (unit,) = planstore.gather(r, [ORG], [RES], time.time())
+    assert unit.last_sweep_due == 123.5
+
+
+def test_the_start_rate_is_read_from_the_counter_that_started_polls_raise(r: redis.Redis) -> None:
+    assert planstore.started_rate(r, 100.0) is None  # a first reading has no rate
+    for _ in range(30):
+        planstore.mark_started(r, ORG, RES, None)
+    assert planstore.started_rate(r, 102.0) == pytest.approx(15.0)
+    # A flushed counter starts the measure again rather than going negative.
+    r.delete(keys.PLAN_STARTED)
+    assert planstore.started_rate(r, 103.0) == pytest.approx(0.0)

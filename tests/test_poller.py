@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +12,10 @@ import pytest
 import redis
 
 from etbridge import changes, keys
+from etbridge.errors import RetriableError
 from etbridge.events import validate_envelope
 from etbridge.poller import Poller
-from etbridge.runtime import Runtime
+from etbridge.runtime import PLANNED_RETRIES, Runtime
 from etbridge.state import OrgState
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
@@ -367,3 +369,23 @@ def test_sweep_pages_are_sent_one_quota_at_a_time(rt: Runtime, sandbox: Sandbox)
     assert not result.complete
     meta = OrgState(rt2.redis, ORG, "bookings").meta()
     assert meta["sweep_active"] == "1" and meta["sweep_cursor"]
+
+
+def test_a_planned_poll_of_a_failing_resource_asks_twice_at_most(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    rt.poller(planned=True).poll(ORG)
+    sandbox.faults(bookings_error_500=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetriableError):
+            rt.poller(planned=True).poll(ORG)
+        served = sandbox.counters()["faults_served"].get("bookings_error_500", 0)
+        # The first request and one retry; the planner plans the rest on its backoff.
+        assert served == 1 + PLANNED_RETRIES == 2
+        # One jittered backoff of the client's first step, not the four-step schedule.
+        assert time.monotonic() - started < rt.api.backoff_base + 2.0
+    finally:
+        sandbox.faults(bookings_error_500=0.0)
+    # Other callers (tools, the benchmark's drivers) keep the client's full schedule.
+    assert rt.api.max_retries > PLANNED_RETRIES

@@ -179,3 +179,63 @@ def test_a_new_unit_falls_due_within_one_interval_and_units_are_spread() -> None
     assert len(sent) == 10, sent
     assert max(sent.values()) - NOW <= gap + CFG.tick
     assert len({round(t, 1) for t in sent.values()}) >= 8  # not all at once
+
+
+def test_dispatch_hands_out_no_more_polls_than_the_workers_have_slots_for() -> None:
+    units = [unit(n) for n in range(50)]
+    big = Budget(limit=30_000, used=0)
+    assert len(run(units, big)) == 50
+    capped = run(units, Budget(limit=30_000, used=0, slots=7))
+    # The slots go to the earliest deadlines, as the uncapped dispatch would order them.
+    assert [d.org_id for d in capped] == [d.org_id for d in run(units, big)][:7]
+    assert run(units, Budget(limit=30_000, used=0, slots=0)) == []
+
+
+def test_worker_slots_follow_the_measured_start_rate_less_what_waits() -> None:
+    slots = scheduler.worker_slots
+    span = CFG.lookahead + scheduler.QUEUE_SECONDS
+    # Unmeasured (a fleet's first tick): a few polls, so the rate can be measured.
+    assert slots(scheduler.Workers(None, 0), CFG) == scheduler.MIN_WAITING
+    # Workers that start 100 polls a second get that many seconds' worth, less what waits.
+    full = round(100 * span) + scheduler.MIN_WAITING
+    assert slots(scheduler.Workers(100.0, 0), CFG) == full
+    assert slots(scheduler.Workers(100.0, 60), CFG) == full - 60
+    # A backlog beyond that gets nothing more until the workers catch up.
+    assert slots(scheduler.Workers(100.0, 10 * full), CFG) == 0
+
+
+def test_started_rate_rises_at_once_and_falls_gradually() -> None:
+    rate = scheduler.started_rate
+    assert rate(None, 50, 1.0) == 50.0
+    assert rate(10.0, 80, 1.0) == 80.0  # a worker added: counted at once
+    half = scheduler.STARTED_HALF_LIFE
+    assert rate(100.0, 0, half) == pytest.approx(50.0)  # one quiet tick halves it, no more
+    assert rate(100.0, 10, 0.0) == 100.0  # no time passed: nothing learnt
+    # Fed what they can do, the slots grow severalfold a tick until the workers bind.
+    workers: float | None = None
+    handed = []
+    for _ in range(6):
+        given = scheduler.worker_slots(scheduler.Workers(workers, 0), CFG)
+        handed.append(given)
+        workers = rate(workers, min(given, 400), 1.0)  # the workers start up to 400 a second
+    assert handed[:4] == sorted(handed[:4]) and handed[3] > 20 * handed[0]
+    assert workers == 400.0
+
+
+def test_when_slots_bind_the_units_that_waited_longest_go_first() -> None:
+    # All three are more than an interval late, so all are due at now - interval;
+    # the order is how late they are, not where they stand in the list.
+    units = [unit(1, last_poll_due=NOW - 3), unit(2, last_poll_due=NOW - 50), unit(3)]
+    picked = [d.org_id for d in run(units, Budget(limit=30_000, used=0, slots=2))]
+    assert picked == ["3", "2"]
+    assert all(d.due == NOW - 1.0 for d in run(units, Budget(limit=30_000, used=0)))
+
+
+def test_a_unit_not_polled_by_the_planner_yet_is_ordered_by_its_last_listing() -> None:
+    # Due on its grid (within the last interval), but listed long ago: with one
+    # slot it goes before a unit that is only a few seconds late.
+    fresh = unit(1, last_poll_due=None, last_listed=NOW - 60)
+    late = unit(2, last_poll_due=NOW - 5)
+    (first,) = run([late, fresh], Budget(limit=30_000, used=0, slots=1))
+    assert first.org_id == "1"
+    assert NOW - 1.0 <= first.due <= NOW  # its deadline is still its grid point

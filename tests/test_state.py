@@ -185,6 +185,9 @@ def test_the_org_registry_keeps_the_first_discovery_and_marks_removals(r: redis.
     again = state.known_orgs(r)["7"]
     assert again["discovered_at"] == first and again["name"] == "Seven again"
     assert "removed_at" not in again
+    state.register_org(r, "8")
+    state.mark_removed(r, "8")
+    assert state.registered_org_ids(r) == {"7", "8"}  # vanished ones are registered too
 
 
 def test_iter_meta_reads_many_orgs_at_once(r: redis.Redis) -> None:
