@@ -114,7 +114,11 @@ def test_a_stuck_page_still_exits_within_the_grace(
         sweeping_worker(f, r)
         # Now every page takes longer than the grace: the poll cannot reach a boundary.
         big_sandbox.faults(slow=1.0, slow_seconds=60)
-        time.sleep(1.0)  # let the next page request start (it then hangs)
+        wait_for(
+            lambda: big_sandbox.counters()["held_now"].get("60", 0) >= 1,
+            30,
+            "a page request held by the 60 s delay",
+        )
         os.kill(worker.popen.pid, signal.SIGTERM)
         took = exit_within(worker.popen, grace + 5)
         assert took >= shutdown.deadlines(grace)[0] - 0.5, "the page was given its chance"

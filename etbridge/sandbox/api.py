@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from etbridge.sandbox import pagination
 from etbridge.sandbox.auth import TokenError, claimed_client, parse_token_request
+from etbridge.sandbox.counters import Counters
 from etbridge.sandbox.faults import HTML_502, truncate
 from etbridge.sandbox.glitches import Glitch
 from etbridge.sandbox.jsonapi import CONTENT_TYPE, dumps, error_document
@@ -162,7 +163,7 @@ class PublicApi:
             )
         if faults.roll("slow"):
             counters.faults_served["slow"] += 1
-            await asyncio.sleep(faults.settings.slow_seconds)
+            await _hold(counters, faults.settings.slow_seconds)
             counters = state.counters  # an admin reset may have replaced them meanwhile
         if faults.roll("error_500"):
             counters.faults_served["error_500"] += 1
@@ -478,3 +479,13 @@ def _included(org: Org, bookings: list[Record], include: tuple[str, ...]) -> lis
             if resource is not None:
                 included.setdefault((resource["type"], related_id), resource)
     return list(included.values())
+
+
+async def _hold(counters: Counters, delay: float) -> None:
+    """The ``slow`` fault: wait ``delay`` seconds, counted in ``held_now`` meanwhile."""
+    held, key = counters.held_now, f"{delay:g}"
+    held[key] += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        held[key] -= 1

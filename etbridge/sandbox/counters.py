@@ -24,6 +24,9 @@ class Counters:
     get_requests_by_org: Counter[str] = field(default_factory=Counter)
     list_requests_by_resource: Counter[str] = field(default_factory=Counter)
     faults_served: Counter[str] = field(default_factory=Counter)
+    #: Requests the ``slow`` fault holds right now, by their delay in seconds ("60"):
+    #: a test waits for a request to be held instead of sleeping and hoping.
+    held_now: Counter[str] = field(default_factory=Counter)
     status_codes: Counter[int] = field(default_factory=Counter)
     #: Per application (client id): token_requests, token_requests_ok, api_requests,
     #: served_429, unauthorized.
@@ -49,6 +52,7 @@ class Counters:
             "get_requests_by_org": dict(self.get_requests_by_org),
             "list_requests_by_resource": dict(self.list_requests_by_resource),
             "faults_served": dict(self.faults_served),
+            "held_now": {k: v for k, v in sorted(self.held_now.items()) if v},
             "status_codes": {str(k): v for k, v in sorted(self.status_codes.items())},
             "by_app": {app: dict(counts) for app, counts in sorted(self.by_app.items())},
             "requests_per_window_by_app": {

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 
+from tests.support.fleet import wait_for
 from tests.support.sandbox import Sandbox, SandboxError
 
 TIMEOUT = 30
@@ -70,6 +72,19 @@ def test_slow_delays_the_answer(sandbox: Sandbox, session_for: Sessions) -> None
     assert time.monotonic() - started >= 0.6
     assert resp.status_code == 200
     assert sandbox.counters()["faults_served"] == {"slow": 1}
+    assert sandbox.counters()["held_now"] == {}
+
+
+def test_held_now_counts_the_requests_the_slow_fault_holds(
+    sandbox: Sandbox, session_for: Sessions
+) -> None:
+    sandbox.faults(slow=1.0, slow_seconds=2.5)
+    session = session_for(org=ORG)
+    with ThreadPoolExecutor(2) as pool:
+        answers = [pool.submit(session.get, bookings_url(sandbox), timeout=TIMEOUT)]
+        wait_for(lambda: sandbox.counters()["held_now"] == {"2.5": 1}, 10, "one request held")
+        assert all(a.result().status_code == 200 for a in answers)
+    assert sandbox.counters()["held_now"] == {}
 
 
 def test_storm_429(sandbox: Sandbox, session_for: Sessions) -> None:

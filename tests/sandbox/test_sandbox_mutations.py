@@ -275,6 +275,7 @@ def test_truth_log_and_counters(sandbox: Sandbox, session_for: Sessions) -> None
         "get_requests_by_org": {},
         "list_requests_by_resource": {},
         "faults_served": {},
+        "held_now": {},
         "status_codes": {},
         "by_app": {},
         "requests_per_window_by_app": {},
