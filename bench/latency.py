@@ -101,6 +101,7 @@ from etbridge.redisserver import RedisServer
 from etbridge.runtime import Runtime
 from etbridge.settings import Settings
 from tests.support.fleet import Fleet, Proc, fleet_env
+from tests.support.replies import stream
 from tests.support.sandbox import Sandbox
 
 POLICIES = ("planner", "round-robin", "fixed-60s")
@@ -116,7 +117,7 @@ ctx = mp.get_context("fork")
 
 
 def bench_settings(api_url: str, redis_url: str, limit: int, orgs: Sequence[str]) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         client_id="sandbox-client",
         client_secret="sandbox-secret",
@@ -283,7 +284,7 @@ def committed_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str
     out: dict[tuple[str, str], list[Any]] = {}
     try:
         for org in orgs:
-            for entry_id, fields in client.xrange(keys.outbox(org)):
+            for entry_id, fields in stream(client, keys.outbox(org)):
                 env = json.loads(fields[b"event"])
                 data = env.get("data") or {}
                 after = data.get("after") or {}
@@ -362,7 +363,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def run_latency(
+def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, step by step
     server: RedisServer,
     groups: Sequence[Group],
     churn: Callable[[Group], float],
@@ -563,7 +564,7 @@ def wait_started(proc: Proc, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def run_scaling(
+def run_scaling(  # noqa: PLR0913 - the scaling knobs of the command line
     server: RedisServer,
     workers: Sequence[int],
     orgs: int,
@@ -660,7 +661,7 @@ def _scaling_row(
     cores = max(1e-9, (after["cpu_total"] - before["cpu_total"]) / dt)
 
     def share(name: str) -> float:
-        return round((after[name] - before[name]) / dt, 3)
+        return round(float(after[name] - before[name]) / float(dt), 3)
 
     polls = (after["list_requests"] - before["list_requests"]) / dt
     worker_cpu = share("workers_cpu")
@@ -747,7 +748,7 @@ def group_targets(group: Group, per: dict[str, Any], churn: float) -> dict[str, 
 # --- deletions under a tight budget ----------------------------------------------------
 
 
-def run_deletions(
+def run_deletions(  # noqa: PLR0915 - a benchmark script: one run, step by step
     server: RedisServer, warmup: float, window: float, drain: float, logdir: Path
 ) -> dict[str, Any]:
     """30/min, 6 orgs x 150 bookings, one deletion every 10 s plus updates, sweeps asked every 10 s.
@@ -863,7 +864,7 @@ def _deleted_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str]
     out: dict[tuple[str, str], float] = {}
     try:
         for org in orgs:
-            for entry_id, fields in client.xrange(keys.outbox(org)):
+            for entry_id, fields in stream(client, keys.outbox(org)):
                 env = json.loads(fields[b"event"])
                 if env["type"].endswith(".deleted"):
                     ms = int(entry_id.decode().split("-")[0])
@@ -1005,7 +1006,7 @@ def print_report(doc: dict[str, Any]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="O = 10 only, short windows")
     parser.add_argument(
@@ -1049,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     def churn(group: Group) -> float:
-        return args.churn * group.orgs
+        return float(args.churn) * group.orgs
 
     latency: dict[str, Any] = {}
     scaling: list[dict[str, Any]] = []

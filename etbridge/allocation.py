@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import NamedTuple
 
+# A page cost never below this: a unit's cost is a divisor.
+_TINY = 1e-9
+
 # A unit is first polled at least every ``FLOOR_CYCLES`` round-robin cycles of
 # its poll share, whatever its activity: the tail bound (docs/scheduling.md).
 FLOOR_CYCLES = 1.25
@@ -197,7 +200,7 @@ def allocate_columns(
     polled = [p > 0 for p in poll_pages]
     # One vector of 2n items: the polls, then the sweeps, sharing one multiplier.
     weights = [x / 2 for x in change_rates] + [x / 2 for x in delete_rates]
-    costs = [p if p > 1e-9 else 1e-9 for p in poll_pages] + [
+    costs = [p if p > _TINY else _TINY for p in poll_pages] + [
         x if x > 1.0 else 1.0 for x in sweep_pages
     ]
     g_his = [g_hi if c is None else c for c in sweep_ceilings]

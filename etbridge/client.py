@@ -133,7 +133,7 @@ class EventTempleClient:
     :class:`RetriableError` with ``retry_after`` set.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only collaborators and knobs, all defaulted but two
         self,
         settings: Settings,
         *,

@@ -106,7 +106,7 @@ def _allocation(
     The estimates move with a half-life of minutes, so a few seconds' old
     allocation costs nothing, and a tick with 10,000 units stays cheap.
     """
-    global _cache
+    global _cache  # noqa: PLW0603 - one allocation cache per process, on purpose
     signature = (limit, config, tuple(u.key for u in units))
     if _cache is not None and _cache[1] == signature and now - _cache[0] < ALLOCATION_TTL:
         return _cache[2]

@@ -152,7 +152,7 @@ _heartbeats_lock = threading.Lock()
 
 def _heartbeat() -> _Heartbeat:
     """This process's heartbeat thread (started again in a forked child, which has none)."""
-    global _heartbeats
+    global _heartbeats  # noqa: PLW0603 - one heartbeat thread per process, on purpose
     with _heartbeats_lock:
         if _heartbeats is None or _heartbeats[0] != os.getpid():
             thread = _Heartbeat()
@@ -284,7 +284,7 @@ class Poller:
         )
         return result
 
-    def _scan(
+    def _scan(  # noqa: C901, PLR0912, PLR0915 - the page loop in order (docs/page-commit.md)
         self,
         state: OrgState,
         lease: Lease,
@@ -416,7 +416,7 @@ class Poller:
             events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
         )
 
-    def commit_page(
+    def commit_page(  # noqa: PLR0913 - the page's parts, each named at the call
         self,
         state: OrgState,
         lease: Lease,

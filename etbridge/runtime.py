@@ -92,7 +92,7 @@ _pid = 0
 
 def get(settings: Settings) -> Runtime:
     """This process's runtime (rebuilt in a forked child)."""
-    global _runtime, _pid
+    global _runtime, _pid  # noqa: PLW0603 - one runtime per process, rebuilt after fork
     with _lock:
         if _runtime is None or _pid != os.getpid():
             _runtime = Runtime(settings)

@@ -277,15 +277,13 @@ def _next(
     poll, sweep = rates
     if poll > 0 and not unit.sweeps_only:
         gap = 1.0 / poll
-        if gap < config.poll_interval:
-            gap = config.poll_interval
+        gap = max(gap, config.poll_interval)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
         # A unit not polled by the planner yet is due on its grid (units that start
         # together are spread), but it waited since its last listing: that orders it.
         order = due if last is not None or unit.last_listed is None else unit.last_listed + gap
-        if order > due:
-            order = due
+        order = min(order, due)
         best = (due if due >= now - gap else now - gap, "incremental", _POLL, order)
     if unit.sweeping:
         # A sweep's pages follow each other: a deletion is seen when the listing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -76,7 +77,11 @@ def test_a_unit_listed_outside_the_planner_counts_its_next_deadlines_from_that_l
     r: redis.Redis,
 ) -> None:
     swept = time.time() - 100
-    meta = {"baselined": "1", "last_sweep_at": repr(swept), "last_poll_at": repr(swept + 1)}
+    meta: dict[Any, Any] = {
+        "baselined": "1",
+        "last_sweep_at": repr(swept),
+        "last_poll_at": repr(swept + 1),
+    }
     r.hset(keys.org_meta(ORG, RES), mapping=meta)
     (unit,) = planstore.gather(r, [ORG], [RES], time.time())
     assert unit.last_sweep_due == pytest.approx(swept)

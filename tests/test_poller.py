@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from etbridge import changes, keys
-from etbridge.errors import RetriableError
+from etbridge.errors import LeaseLost, RetriableError
 from etbridge.events import validate_envelope
 from etbridge.poller import Poller
 from etbridge.runtime import PLANNED_RETRIES, Runtime
-from etbridge.state import OrgState
+from etbridge.state import CommitPlan, OrgState
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
 
@@ -30,9 +30,9 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def rt(sandbox: Sandbox, redis_url: str) -> Iterator[Runtime]:
+def rt(sandbox: Sandbox, redis_url: str) -> Runtime:
     sandbox.reset()
-    yield runtime_for(sandbox, redis_url)
+    return runtime_for(sandbox, redis_url)
 
 
 def poller(rt: Runtime, **kw: Any) -> Poller:
@@ -237,7 +237,7 @@ def test_interrupted_sweep_declares_no_deletion(rt: Runtime, sandbox: Sandbox) -
     sandbox.force_429(count=0, retry_after=1)
     # Fail every request after the first page: the sweep is cut short.
     sandbox.faults(error_500=1.0)
-    with pytest.raises(Exception):  # noqa: B017 - any retriable error ends this sweep
+    with pytest.raises(RetriableError):  # any retriable error ends this sweep
         p.poll(ORG, "sweep")
     sandbox.faults(error_500=0.0)
     assert all(
@@ -279,7 +279,7 @@ def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> 
     sandbox.mutate(5, org=ORG, kinds=["update"])
     sandbox.faults(truncated=1.0)
     try:
-        with pytest.raises(Exception):  # noqa: B017 - a retriable error, never a parsed half page
+        with pytest.raises(RetriableError):  # never a parsed half page
             p.poll(ORG)
     finally:
         sandbox.faults(truncated=0.0)
@@ -289,9 +289,6 @@ def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> 
 
 
 def test_stale_lease_cannot_write(rt: Runtime, sandbox: Sandbox) -> None:
-    from etbridge.errors import LeaseLost
-    from etbridge.state import CommitPlan
-
     state = OrgState(rt.redis, ORG, "bookings")
     old = state.acquire_lease(0.05)
     assert old is not None

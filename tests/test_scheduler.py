@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from etbridge import scheduler
@@ -140,8 +142,6 @@ def test_plan_config_from_settings_reads_the_intervals() -> None:
 
 
 def test_uniform_noise_is_shrunk_to_the_mean_and_real_skew_is_kept() -> None:
-    import random
-
     rng = random.Random(3)
 
     def poisson(lam: float) -> int:
