@@ -14,7 +14,7 @@ import redis
 import requests
 
 from etbridge import console as console_module
-from etbridge import outbox
+from etbridge import consolepages, outbox
 from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.redisserver import free_port
@@ -241,7 +241,7 @@ def test_budget_chart() -> None:
     assert [u for _t, u in history.snapshot()] == [100, 40, 5]  # the newest three
     history.add(1_800_000_031.0, 7)  # too soon after the last sample: dropped
     assert len(history.snapshot()) == 3
-    svg = console_module.budget_chart(history.snapshot(), 100)
+    svg = consolepages.budget_chart(history.snapshot(), 100)
     assert svg.count("<rect") == 4  # the background and three bars
     assert svg.count('fill="#b3261e"') == 1  # the full minute stands out
     assert "08:00:10: 100 of 100" in svg
