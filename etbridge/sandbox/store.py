@@ -3,6 +3,10 @@
 All randomness comes from one ``random.Random(seed)``, so the same seed and the same
 sequence of calls give the same data and the same mutations. Everything runs on the
 server's event loop thread, so no locking is needed.
+
+Over 500 lines on purpose: the store and its mutation engine are one object
+because they draw from that one generator in one order (the same seed must give
+the same data and mutations); split, they would hand the generator back and forth.
 """
 
 from __future__ import annotations
