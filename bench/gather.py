@@ -64,7 +64,8 @@ def three_commands(
                     sweeping=meta.get("sweep_active") == "1",
                     sweeps_only=meta.get("filter_unsupported") == "1",
                     last_poll_due=f(plan, "poll_due"),
-                    last_sweep_due=f(plan, "sweep_due"),
+                    last_listed=f(meta, "last_poll_at"),
+                    last_sweep_due=f(plan, "sweep_due") or f(meta, "last_sweep_at"),
                     changes=estimate(plan, "chg"),
                     deletions=estimate(plan, "del"),
                     poll_pages=max(1.0, f(plan, "poll_pages") or 1.0),
@@ -135,7 +136,7 @@ def main() -> int:
             units[:] = planstore.gather(rt.redis, orgs, resources, now)
 
         rows = {
-            "script_per_org": _measure(rt.redis, args.rounds, new),
+            "hmget_pipeline": _measure(rt.redis, args.rounds, new),
             "three_commands": _measure(
                 rt.redis, args.rounds, lambda: three_commands(rt.redis, orgs, resources, now)
             ),
