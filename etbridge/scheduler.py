@@ -267,8 +267,8 @@ def _next(
     before that move, the order among units: when the workers, not the budget,
     bind, the units that waited longest go first, none starves.
     """
-    # Called for every unit on every tick (10,000 of them): conditionals rather
-    # than max() calls, and the enum members read once (_POLL, _SWEEP).
+    # Called for every unit near its deadline on every tick: the enum members are
+    # read once (_POLL, _SWEEP), the clamps are conditionals.
     if not unit.baselined or unit.urgent_sweep:
         return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC, now)
     if rates is None:
@@ -276,8 +276,7 @@ def _next(
     best: tuple[float, Mode, Reason, float] | None = None
     poll, sweep = rates
     if poll > 0 and not unit.sweeps_only:
-        gap = 1.0 / poll
-        gap = max(gap, config.poll_interval)
+        gap = max(1.0 / poll, config.poll_interval)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
         # A unit not polled by the planner yet is due on its grid (units that start
