@@ -116,22 +116,23 @@ class TokenRegistry:
         self._tokens[token.value] = token
         return token
 
+    @staticmethod
+    def _bearer(authorization: str | None) -> str | None:
+        """The token value of a ``Bearer`` header, None without one."""
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        return (value.strip() or None) if scheme.lower() == "bearer" else None
+
     def owner(self, authorization: str | None) -> str | None:
         """The client id of the token a request carries (valid or not), None if unknown."""
-        scheme, _, value = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        token = self._tokens.get(value.strip())
+        token = self._tokens.get(self._bearer(authorization) or "")
         return token.client_id if token is not None else None
 
     def check(self, authorization: str | None, now: float) -> AuthCheck:
         """Check an ``Authorization`` header; reasons: missing, unknown, expired, revoked."""
-        if not authorization:
+        value = self._bearer(authorization)
+        if value is None:
             return AuthCheck("missing", "Authentication is required: send Authorization: Bearer.")
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return AuthCheck("missing", "Authentication is required: send Authorization: Bearer.")
-        token = self._tokens.get(value.strip())
+        token = self._tokens.get(value)
         if token is None:
             return AuthCheck("unknown", "The access token is invalid")
         # Expiry wins over revocation: a client that used a stale token should be told so.
