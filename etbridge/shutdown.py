@@ -44,10 +44,17 @@ def reset() -> None:
 
 
 def _on_child_signal(signum: int, _frame: Any) -> None:
+    if signum == signal.SIGTERM and requested():
+        # A SIGTERM after the first signal is fatal, so that the pool can still
+        # terminate the child (a cold shutdown, a hard time limit) after its poll
+        # ended. The default action is restored only here, right before the
+        # signal is raised again: restored when the first signal came (as it
+        # was), a SIGTERM already caught but not yet handled found no handler
+        # and Python logged "Signal 15 ignored due to race condition".
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     request()
-    # From now on SIGTERM is fatal again, so that the pool can still terminate the
-    # child (a cold shutdown, a hard time limit) after its poll ended.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def install_child_handlers() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,77 @@ def test_deadlines() -> None:
     assert shutdown.deadlines(25) == (20.0, 24.0)
     cold, force = shutdown.deadlines(2)
     assert 0 < cold < force <= 2
+
+
+_CHILD = """
+import signal, sys, time
+from etbridge import shutdown
+shutdown.install_child_handlers()
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+    if shutdown.requested():
+        print("requested", flush=True)
+        break
+while True:
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("first", [shutdown.CHILD_SIGNAL, signal.SIGTERM])
+def test_a_pool_child_stops_at_the_first_signal_and_dies_at_the_next_sigterm(
+    first: signal.Signals,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        child.send_signal(first)
+        assert child.stdout.readline() == b"requested\n"
+        assert child.poll() is None, "the first signal only asks the poll to stop"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(10) == -signal.SIGTERM
+        assert child.stderr is not None
+        assert b"Traceback" not in child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
+
+
+_CHILD_BLOCKED = """
+import signal, sys, time
+from etbridge import shutdown
+shutdown.install_child_handlers()
+both = {shutdown.CHILD_SIGNAL, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, both)
+print("ready", flush=True)
+sys.stdin.readline()
+signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both handled now, SIGUSR2 first
+time.sleep(2)
+print("alive", flush=True)
+"""
+
+
+def test_the_main_process_signal_and_a_sigterm_at_once_end_the_child_without_a_traceback() -> None:
+    """The race that put "Signal 15 ignored due to race condition" in a worker's log."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_BLOCKED],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == b"ready\n"
+        child.send_signal(shutdown.CHILD_SIGNAL)
+        child.send_signal(signal.SIGTERM)
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=10)
+        assert b"Traceback" not in err, err.decode()
+        assert child.returncode == -signal.SIGTERM, (child.returncode, out)
+    finally:
+        child.kill()
+        child.wait()
