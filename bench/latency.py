@@ -773,7 +773,8 @@ def run_deletions(  # noqa: PLR0915 - a benchmark script: one run, step by step
             limit,
             logdir / "deletions",
             ETBRIDGE_SWEEP_INTERVAL="10",
-            ETBRIDGE_LOG_LEVEL="WARNING",
+            # BENCH_LOG_LEVEL=INFO logs every poll's summary, for a timeline.
+            ETBRIDGE_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         )
         mutations: list[tuple[dict[str, Any], bool]] = []
         try:
@@ -840,6 +841,9 @@ def run_deletions(  # noqa: PLR0915 - a benchmark script: one run, step by step
         "sweep_interval_asked_s": 10,
         "allocated_sweep_cycle_s": sweep_cycle,
         "allocated_poll_interval_s": poll_every,
+        "allocated_per_org_s": {
+            org: [o["poll_interval"], o["deletion_interval"]] for org, o in status["orgs"].items()
+        },
         "deletions_s": deletions,
         "undetected_deletions": sum(
             1 for e, m in deletes if m and (str(e["org"]), str(e["id"])) not in gone
