@@ -1,10 +1,11 @@
 """The I/O edge of deletion safety: confirmation GETs, and the alerts of holds and lost access.
 
 :func:`confirm` asks ``GET /v2/bookings/{id}`` through the client, so every
-confirmation takes a slot of the fleet's budget (the planner keeps a reserve
-for them, docs/scheduling.md): 404/410 is :attr:`Verdict.GONE`, 200 :attr:`Verdict.EXISTS` with
-the record, anything else :attr:`Verdict.UNKNOWN`; the first retriable failure
-or a spent budget leaves the remaining ids unknown. A 403 on the org header
+confirmation takes a slot of the fleet's budget (the planner keeps their
+expected rate out of its allocation, docs/scheduling.md): 404/410 is
+:attr:`Verdict.GONE`, 200 :attr:`Verdict.EXISTS` with the record, anything
+else :attr:`Verdict.UNKNOWN`; the first retriable failure or a spent budget
+leaves the remaining ids unknown. A 403 on the org header
 propagates: that is lost access, not an answer about one booking. Alerts are a
 warning log line, a (scrubbed) Sentry message and a metric, once per episode.
 """

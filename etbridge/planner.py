@@ -91,6 +91,11 @@ def warnings(alloc: Allocation, settings: Settings) -> list[str]:
     return out
 
 
+def _setting(warning: str) -> str:
+    """What a warning is about: the setting it names (``ETBRIDGE_SWEEP_INTERVAL=10``)."""
+    return warning.split(" ", 1)[0]
+
+
 def _seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.0f} s"
 
@@ -126,8 +131,11 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
     alloc = _allocation(units, settings.rate_limit, config, now)
     found = warnings(alloc, settings)
     previous = planstore.summary(rt.redis)
-    if found and found != previous.get("warnings"):
-        for line in found:
+    # Logged once a setting: the interval the budget gives moves with the
+    # estimates, and status shows its current figure.
+    said = set(map(_setting, previous.get("warnings") or []))
+    for line in found:
+        if _setting(line) not in said:
             log.warning("WARNING: %s", line)
     if found != previous.get("warnings") or now - float(previous.get("at", 0)) >= RECORD_EVERY:
         planstore.record_summary(

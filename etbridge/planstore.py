@@ -166,6 +166,29 @@ def record_summary(client: redis.Redis, summary: dict[str, Any]) -> None:
     client.set(keys.PLAN_SUMMARY, json.dumps(summary))
 
 
+# Push the send cursor past requests made outside the plan: max(cursor, now) + extra.
+_RESERVE_SENDS = """
+local now = tonumber(ARGV[1])
+local at = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') or 0, now)
+local until_at = at + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], tostring(until_at), 'PX', math.ceil((until_at - now) * 1000) + 1)
+return tostring(until_at)
+"""
+
+
+def reserve_sends(client: redis.Redis, requests: int, limit: int) -> float:
+    """Keep the budget's pace free for ``requests`` made now outside the plan.
+
+    A complete sweep confirms the bookings it did not list with one GET each
+    (docs/deletions.md); the next ticks' sends start after them instead of
+    competing with them for the budget's slots, which would hold their
+    workers waiting. Returns the new cursor.
+    """
+    pace = scheduler.BUDGET_WINDOW / max(1, limit)
+    raw = client.eval(_RESERVE_SENDS, 1, keys.PLAN_CURSOR, repr(time.time()), repr(requests * pace))
+    return float(text(raw))
+
+
 def send_cursor(client: redis.Redis) -> float:
     """The earliest send time the last tick left free (0 when it lies in the past)."""
     raw = client.get(keys.PLAN_CURSOR)

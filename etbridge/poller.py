@@ -161,6 +161,16 @@ def _heartbeat() -> _Heartbeat:
         return _heartbeats[1]
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """What a poll tells its caller as it goes (the Celery task: the planner, the relay)."""
+
+    on_started: Callable[[], None] | None = None  # the lease is taken
+    on_events: Callable[[str], None] | None = None  # events of this org were appended
+    # A complete sweep is about to make this many confirmation GETs.
+    on_confirming: Callable[[int], object] | None = None
+
+
 class Poller:
     """Polls orgs with an :class:`EventTempleClient` and records changes in Redis."""
 
@@ -171,8 +181,7 @@ class Poller:
         api: EventTempleClient,
         *,
         lease_ttl: float = LEASE_TTL,
-        on_events: Callable[[str], None] | None = None,
-        on_started: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
         slice_seconds: float = SWEEP_SLICE,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -182,8 +191,7 @@ class Poller:
         self.lease_ttl = lease_ttl
         # ETBRIDGE_REDIS_WAIT_REPLICAS: page commits wait for that many replicas (issue 17).
         self._wait = (settings.redis_wait_replicas, int(settings.redis_wait_timeout * 1000))
-        self.on_events = on_events
-        self.on_started = on_started
+        self.hooks = hooks or Hooks()
         self.slice = slice_seconds
         self.now = now
         self.ignore = frozenset(settings.ignore_fields)
@@ -211,8 +219,8 @@ class Poller:
         heartbeat = _heartbeat()
         held = heartbeat.hold(first, lease)
         try:
-            if self.on_started is not None:
-                self.on_started()
+            if self.hooks.on_started is not None:
+                self.hooks.on_started()
             return [
                 self._poll_resource(
                     OrgState(self.redis, org_id, res, wait=self._wait), lease, mode, max_pages
@@ -481,8 +489,8 @@ class Poller:
             except CommitConflict:
                 continue
             result.events += appended
-            if appended and self.on_events is not None:
-                self.on_events(state.org_id)
+            if appended and self.hooks.on_events is not None:
+                self.hooks.on_events(state.org_id)
             return new_known, new_absorbed
         raise MalformedResponse(
             f"org {state.org_id} {state.resource}: records kept moving during the commit"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 
 import requests
 
@@ -16,7 +15,7 @@ from etbridge import keys, logs, metrics, redisconn
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient, Session
 from etbridge.outbox import Relay
-from etbridge.poller import Poller
+from etbridge.poller import Hooks, Poller
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 
@@ -63,8 +62,7 @@ class Runtime:
     def poller(
         self,
         *,
-        on_started: Callable[[], None] | None = None,
-        on_events: Callable[[str], None] | None = None,
+        hooks: Hooks | None = None,
         planned: bool = False,
     ) -> Poller:
         """A poller; ``planned``: for the planner's polls (PLANNED_RETRIES retries a request)."""
@@ -72,8 +70,7 @@ class Runtime:
             self.redis,
             self.settings,
             self.planned_api if planned else self.api,
-            on_started=on_started,
-            on_events=on_events,
+            hooks=hooks,
         )
 
     @property

@@ -74,7 +74,11 @@ class RateEstimate:
 
     def observe(self, count: float, now: float) -> RateEstimate:
         if self.at is None:
-            return RateEstimate(float(count), 0.0, now)
+            # The first observation only starts the clock: what it found came in a
+            # span nobody measured (since a baseline by a tool, or an upgrade), and
+            # counted over no time at all it would read as a burst that sets the
+            # allocation swinging until it decays.
+            return RateEstimate(0.0, 0.0, now)
         elapsed = max(0.0, now - self.at)
         keep = math.pow(0.5, elapsed / HALF_LIFE)
         return RateEstimate(self.events * keep + count, self.seconds * keep + elapsed, now)
@@ -144,7 +148,8 @@ class PlanConfig:
     lookahead: float = 2.0
     # Kept back from the allocation: slack, without which every late poll would
     # delay the ones after it for good (a queue at full load never drains), and
-    # room for requests outside the allocation (discovery, retries, confirmations).
+    # room for requests outside the allocation (discovery, retries). Deletion
+    # confirmations are kept back by their expected rate (see limits).
     reserve: float = 0.02
     floor_cycles: float = 1.25
 
@@ -157,9 +162,17 @@ class PlanConfig:
             lookahead=2 * tick,
         )
 
-    def limits(self, limit: int) -> Limits:
+    def limits(self, limit: int, confirmations: float = 0.0) -> Limits:
+        """The allocation's bounds; ``confirmations``: GETs a second that deletions will cost.
+
+        Each deletion a sweep finds is confirmed by one GET (docs/deletions.md),
+        outside any poll or sweep: under a tight budget with frequent deletions
+        they are a fifth of it, and left unplanned they would take the slots the
+        planned polls were paced into. At most half the budget is kept for them.
+        """
+        rate = limit / BUDGET_WINDOW * (1.0 - self.reserve)
         return Limits(
-            rate=limit / BUDGET_WINDOW * (1.0 - self.reserve),
+            rate=rate - min(max(0.0, confirmations), rate / 2),
             poll_interval=self.poll_interval,
             sweep_interval=self.sweep_interval,
             floor_cycles=self.floor_cycles,
@@ -214,8 +227,9 @@ Columns = tuple[
 ]
 
 
-def _columns(units: Sequence[UnitView], config: PlanConfig) -> Columns:
-    """The allocation's inputs, one list per field of :class:`Demand`.
+def _columns(units: Sequence[UnitView], config: PlanConfig) -> tuple[Columns, float]:
+    """The allocation's inputs, one list per field of :class:`Demand`, and the
+    deletions a second (each costs a confirmation GET).
 
     A unit polled by sweeps only folds its changes into its deletions, and may be
     swept as often as it would be polled.
@@ -225,7 +239,7 @@ def _columns(units: Sequence[UnitView], config: PlanConfig) -> Columns:
     deletions = shrunk_rates([u.deletions for u in units], delete_prior)
     only = [u.sweeps_only for u in units]
     ceiling = 1.0 / max(config.poll_interval, 1e-6)
-    return (
+    columns = (
         [(u.org_id, u.resource) for u in units],
         [0.0 if s else c for s, c in zip(only, changes, strict=True)],
         [c + d if s else d for s, c, d in zip(only, changes, deletions, strict=True)],
@@ -233,16 +247,23 @@ def _columns(units: Sequence[UnitView], config: PlanConfig) -> Columns:
         [u.sweep_pages for u in units],
         [ceiling if s else None for s in only],
     )
+    return columns, math.fsum(deletions)
 
 
 def demands(units: Sequence[UnitView], config: PlanConfig) -> list[Demand]:
     """The allocation's inputs: a unit polled by sweeps only folds its changes into them."""
-    return list(map(Demand, *_columns(units, config)))
+    return list(map(Demand, *_columns(units, config)[0]))
+
+
+def limits(units: Sequence[UnitView], limit: int, config: PlanConfig) -> Limits:
+    """The allocation's bounds for these units: the budget less their confirmations."""
+    return config.limits(limit, _columns(units, config)[1])
 
 
 def plan_rates(units: Sequence[UnitView], limit: int, config: PlanConfig) -> Allocation:
     # Columns straight into the allocation: no Demand tuple per unit.
-    return allocate_columns(*_columns(units, config), config.limits(limit))
+    columns, confirmations = _columns(units, config)
+    return allocate_columns(*columns, config.limits(limit, confirmations))
 
 
 def _phase(unit: UnitView, now: float, gap: float) -> float:
@@ -288,9 +309,11 @@ def _next(
         # A sweep's pages follow each other: a deletion is seen when the listing
         # that began after it ends, so a sweep spread over its cycle would make
         # deletions wait up to two cycles; back to back, one cycle at the most.
-        if best is None or now < best[0]:
-            best = (now, "sweep", Reason.SWEEP_PAGE, now)
-    elif sweep > 0:
+        # So the next page goes before the unit's own poll, and among the units
+        # it is ordered by its sweep's deadline: a sweep under way ends first.
+        started = unit.last_sweep_due
+        return (now, "sweep", Reason.SWEEP_PAGE, now if started is None else min(now, started))
+    if sweep > 0:
         gap = 1.0 / sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap

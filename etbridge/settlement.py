@@ -80,6 +80,8 @@ def _settle_deletions(
         guard=poller.settings.delete_guard,
         approved=hold.approved_ids if hold is not None else (),
     )
+    if p.confirm and poller.hooks.on_confirming is not None:
+        poller.hooks.on_confirming(len(p.confirm))
     answers = (
         confirmations.confirm(poller.api, state.org_id, state.resource, p.confirm)
         if p.confirm
@@ -143,5 +145,5 @@ def _commit_deletions(
         result.events += appended
         result.deleted += len(gone)
         result.counts["deleted"] = result.counts.get("deleted", 0) + len(gone)
-        if appended and poller.on_events is not None:
-            poller.on_events(state.org_id)
+        if appended and poller.hooks.on_events is not None:
+            poller.hooks.on_events(state.org_id)

@@ -32,6 +32,7 @@ from etbridge import (
     shutdown,
 )
 from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
+from etbridge.poller import Hooks
 from etbridge.worker import PLAN_TICK, app, settings
 
 log = logging.getLogger("etbridge.tasks")
@@ -100,8 +101,11 @@ def poll_org(
     res = resource or settings.resources[0]
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
         poller = rt.poller(
-            on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due),
-            on_events=lambda org: _deliver_soon(rt, org),
+            hooks=Hooks(
+                on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due),
+                on_events=lambda org: _deliver_soon(rt, org),
+                on_confirming=lambda n: planstore.reserve_sends(rt.redis, n, settings.rate_limit),
+            ),
             planned=True,
         )
         kind: scheduler.Mode = "sweep" if mode == "sweep" else "incremental"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -125,6 +126,14 @@ def test_rate_estimate_decays_and_has_a_prior() -> None:
     assert later.events == pytest.approx(5.0)
 
 
+def test_a_first_observation_starts_the_clock_without_counting() -> None:
+    # Two deletions found by a unit's first planned sweep, after a baseline the
+    # planner did not see: over no measured time they are no rate at all.
+    first = RateEstimate().observe(2, NOW)
+    assert (first.events, first.seconds, first.at) == (0.0, 0.0, NOW)
+    assert first.observe(1, NOW + 60).rate((0.0, 1e-9)) == pytest.approx(1 / 60, rel=1e-6)
+
+
 def test_busy_org_gets_more_polls_than_quiet_ones() -> None:
     hot = unit(1, changes=RateEstimate(300.0, 600.0, NOW))
     quiet = [unit(n, changes=RateEstimate(3.0, 600.0, NOW)) for n in range(2, 12)]
@@ -239,3 +248,49 @@ def test_a_unit_not_polled_by_the_planner_yet_is_ordered_by_its_last_listing() -
     (first,) = run([late, fresh], Budget(limit=30_000, used=0, slots=1))
     assert first.org_id == "1"
     assert NOW - 1.0 <= first.due <= NOW  # its deadline is still its grid point
+
+
+def test_deletion_confirmations_are_kept_back_from_the_allocation() -> None:
+    # The deletion case: 30/min, 6 orgs of 2 pages, a deletion every 10 s
+    # fleet-wide. Each deletion costs a confirmation GET besides the sweeps.
+    config = PlanConfig(poll_interval=1.0, sweep_interval=10.0)
+    deleting = [
+        unit(
+            n,
+            sweep_pages=2.0,
+            changes=RateEstimate(30.0, 600.0, NOW),
+            deletions=RateEstimate(10.0, 600.0, NOW),
+        )
+        for n in range(6)
+    ]
+    budget = 30 / scheduler.BUDGET_WINDOW * (1 - config.reserve)
+    confirmations = 0.1  # 6 units x 1/60 s, nearly exactly (the prior is small)
+    alloc = scheduler.plan_rates(deleting, 30, config)
+    assert scheduler.limits(deleting, 30, config).rate == pytest.approx(
+        budget - confirmations, rel=0.02
+    )
+    # The budget binds (sweeps every 10 s do not fit): polls, sweeps and the
+    # confirmations spend it together, not more.
+    assert alloc.cost + confirmations == pytest.approx(budget, rel=0.02)
+    assert not alloc.sweep_floor_met
+    # Deletions far beyond the budget keep at most half of it for confirmations.
+    flood = [replace(u, deletions=RateEstimate(600.0, 600.0, NOW)) for u in deleting]
+    assert scheduler.limits(flood, 30, config).rate == pytest.approx(budget / 2)
+    # Without deletions nothing is kept back but the reserve.
+    quiet = [unit(n, deletions=RateEstimate(0.0, 1e9, NOW)) for n in range(6)]
+    assert scheduler.limits(quiet, 30, config).rate == pytest.approx(budget, rel=1e-6)
+
+
+def test_a_sweep_under_way_goes_on_before_polls_that_are_due() -> None:
+    # Unit 1's sweep began 30 s ago; its own poll is overdue for longer, unit 2's
+    # fell due since. The sweep's next page goes first (a deletion is seen only
+    # when the sweep ends), ordered among the units by when the sweep was due.
+    sweeping = unit(1, sweeping=True, last_sweep_due=NOW - 30, last_poll_due=NOW - 200)
+    waiting = unit(2, last_poll_due=NOW - 21)
+    (first,) = run([waiting, sweeping], Budget(limit=100, used=99))
+    assert (first.org_id, first.reason) == ("1", Reason.SWEEP_PAGE)
+    both = run([waiting, sweeping], Budget(limit=100, used=0))
+    assert [(d.org_id, d.reason) for d in both] == [("1", Reason.SWEEP_PAGE), ("2", Reason.POLL)]
+    # A poll that waited longer than the sweep goes before it: the longest wait first.
+    late = unit(2, last_poll_due=NOW - 100)
+    assert [d.org_id for d in run([sweeping, late], Budget(limit=100, used=0))] == ["2", "1"]

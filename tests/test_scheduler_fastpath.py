@@ -61,5 +61,6 @@ def test_dispatch_sends_every_unit_whose_next_deadline_falls_within_the_lookahea
 def test_columns_match_the_demands() -> None:
     units = fleet(random.Random(1), 200)
     config = PlanConfig(poll_interval=30.0, sweep_interval=3600.0)
-    via_demands = allocation.allocate(scheduler.demands(units, config), config.limits(400))
+    bounds = scheduler.limits(units, 400, config)
+    via_demands = allocation.allocate(scheduler.demands(units, config), bounds)
     assert scheduler.plan_rates(units, 400, config) == via_demands
