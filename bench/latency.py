@@ -479,11 +479,13 @@ def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, 
             full_windows = [
                 v for k, v in windows.items() if t0 <= int(k) and int(k) + 60 <= run.ended
             ]
-            churn_windows = [
-                v
-                for k, v in windows.items()
-                if measure_from - 60 <= int(k) and int(k) + 60 <= measure_to
-            ]
+            # Requests in the measured span's whole seconds, over what the limit
+            # allows in it: minute windows that straddle the start (before the fleet
+            # polled) would count as unused budget that no policy could have used.
+            per_second = counters.get("requests_per_second", {})
+            first, last = math.ceil(measure_from), math.floor(measure_to)
+            in_span = sum(v for k, v in per_second.items() if first <= int(k) < last)
+            utilisation = in_span / (run.group.limit * max(1, last - first) / 60)
             delays = _delays(run.redis_url, measure_from) if run.policy == "planner" else []
             results.setdefault(run.group.name, {})[run.policy] = {
                 "measured_mutations": len(lat),
@@ -503,10 +505,8 @@ def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, 
                 "api_requests": counters["api_requests"],
                 "requests_per_s": round(counters["api_requests"] / max(1e-9, run.ended - t0), 3),
                 "max_requests_in_a_full_window": max(full_windows) if full_windows else None,
-                # Requests per full API minute while the churn ran, over the limit.
-                "utilisation": round(
-                    statistics.fmean(churn_windows) / run.group.limit if churn_windows else 0.0, 3
-                ),
+                # Requests a second over the measured span, over the limit's.
+                "utilisation": round(utilisation, 3),
                 "dispatch_delay_s": summarize(delays),
                 "requests_per_window": windows,
                 "driver_errors": run.errors.value if run.errors is not None else 0,

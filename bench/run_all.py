@@ -363,7 +363,8 @@ def section_latency(d: dict[str, Any], headline: dict[str, Any], plots: list[str
         "every 61·O/B s per org (B requests per the budget's 61 s window); fixed-60s = the same "
         f"driver, every org every 60 s. Latency = outbox commit {MINUS} mutation time (s); a "
         "change still undetected when polling stopped counts at its lower bound. T = 60·O/B. "
-        "util = requests per full API minute during the churn over B; delay = dispatch delay "
+        "util = requests a second over the measured span, over B/60 (the budget's 61 s "
+        "window caps it at 0.98); delay = dispatch delay "
         "(deadline to poll start) p99; analytic = the allocation's expected mean with the true "
         "rates over round-robin's.",
         "",

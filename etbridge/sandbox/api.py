@@ -121,15 +121,13 @@ class PublicApi:
         """Every ``/v2/...`` call: rate limit, auth, faults, endpoint (see module doc)."""
         state = self.state
         counters = state.counters
-        counters.api_requests += 1
         # The application is the token's, valid or not; an unknown token counts
         # against the default application (the only one, without --app).
         app = state.tokens.owner(request.headers.get("authorization")) or state.apps.default
+        now = state.clock()
+        decision = state.limiter.hit(app, now)
+        counters.count_request(app, decision.window_start, now)
         per_app = counters.by_app[app]
-        per_app["api_requests"] += 1
-        decision = state.limiter.hit(app, state.clock())
-        counters.requests_per_window[decision.window_start] += 1
-        counters.requests_per_window_by_app[app][decision.window_start] += 1
         headers = decision.headers()
         if decision.limited:
             counters.served_429 += 1

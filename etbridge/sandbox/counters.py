@@ -15,6 +15,9 @@ class Counters:
     token_requests_ok: int = 0
     api_requests: int = 0
     requests_per_window: Counter[int] = field(default_factory=Counter)
+    #: ``/v2`` requests per whole second (epoch): a benchmark's utilisation over
+    #: exactly its measured span, not over the minute windows that straddle it.
+    requests_per_second: Counter[int] = field(default_factory=Counter)
     served_429: int = 0
     forced_429: int = 0
     expired_token_requests: int = 0
@@ -36,6 +39,14 @@ class Counters:
         default_factory=lambda: defaultdict(Counter)
     )
 
+    def count_request(self, app: str, window_start: int, now: float) -> None:
+        """One ``/v2`` request of ``app`` (before the limiter's answer is known)."""
+        self.api_requests += 1
+        self.by_app[app]["api_requests"] += 1
+        self.requests_per_window[window_start] += 1
+        self.requests_per_window_by_app[app][window_start] += 1
+        self.requests_per_second[int(now)] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy (window starts become string keys)."""
         return {
@@ -43,6 +54,7 @@ class Counters:
             "token_requests_ok": self.token_requests_ok,
             "api_requests": self.api_requests,
             "requests_per_window": {str(k): v for k, v in sorted(self.requests_per_window.items())},
+            "requests_per_second": {str(k): v for k, v in sorted(self.requests_per_second.items())},
             "served_429": self.served_429,
             "forced_429": self.forced_429,
             "expired_token_requests": self.expired_token_requests,

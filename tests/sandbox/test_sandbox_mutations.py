@@ -266,6 +266,7 @@ def test_truth_log_and_counters(sandbox: Sandbox, session_for: Sessions) -> None
         "token_requests_ok": 0,
         "api_requests": 0,
         "requests_per_window": {},
+        "requests_per_second": {},
         "served_429": 0,
         "forced_429": 0,
         "expired_token_requests": 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -344,8 +345,14 @@ def test_list_requests_are_counted_per_org(sandbox: Sandbox, session_for: Sessio
         session = session_for(org=org)
         for _ in range(times):
             session.get(f"{sandbox.url}/v2/bookings", timeout=TIMEOUT).raise_for_status()
+    before = int(time.time())
     session_for().get(f"{sandbox.url}/v2/organizations", timeout=TIMEOUT).raise_for_status()
+    after = int(time.time())
     counters = sandbox.counters()
     assert counters["list_requests_by_org"] == {"1001": 3, "1002": 1}
     assert counters["api_requests"] == 5
     assert sum(counters["requests_per_window"].values()) == 5
+    per_second = counters["requests_per_second"]
+    assert sum(per_second.values()) == 5
+    # The last request fell in a second of its own span (the sandbox shares this clock).
+    assert any(before <= int(k) <= after for k in per_second)
