@@ -486,7 +486,9 @@ def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, 
             first, last = math.ceil(measure_from), math.floor(measure_to)
             in_span = sum(v for k, v in per_second.items() if first <= int(k) < last)
             utilisation = in_span / (run.group.limit * max(1, last - first) / 60)
-            delays = _delays(run.redis_url, measure_from) if run.policy == "planner" else []
+            delays, pickups = (
+                _delays(run.redis_url, measure_from) if run.policy == "planner" else ([], [])
+            )
             results.setdefault(run.group.name, {})[run.policy] = {
                 "measured_mutations": len(lat),
                 "undetected": sum(v is None for v in lat),
@@ -508,6 +510,9 @@ def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, 
                 # Requests a second over the measured span, over the limit's.
                 "utilisation": round(utilisation, 3),
                 "dispatch_delay_s": summarize(delays),
+                # Of those, the part from the poll's publication to its start in a
+                # worker (the rest is the planner's: a send time after the deadline).
+                "pickup_delay_s": summarize(pickups),
                 "requests_per_window": windows,
                 "driver_errors": run.errors.value if run.errors is not None else 0,
                 "duration_s": round(run.ended - t0, 1),
@@ -535,10 +540,11 @@ def _activity(redis_url: str, orgs: Sequence[str]) -> dict[str, float]:
         client.close()
 
 
-def _delays(redis_url: str, since: float) -> list[float]:
+def _delays(redis_url: str, since: float) -> tuple[list[float], list[float]]:
+    """Dispatch delays (deadline to start) and pickups (publication to start)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return planstore.delays(client, since)
+        return planstore.delays(client, since), planstore.pickups(client, since)
     finally:
         client.close()
 
@@ -955,6 +961,12 @@ def print_report(doc: dict[str, Any]) -> None:
             f"{t['planner_mean_over_round_robin']:.3f} (analytic optimum "
             f"{t['analytic']['over_round_robin']:.3f}); {met}"
         )
+        pickup = per_policy["planner"].get("pickup_delay_s", {})
+        if pickup:
+            print(
+                f"    planner: publication to poll start p50 {pickup.get('p50', 0):.3f}s "
+                f"p99 {pickup.get('p99', 0):.3f}s (the rest of the delay is the planner's)"
+            )
     d = doc.get("deletions")
     if d:
         print()

@@ -209,13 +209,24 @@ def summary(client: redis.Redis) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def mark_started(client: redis.Redis, org_id: str, resource: str, due: float | None) -> None:
-    """The poll holds the lease now: the queued marker has done its job; note the delay."""
+def mark_started(
+    client: redis.Redis,
+    org_id: str,
+    resource: str,
+    due: float | None,
+    published: float | None = None,
+) -> None:
+    """The poll holds the lease now: the queued marker has done its job; note the delay
+    (from its deadline) and the pickup (from its message's publication)."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(plan_key(org_id, resource), "queued_at")
     pipe.incr(keys.PLAN_STARTED)
     if due is not None:
-        pipe.lpush(keys.PLAN_DELAYS, f"{due:.3f} {time.time() - due:.4f}")
+        now = time.time()
+        entry = f"{due:.3f} {now - due:.4f}"
+        if published is not None:
+            entry += f" {now - published:.4f}"
+        pipe.lpush(keys.PLAN_DELAYS, entry)
         pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
     pipe.execute()
 
@@ -343,11 +354,20 @@ def plans(
 
 def delays(client: redis.Redis, since: float = 0.0) -> list[float]:
     """The latest dispatch delays (seconds from a deadline to its poll's start), oldest first."""
+    return [delay for delay, _ in _started(client, since)]
+
+
+def pickups(client: redis.Redis, since: float = 0.0) -> list[float]:
+    """Of the same polls, the seconds from their message's publication to their start."""
+    return [pickup for _, pickup in _started(client, since) if pickup is not None]
+
+
+def _started(client: redis.Redis, since: float) -> list[tuple[float, float | None]]:
     out = []
     for raw in reversed(client.lrange(keys.PLAN_DELAYS, 0, -1)):
-        due, _, delay = text(raw).partition(" ")
+        due, delay, *pickup = text(raw).split(" ")
         if float(due) >= since:
-            out.append(float(delay))
+            out.append((float(delay), float(pickup[0]) if pickup else None))
     return out
 
 

@@ -75,11 +75,11 @@ def plan() -> dict[str, Any]:
 
 def publish_poll(payload: dict[str, Any]) -> None:
     """Send one planned poll (the plan task, or beat's sender at its send time)."""
-    poll_org.apply_async(
-        (payload["org_id"], payload["mode"]),
-        {k: payload.get(k) for k in ("resource", "due", "max_pages")},
-        expires=POLL_EXPIRES,
-    )
+    kwargs = {k: payload.get(k) for k in ("resource", "due", "max_pages")}
+    # When it left for the broker: the poll's start then tells the workers' pickup
+    # apart from the planner's lateness (planstore.pickups).
+    kwargs["published"] = time.time()
+    poll_org.apply_async((payload["org_id"], payload["mode"]), kwargs, expires=POLL_EXPIRES)
 
 
 def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:
@@ -96,13 +96,14 @@ def poll_org(
     resource: str | None = None,
     due: float | None = None,
     max_pages: int | None = None,
+    published: float | None = None,
 ) -> list[str]:
     rt = runtime.get(settings)
     res = resource or settings.resources[0]
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
         poller = rt.poller(
             hooks=Hooks(
-                on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due),
+                on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due, published),
                 on_events=lambda org: _deliver_soon(rt, org),
                 on_confirming=lambda n: planstore.reserve_sends(rt.redis, n, settings.rate_limit),
             ),

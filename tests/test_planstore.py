@@ -100,3 +100,14 @@ def test_the_start_rate_is_read_from_the_counter_that_started_polls_raise(r: red
     # A flushed counter starts the measure again rather than going negative.
     r.delete(keys.PLAN_STARTED)
     assert planstore.started_rate(r, 103.0) == pytest.approx(0.0)
+
+
+def test_a_started_poll_records_its_delay_and_its_pickup(r: redis.Redis) -> None:
+    now = time.time()
+    planstore.mark_started(r, ORG, RES, now - 2.0, published=now - 0.5)
+    planstore.mark_started(r, ORG, RES, now - 1.0)  # a message from before publication was kept
+    planstore.mark_started(r, ORG, RES, now - 100.0, published=now - 99.0)  # before `since`
+    delays = planstore.delays(r, since=now - 10)
+    assert [round(d) for d in delays] == [2, 1]
+    (pickup,) = planstore.pickups(r, since=now - 10)
+    assert 0.5 <= pickup < 1.5
