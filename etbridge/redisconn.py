@@ -4,7 +4,9 @@ Forms (docs/scaling.md, README): ``redis://``, ``rediss://`` and ``unix://``
 (one server); ``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE/DB``
 (``rediss+sentinel://`` for TLS): the master of SERVICE as the sentinels name
 it, followed across failovers; ``redis+cluster://[:PASSWORD@]HOST:PORT[,…]/``
-(``rediss+cluster://``): a Redis Cluster, db 0 only. :func:`parse` is pure (the
+(``rediss+cluster://``): a Redis Cluster, db 0 only. The TLS forms take the
+``ssl_*`` query options of ``rediss://`` (:data:`TLS_OPTIONS`), for sentinels
+and data nodes alike. :func:`parse` is pure (the
 settings call it to validate); :func:`connect` builds the client.
 """
 
@@ -24,6 +26,11 @@ CLUSTER = ("redis+cluster", "rediss+cluster")
 SCHEMES = SINGLE + SENTINEL + CLUSTER
 FORM_SENTINEL = "redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE/DB"
 FORM_CLUSTER = "redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/"
+# TLS options of a rediss+sentinel:// or rediss+cluster:// URL's query, as for rediss://
+# (redis-py's names); they apply to the sentinels and to the data nodes alike.
+TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+_CERT_REQS = ("none", "optional", "required")
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,26 @@ class Target:
     password: str | None = None
     sentinel_password: str | None = None
     tls: bool = False
+    tls_options: tuple[tuple[str, str], ...] = ()
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """The URL's TLS options as redis-py connection keyword arguments."""
+        out: dict[str, Any] = dict(self.tls_options)
+        if "ssl_check_hostname" in out:
+            out["ssl_check_hostname"] = _BOOLS[out["ssl_check_hostname"].lower()]
+        return out
+
+
+def _tls_options(query: dict[str, list[str]], tls: bool) -> tuple[tuple[str, str], ...]:
+    found = tuple((name, query[name][0]) for name in TLS_OPTIONS if name in query)
+    if found and not tls:
+        raise ValueError("ssl_… options need a rediss+sentinel:// or rediss+cluster:// URL")
+    values = dict(found)
+    if values.get("ssl_cert_reqs", "required").lower() not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}")
+    if values.get("ssl_check_hostname", "true").lower() not in _BOOLS:
+        raise ValueError("ssl_check_hostname must be true or false")
+    return found
 
 
 def _hosts(netloc: str) -> tuple[tuple[str, int], ...]:
@@ -61,18 +88,21 @@ def parse(url: str) -> Target:
     password = unquote(parts.password) if parts.password else None
     hosts = _hosts(parts.netloc)
     tls = scheme.startswith("rediss")
+    query = parse_qs(parts.query)
+    tls_options = _tls_options(query, tls)
     segments = [s for s in parts.path.split("/") if s]
     if scheme in CLUSTER:
         if segments and segments != ["0"]:
             raise ValueError(f"a cluster has db 0 only: expected {FORM_CLUSTER}")
-        return Target("cluster", url, hosts, password=password, tls=tls)
+        return Target("cluster", url, hosts, password=password, tls=tls, tls_options=tls_options)
     # /SERVICE or /SERVICE/DB
     if len(segments) not in (1, 2) or not all(s.isdigit() for s in segments[1:]):
         raise ValueError(f"expected {FORM_SENTINEL}")
-    query = parse_qs(parts.query)
     sentinel_password = query.get("sentinel_password", [None])[0]
     db = int(segments[1]) if segments[1:] else 0
-    return Target("sentinel", url, hosts, segments[0], db, password, sentinel_password, tls)
+    return Target(
+        "sentinel", url, hosts, segments[0], db, password, sentinel_password, tls, tls_options
+    )
 
 
 def connect(url: str, **options: Any) -> redis.Redis:
@@ -95,17 +125,23 @@ def connect(url: str, **options: Any) -> redis.Redis:
             ],
             password=target.password,
             ssl=target.tls,
+            **target.tls_kwargs(),
             **options,
         )
         return cluster  # type: ignore[return-value]
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": options.get("socket_connect_timeout", 5),
         "ssl": target.tls,
+        **target.tls_kwargs(),
     }
     if target.sentinel_password:
         sentinel_kwargs["password"] = target.sentinel_password
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.hosts), sentinel_kwargs=sentinel_kwargs, ssl=target.tls, **options
+        list(target.hosts),
+        sentinel_kwargs=sentinel_kwargs,
+        ssl=target.tls,
+        **target.tls_kwargs(),
+        **options,
     )
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         target.service, db=target.db, password=target.password, ssl=target.tls

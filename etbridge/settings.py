@@ -197,6 +197,8 @@ class Settings(BaseSettings):
     # Issue 17: replicas that must acknowledge a page commit (WAIT) before it counts.
     redis_wait_replicas: int = Field(default=0, ge=0)
     redis_wait_timeout: float = Field(default=1.0, gt=0)
+    # Issue 17: plan/poll/deliver (and celery:// sink queues) as RabbitMQ quorum queues.
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
     # Issue 18: the applications (TOML, see etbridge.apps); empty: the one of CLIENT_ID.
     apps_file: str = ""
 
@@ -277,6 +279,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"BROKER_URL: {exc}") from None
         if self.redis_wait_replicas and redisconn.parse(self.redis_url).kind == "cluster":
             raise ValueError("REDIS_WAIT_REPLICAS: not supported with a redis+cluster:// URL")
+        if self.broker_queue_type == "quorum" and urlsplit(self.broker_url).scheme not in (
+            "amqp",
+            "amqps",
+        ):
+            raise ValueError(
+                "BROKER_QUEUE_TYPE: quorum queues need a RabbitMQ broker "
+                "(ETBRIDGE_BROKER_URL=amqp://… or amqps://…)"
+            )
         if self.broker_url.startswith("sentinel://") and (
             redisconn.parse(self.redis_url).kind != "sentinel"
         ):

@@ -15,9 +15,8 @@ import tempfile
 from typing import Any
 
 from celery import Celery, signals
-from kombu.entity import Queue
 
-from etbridge import health, kombufix, logs, redisconn, shutdown
+from etbridge import brokerqueues, health, kombufix, logs, redisconn, shutdown
 from etbridge.settings import Settings, SettingsError, load_settings
 
 # Seconds between two planner ticks of beat.
@@ -55,7 +54,8 @@ app.conf.update(
     # dies, so a SIGKILLed poll or delivery is not lost with the worker...
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    # ...and take one task at a time, so a busy worker does not sit on others' work.
+    # ...and take one task at a time, so a busy worker does not sit on others' work
+    # (with quorum queues the prefetch is per consumer, one consumer per queue).
     worker_prefetch_multiplier=1,
     # A stuck call ends: the soft limit raises inside the task, the hard one kills it.
     task_soft_time_limit=TASK_SOFT_LIMIT,
@@ -71,8 +71,9 @@ app.conf.update(
     # Recycle children now and then: a slow leak never becomes an OOM kill.
     worker_max_tasks_per_child=1000,
     # Separate queues, so slow webhook receivers never starve polling and a
-    # long poll backlog never delays the planner's tick.
-    task_queues=(Queue("plan"), Queue("poll"), Queue("deliver")),
+    # long poll backlog never delays the planner's tick. Classic or quorum queues
+    # (ETBRIDGE_BROKER_QUEUE_TYPE, RabbitMQ only): etbridge/brokerqueues.py.
+    task_queues=brokerqueues.task_queues(settings.broker_queue_type),
     task_default_queue="poll",
     task_routes={
         "etbridge.plan": {"queue": "plan"},

@@ -23,6 +23,20 @@ def test_sentinel_url_names_hosts_service_db_and_passwords() -> None:
     assert redisconn.parse("redis+sentinel://h:1/svc").db == 0
 
 
+def test_tls_forms_carry_the_ssl_options_of_rediss() -> None:
+    target = redisconn.parse(
+        "rediss+sentinel://:pw@h:1/svc/0?sentinel_password=sp&ssl_cert_reqs=required"
+        "&ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false&other=x"
+    )
+    assert target.tls_kwargs() == {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_check_hostname": False,
+    }
+    cluster = redisconn.parse("rediss+cluster://a:1/?ssl_certfile=/c.pem&ssl_keyfile=/k.pem")
+    assert cluster.tls_kwargs() == {"ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem"}
+
+
 def test_cluster_url_names_its_seed_nodes() -> None:
     target = redisconn.parse("redis+cluster://:pw@a:7000,b:7001/")
     assert (target.kind, target.hosts, target.password) == (
@@ -41,6 +55,9 @@ def test_cluster_url_names_its_seed_nodes() -> None:
         ("redis+cluster://a:1/2", "db 0 only"),
         ("redis+cluster://a:1,b/", "HOST:PORT"),
         ("memcached://h:1", "expected a redis, rediss"),
+        ("redis+sentinel://h:1/svc?ssl_ca_certs=/ca.pem", "need a rediss+sentinel://"),
+        ("rediss+sentinel://h:1/svc?ssl_cert_reqs=maybe", "ssl_cert_reqs must be"),
+        ("rediss+cluster://a:1/?ssl_check_hostname=perhaps", "ssl_check_hostname must be"),
     ],
 )
 def test_bad_urls_say_why_in_one_line(url: str, reason: str) -> None:

@@ -157,3 +157,19 @@ def test_sink_list_keeps_filter_commas(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (a.key, a.filter.types, a.filter.orgs) == ("a", ("updated", "created"), ("12", "34"))
     assert (b.queue, b.task) == ("q", "t.x")
     assert c.filter.fields == ("status", "name")
+
+
+def test_broker_queue_type_quorum_only_with_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().broker_queue_type == "classic"
+    monkeypatch.setenv("ETBRIDGE_BROKER_QUEUE_TYPE", "quorum")
+    with pytest.raises(SettingsError) as info:
+        load_settings()  # the broker is the default Redis
+    assert str(info.value) == (
+        "configuration error: ETBRIDGE_BROKER_QUEUE_TYPE: quorum queues need a RabbitMQ "
+        "broker (ETBRIDGE_BROKER_URL=amqp://… or amqps://…)"
+    )
+    monkeypatch.setenv("ETBRIDGE_BROKER_URL", "amqps://u:p@rabbit.example:5671//")
+    assert load_settings().broker_queue_type == "quorum"
+    monkeypatch.setenv("ETBRIDGE_BROKER_QUEUE_TYPE", "stream")
+    with pytest.raises(SettingsError, match=r"^[^\n]*ETBRIDGE_BROKER_QUEUE_TYPE: Input should be"):
+        load_settings()

@@ -3,7 +3,8 @@
 ``app.send_task(TASK, args=[envelope], queue=QUEUE)`` on ``ETBRIDGE_BROKER_URL``,
 JSON serializer, so any Celery worker that consumes the queue and defines the
 task receives the envelope as a dict. The task does not have to be known to
-etbridge; the queue is declared on the broker when missing.
+etbridge; the queue is declared on the broker when missing, as a quorum queue
+with ``ETBRIDGE_BROKER_QUEUE_TYPE=quorum`` (its consumer must declare it so too).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import EncodeError, OperationalError
 
+from etbridge import brokerqueues
 from etbridge.errors import FatalError, TransportError
 from etbridge.settings import Settings, SinkSpec
 from etbridge.sinks import OutboxEvent, Sink
@@ -44,6 +46,7 @@ class CelerySink(Sink):
                 accept_content=["json"],
                 broker_connection_timeout=min(10.0, settings.webhook_timeout),
                 broker_connection_retry_on_startup=True,
+                **brokerqueues.sink_conf(settings.broker_queue_type),
             )
         self.app = app
 

@@ -14,7 +14,7 @@ import redis
 
 from etbridge import redisconn
 from etbridge.redisserver import RedisServer
-from tests.support.engines import RedisClusterSet
+from tests.support.engines import RabbitNode, RedisClusterSet
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +47,10 @@ def fault_redis() -> Iterator[RedisServer]:
     """A private Redis with AOF, as in tests/faults/ (a scenario may restart it)."""
     with RedisServer(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def rabbit() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of its own (Debian's rabbitmq-server), stopped after the test."""
+    with RabbitNode() as node:
+        yield node

@@ -9,54 +9,23 @@ restarted while deliveries run: durable queues and persistent messages
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from etbridge.redisserver import RedisServer
 from tests.support import celery_sink_app
-from tests.support.engines import RabbitNode, rabbitmq_missing
+from tests.support.engines import RABBITMQ_TEST, RabbitNode
 from tests.support.faults import STREAM_SINK, collapse_copies, fault_run
-from tests.support.fleet import wait_for
+from tests.support.fleet import celery_sink_worker, stop, wait_for
 from tests.support.grader import grade
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        rabbitmq_missing() is not None and not os.environ.get("CI"),
-        reason=str(rabbitmq_missing()),
-    ),
-]
+pytestmark = RABBITMQ_TEST
 QUEUE = "etb-test-deliveries"
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def rabbit() -> Iterator[RabbitNode]:
-    with RabbitNode() as node:
-        yield node
-
-
-def _sink_worker(broker: str, record: str, log: Path) -> subprocess.Popen[bytes]:
-    app = ["-m", "celery", "-A", "tests.support.celery_sink_app", "worker", "-Q", QUEUE]
-    options = ["--pool", "solo", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-    return subprocess.Popen(
-        [sys.executable, *app, *options, "--hostname", f"etb-sink-{os.getpid()}@localhost"],
-        cwd=REPO,
-        env={**os.environ, "ETB_TEST_BROKER": broker, "ETB_TEST_RECORD_REDIS": record},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def test_rabbitmq_restart_during_deliveries_loses_nothing(
     rabbit: RabbitNode, fault_redis: RedisServer, tmp_path: Path
 ) -> None:
-    sink = _sink_worker(rabbit.url, fault_redis.url, tmp_path / "sink-worker.log")
+    sink = celery_sink_worker(rabbit.url, fault_redis.url, tmp_path / "sink-worker.log", QUEUE)
     try:
         with fault_run(
             tmp_path,
@@ -89,9 +58,4 @@ def test_rabbitmq_restart_during_deliveries_loses_nothing(
             dead = [p.name for p in run.fleet.procs if not p.alive()]
             assert not dead, f"processes died with the restart: {dead}\n{run.fleet.logs()}"
     finally:
-        sink.terminate()
-        try:
-            sink.wait(20)
-        except subprocess.TimeoutExpired:
-            sink.kill()
-            sink.wait(5)
+        stop(sink)

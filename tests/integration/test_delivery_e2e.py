@@ -12,8 +12,6 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +34,10 @@ from tests.support.delivery import (
     relay_loop,
     wait_for,
 )
+from tests.support.fleet import celery_sink_worker, stop
 from tests.support.receiver import Receiver, Reply
 from tests.support.replies import group_read
 
-REPO = Path(__file__).resolve().parents[2]
 STREAM = "redis-stream:etb-test:events"
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -125,32 +123,7 @@ def test_redis_stream_sink_feeds_a_consumer_group(r: redis.Redis, redis_url: str
 def test_celery_sink_feeds_a_real_worker(r: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     queue = "etb-test-deliveries"
     settings = make_settings(redis_url, [f"celery://{queue}/{celery_sink_app.TASK}"])
-    log_file = (tmp_path / "celery.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.support.celery_sink_app",
-            "worker",
-            "-Q",
-            queue,
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--hostname",
-            f"etb-test-{os.getpid()}@localhost",
-        ],
-        cwd=REPO,
-        env={**os.environ, "ETB_TEST_BROKER": redis_url},
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    worker = celery_sink_worker(redis_url, redis_url, tmp_path / "celery.log", queue)
     relay = Relay(r, settings)
     try:
         committed = commit_many(r, ["1001", "1002"], 40)
@@ -166,7 +139,6 @@ def test_celery_sink_feeds_a_real_worker(r: redis.Redis, redis_url: str, tmp_pat
         try:
             wait_for(lambda: len(received()) >= len(committed), timeout=90)
         except TimeoutError:
-            log_file.flush()
             pytest.fail(
                 "celery worker did not record the events:\n"
                 + (tmp_path / "celery.log").read_text()[-3000:]
@@ -175,13 +147,7 @@ def test_celery_sink_feeds_a_real_worker(r: redis.Redis, redis_url: str, tmp_pat
         assert received()[0] == committed[0]  # the envelope arrives as the dict it was
     finally:
         relay.close()
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
-        log_file.close()
+        stop(worker)
 
 
 # --- webhooks: failures, recovery, dead letters, crashes ---------------------------------

@@ -3,7 +3,8 @@
 Started as ``celery -A tests.support.celery_sink_app worker -Q QUEUE`` with
 ``ETB_TEST_BROKER`` set to the test Redis; the task appends each envelope it
 receives (as JSON) to the Redis list :data:`RECEIVED` (on ``ETB_TEST_RECORD_REDIS``, by
-default the broker: a RabbitMQ broker has no lists).
+default the broker: a RabbitMQ broker has no lists). ``ETB_TEST_QUEUE_TYPE=quorum``
+declares the queue as a RabbitMQ quorum queue, as etbridge's sink then does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ BROKER = os.environ.get("ETB_TEST_BROKER", "redis://127.0.0.1:6379/0")
 RECEIVED = "etb-test:celery:received"
 TASK = "etb_test.record"
 RECORD_REDIS = os.environ.get("ETB_TEST_RECORD_REDIS", BROKER)
+QUEUE_TYPE = os.environ.get("ETB_TEST_QUEUE_TYPE", "classic")
 
 app = Celery("etb_test_sink", broker=BROKER)
 app.conf.update(
@@ -26,6 +28,7 @@ app.conf.update(
     task_serializer="json",
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    task_create_missing_queue_type=QUEUE_TYPE,
 )
 
 _client: redis.Redis | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
+import pytest
 import redis
 
 from etbridge.redisserver import RedisServer, find_server_binary, free_port
@@ -270,6 +271,7 @@ def _cluster_port() -> int:
 
 # The server itself, not /usr/sbin's wrapper (which switches to the rabbitmq user).
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def rabbitmq_missing() -> str | None:
@@ -277,6 +279,16 @@ def rabbitmq_missing() -> str | None:
     if not os.path.exists(RABBITMQ_SERVER):
         return "Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)"
     return None
+
+
+# The marks of a RabbitMQ test module: slow, and skipped only off CI when the server is missing.
+RABBITMQ_TEST = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        rabbitmq_missing() is not None and not os.environ.get("CI"),
+        reason=str(rabbitmq_missing()),
+    ),
+]
 
 
 class RabbitNode(_Context):
@@ -295,8 +307,8 @@ class RabbitNode(_Context):
 
     def _env(self) -> dict[str, str]:
         conf = Path(self.directory) / "rabbitmq.conf"
-        # consumer_timeout above the longest countdown the relay schedules (1 h), or
-        # RabbitMQ closes the channel of a worker holding a delayed task unacked.
+        # consumer_timeout above the longest a worker holds a task unacknowledged
+        # (the task time limit; an ETA task would be held until its time).
         conf.write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "consumer_timeout = 7200000\nloopback_users = none\n"
@@ -364,6 +376,32 @@ class RabbitNode(_Context):
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def ctl(self, *args: str) -> str:
+        """``rabbitmqctl -q ARGS`` against this node; its output."""
+        env = {
+            **os.environ,
+            "HOME": self.directory,  # the node's Erlang cookie
+            "RABBITMQ_NODENAME": self.name,
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        return subprocess.run(
+            [RABBITMQCTL, "-q", "-n", self.name, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    def queues(self) -> dict[str, tuple[str, int]]:
+        """Queue name -> (type, messages ready or unacknowledged)."""
+        found = {}
+        for line in self.ctl("list_queues", "name", "type", "messages").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[2].isdigit():
+                found[parts[0]] = (parts[1], int(parts[2]))
+        return found
 
     def close(self) -> None:
         self.stop()

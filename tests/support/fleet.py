@@ -21,6 +21,8 @@ import redis
 from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def fleet_env(sandbox: Sandbox, redis_url: str, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETBRIDGE_")}
@@ -164,3 +166,29 @@ def wait_for(
 
 def read_sink(client: redis.Redis, key: str = "test:events") -> list[dict[str, Any]]:
     return stream_events(client, key)
+
+
+def celery_sink_worker(
+    broker: str, record: str, log: Path, queue: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker of tests/support/celery_sink_app.py consuming ``queue``."""
+    app = ["-m", "celery", "-A", "tests.support.celery_sink_app", "worker", "-Q", queue]
+    options = ["--pool", "solo", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
+    options.append("--without-heartbeat")
+    return subprocess.Popen(
+        [sys.executable, *app, *options, "--hostname", f"etb-sink-{os.getpid()}@localhost"],
+        cwd=REPO,
+        env={**os.environ, "ETB_TEST_BROKER": broker, "ETB_TEST_RECORD_REDIS": record, **env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
