@@ -127,6 +127,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
     settings = rt.settings
     now = time.time()
     units = planstore.gather(rt.redis, org_ids(rt), settings.resources, now)
+    planstore.note_seen(rt.redis, units, now)
     config = scheduler.PlanConfig.from_settings(settings, tick_seconds)
     alloc = _allocation(units, settings.rate_limit, config, now)
     found = warnings(alloc, settings)

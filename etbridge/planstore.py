@@ -88,6 +88,7 @@ _PLAN_FIELDS = (
     "del_at",
     "poll_pages",
     "sweep_pages",
+    "seen_at",
 )
 
 
@@ -110,7 +111,7 @@ def gather(
         busy = leased or any(queued)
         for (res, meta, plan), unit_queued in zip(facts, queued, strict=True):
             _, retry_at, poll_due, sweep_due, chg_n, chg_t, chg_at, del_n, del_t, del_at = plan[:10]
-            poll_pages, sweep_pages = plan[10:]
+            poll_pages, sweep_pages, seen_at = plan[10:]
             last_listed, last_swept = _num(meta[4]), _num(meta[5])
             views.append(
                 scheduler.UnitView(
@@ -133,9 +134,24 @@ def gather(
                     deletions=RateEstimate(del_n or 0.0, del_t or 0.0, del_at),
                     poll_pages=max(1.0, poll_pages or 1.0),
                     sweep_pages=max(1.0, sweep_pages or 1.0),
+                    first_seen=seen_at,
                 )
             )
     return views
+
+
+def note_seen(client: redis.Redis, units: Sequence[scheduler.UnitView], now: float) -> None:
+    """When the planner first saw each unit that has no baseline yet (kept: HSETNX).
+
+    A baseline is then ordered by how long it has waited, like a late poll: when
+    the workers bind, new orgs are not left behind every poll that fell due.
+    """
+    new = [u for u in units if not u.baselined and u.first_seen is None]
+    if new:
+        pipe = client.pipeline(transaction=False)
+        for u in new:
+            pipe.hsetnx(plan_key(u.org_id, u.resource), "seen_at", repr(now))
+        pipe.execute()
 
 
 def mark_queued(

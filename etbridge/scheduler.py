@@ -107,6 +107,7 @@ class UnitView:
     deletions: RateEstimate = RateEstimate()
     poll_pages: float = 1.0  # pages of an incremental poll (running average)
     sweep_pages: float = 1.0  # pages of a complete sweep
+    first_seen: float | None = None  # when the planner first saw it without a baseline
 
     @property
     def key(self) -> UnitKey:
@@ -290,8 +291,13 @@ def _next(
     """
     # Called for every unit near its deadline on every tick: the enum members are
     # read once (_POLL, _SWEEP), the clamps are conditionals.
-    if not unit.baselined or unit.urgent_sweep:
-        return (now, "sweep", Reason.BASELINE if not unit.baselined else Reason.RESYNC, now)
+    if not unit.baselined:
+        # Ordered by how long it has waited for its baseline: behind the polls that
+        # fell due before it was seen, never behind every poll (the workers may bind).
+        seen = unit.first_seen
+        return (now, "sweep", Reason.BASELINE, now if seen is None else min(now, seen))
+    if unit.urgent_sweep:
+        return (now, "sweep", Reason.RESYNC, now)
     if rates is None:
         return None
     best: tuple[float, Mode, Reason, float] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -111,3 +112,14 @@ def test_a_started_poll_records_its_delay_and_its_pickup(r: redis.Redis) -> None
     assert [round(d) for d in delays] == [2, 1]
     (pickup,) = planstore.pickups(r, since=now - 10)
     assert 0.5 <= pickup < 1.5
+
+
+def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Redis) -> None:
+    (unit,) = planstore.gather(r, [ORG], [RES], 100.0)
+    assert not unit.baselined and unit.first_seen is None
+    planstore.note_seen(r, [unit], 100.0)
+    (unit,) = planstore.gather(r, [ORG], [RES], 105.0)
+    assert unit.first_seen == 100.0
+    planstore.note_seen(r, [replace(unit, first_seen=None)], 105.0)  # a racing tick
+    (unit,) = planstore.gather(r, [ORG], [RES], 106.0)
+    assert unit.first_seen == 100.0

@@ -294,3 +294,15 @@ def test_a_sweep_under_way_goes_on_before_polls_that_are_due() -> None:
     # A poll that waited longer than the sweep goes before it: the longest wait first.
     late = unit(2, last_poll_due=NOW - 100)
     assert [d.org_id for d in run([sweeping, late], Budget(limit=100, used=0))] == ["2", "1"]
+
+
+def test_a_baseline_waits_by_how_long_it_was_seen_when_the_workers_bind() -> None:
+    # One slot: the workers, not the budget, bind. A poll overdue for 20 s goes
+    # before an org seen just now, but not before one waiting for 60 s.
+    late = unit(1, last_poll_due=NOW - 21)
+    new = UnitView("2", "bookings", baselined=False, first_seen=NOW)
+    waiting = UnitView("2", "bookings", baselined=False, first_seen=NOW - 60)
+    (first,) = run([late, new], Budget(limit=100, used=0, slots=1))
+    assert (first.org_id, first.reason) == ("1", Reason.POLL)
+    (first,) = run([late, waiting], Budget(limit=100, used=0, slots=1))
+    assert (first.org_id, first.reason) == ("2", Reason.BASELINE)
