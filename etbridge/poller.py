@@ -53,7 +53,14 @@ from etbridge.errors import (
     MalformedResponse,
 )
 from etbridge.settings import Settings
-from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
+from etbridge.state import (
+    CommitConflict,
+    CommitPlan,
+    Lease,
+    OrgState,
+    check_value,
+    stored_digest,
+)
 from etbridge.timefmt import rfc3339
 
 log = logging.getLogger("etbridge.poller")
@@ -329,7 +336,7 @@ class Poller:
                 page = next(pages, None)
                 if page is None:
                     break
-                records = self.canonical_page(state, page.data)
+                records = page.data  # as served: commit_page makes canonical what it diffs
                 scan_max = watermark.newest(scan_max, watermark.page_max(records))
                 meta_updates: dict[str, str] = {}
                 if sweep:
@@ -416,11 +423,35 @@ class Poller:
             events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
         )
 
+    def page_digests(
+        self, state: OrgState, data: Sequence[Any]
+    ) -> tuple[list[str], dict[str, bytes], dict[str, dict[str, Any]]]:
+        """Ids and digests of a page as served, and the canonical records made for them.
+
+        A plainly shaped object is digested as it is (changes.resource_digest):
+        an unchanged page is never made canonical. Others are made canonical here.
+        """
+        ids: list[str] = []
+        digests: dict[str, bytes] = {}
+        canon: dict[str, dict[str, Any]] = {}
+        for item in data:
+            digest = changes.resource_digest(item)
+            if digest is None:
+                (record,) = self.canonical_page(state, [item])
+                rid = record["id"]
+                digest = changes.record_digest(record)
+                canon[rid] = record
+            else:
+                rid = item["id"]
+            ids.append(rid)
+            digests[rid] = digest
+        return ids, digests, canon
+
     def commit_page(  # noqa: PLR0913 - the page's parts, each named at the call
         self,
         state: OrgState,
         lease: Lease,
-        records: list[dict[str, Any]],
+        records: Sequence[Any],
         result: PollResult,
         *,
         baseline: bool,
@@ -429,29 +460,39 @@ class Poller:
         absorbed: set[str],
         meta_updates: dict[str, str],
     ) -> tuple[set[str], set[str]]:
-        """Diff and commit one page of canonical records; return the schema memory after it.
+        """Diff and commit one page (records as served, or canonical); return the schema memory.
 
         Re-reads and re-diffs the page when another writer moved a record under it.
         """
-        ids = [r["id"] for r in records]
-        digests = {r["id"]: changes.record_digest(r) for r in records}
+        ids, digests, canon = self.page_digests(state, records)
+        page: list[dict[str, Any]] | None = None  # canonical, made when a record moved
         for _attempt in range(_MAX_CONFLICTS):
-            stored_digests = state.digests(ids)
-            moved = [i for i in ids if stored_digests[i] != digests[i]]
+            blobs = state.read(ids)
+            # A value stored before format 3 carries no digest: it is diffed like a moved
+            # record, which emits nothing when it is equal, and rewritten (docs/page-commit.md).
+            moved = [i for i in ids if stored_digest(blobs[i]) != digests[i]]
             if not moved and not seen and not meta_updates:
                 # The lookback's overlap, unchanged: nothing to write, so no commit
                 # (the poll's final commit checks the lease).
                 return known, absorbed
             plan = CommitPlan(
-                checks=stored_digests, seen=ids if seen else [], meta=dict(meta_updates)
+                checks={i: check_value(b) for i, b in blobs.items()},
+                seen=ids if seen else [],
+                meta=dict(meta_updates),
             )
             new_known, new_absorbed = known, absorbed
             detected_at = self.now()
             if moved:
-                stored = self.stored(state.records([i for i in moved if stored_digests[i]]))
+                if page is None:
+                    # The schema-drift step reads the whole page: all of it canonical.
+                    page = [
+                        canon.get(i) or self.canonical_page(state, [r])[0]
+                        for i, r in zip(ids, records, strict=True)
+                    ]
+                stored = self.stored(state.decode({i: blobs[i] for i in moved}))
                 diff = pagediff.diff_page(
                     state.resource,
-                    records,
+                    page,
                     {i: stored.get(i) for i in moved},
                     self.ignore,
                     known=known,

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from etbridge.changes import (
+    DIGEST_SIZE,
     REL_PREFIX,
     Change,
     MalformedRecord,
@@ -143,7 +144,7 @@ def test_canonical_only_raises_malformed_record(raw: Any) -> None:
     except MalformedRecord:
         return
     assert canonical(canon) == canon
-    assert isinstance(record_digest(canon), str)
+    assert isinstance(record_digest(canon), bytes) and len(record_digest(canon)) == DIGEST_SIZE
     assert isinstance(fingerprint(canon, IGNORE), str)
     assert json.loads(canonical_json(canon)) == canon
 

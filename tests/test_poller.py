@@ -17,6 +17,7 @@ from etbridge.events import validate_envelope
 from etbridge.poller import Poller
 from etbridge.runtime import PLANNED_RETRIES, Runtime
 from etbridge.state import CommitPlan, OrgState
+from tests.support import legacy_state
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
 
@@ -286,6 +287,40 @@ def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> 
     assert rt.redis.xlen(keys.outbox(ORG)) == before
     p.poll(ORG)
     assert rt.redis.xlen(keys.outbox(ORG)) > before
+
+
+def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    # A deployment upgraded from the two-hash layout (fp + snap formats 1-2): its
+    # baseline as the old code stored it, with the meta the same poll would leave.
+    poller(rt).poll(ORG)
+    truth = truth_records(sandbox)
+    rt.redis.delete(keys.snapshots(ORG, "bookings"))
+    legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
+    snap = keys.snapshots(ORG, "bookings")
+    assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x02"}
+    assert rt.redis.hlen(keys.fingerprints(ORG, "bookings")) == len(truth)
+
+    p = poller(rt)
+    (incremental,) = p.poll(ORG)
+    (sweep,) = p.poll(ORG, "sweep")
+    assert incremental.mode == "incremental" and sweep.complete
+    assert sweep.records == len(truth)
+    assert outbox_events(rt.redis, ORG) == []  # no spurious updated (nor created) event
+    # Every record rewritten in format 3 inside the page commits; the old digests gone.
+    assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x03"}
+    assert not rt.redis.exists(keys.fingerprints(ORG, "bookings"))
+    assert_in_sync(rt, sandbox)
+
+    # The rewritten state detects a real change as before.
+    updated = sandbox.mutate(1, org=ORG, kinds=["update"])[0]
+    p.poll(ORG)
+    events = outbox_events(rt.redis, ORG)
+    assert [(e["type"], e["subject"]) for e in events] == [
+        ("com.eventtemple.booking.updated", updated["id"])
+    ]
+    assert events[0]["data"]["before"] == truth[updated["id"]]
 
 
 def test_stale_lease_cannot_write(rt: Runtime, sandbox: Sandbox) -> None:
