@@ -27,3 +27,19 @@ def test_max_attempts_in_counts_the_first_attempt() -> None:
     # Attempts at 0, 1, 3, 7 s (delays 1, 2, 4): four fit in 8 s.
     assert backoff.max_attempts_in(8, 1, 900) == 4
     assert backoff.max_attempts_in(0.5, 1, 900) == 1
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff.exponential(n, 30, 900) for n in range(1, 8)] == [
+        30,
+        60,
+        120,
+        240,
+        480,
+        900,
+        900,
+    ]
+    assert backoff.exponential(10_000, 30, 900) == 900
+    # Requests at 0, 1, 3, 7 s fit in 8 s; the next one is due at 15 s.
+    assert backoff.max_attempts_in(8, 1, 900) == 4
+    assert backoff.max_attempts_in(0.5, 1, 900) == 1

@@ -10,15 +10,21 @@ test_fault_cluster.py.
 
 from __future__ import annotations
 
+from tests import test_poller
 from tests.test_auth import *  # noqa: F403
+from tests.test_oauth import *  # noqa: F403
 from tests.test_outbox import *  # noqa: F403
 from tests.test_poller import *  # noqa: F403
 from tests.test_ratelimit import *  # noqa: F403
 from tests.test_sinks import *  # noqa: F403
 from tests.test_state import *  # noqa: F403
+from tests.test_status import *  # noqa: F403
+from tests.test_tokencache import *  # noqa: F403
+from tests.test_tokenfailure import *  # noqa: F403
 
-# Both star-imported modules define a make_settings helper; the re-run tests use their own.
-from tests.test_status import *  # type: ignore[assignment]  # noqa: F403
+# A fixture several modules define goes to the last star import: test_poller's
+# sandbox serves every re-run test (the token tests need no more than any sandbox).
+sandbox = test_poller.sandbox
 
 # Not about the state's Redis: a second Redis db (a cluster has db 0 only) and
 # a Redis broker read back as lists (the broker here is memory://).
