@@ -55,7 +55,7 @@ import requests
 from _common import hash_encodings, machine_facts, write_results
 from redis.connection import Connection
 
-from etbridge import changes
+from etbridge import changes, digest
 from etbridge.client import EventTempleClient
 from etbridge.poller import Poller, PollResult
 from etbridge.redisserver import RedisServer
@@ -376,7 +376,7 @@ def layout_alternatives(
             p.hset("snap", r["id"], old.old_blob(r, zdict)),
         ),
         "now: one hash, digest + org's dictionary (format 3)": lambda p, r: p.hset(
-            "snap", r["id"], state.pack_record(r, changes.record_digest(r), zdict)
+            "snap", r["id"], state.pack_record(r, digest.record_digest(r), zdict)
         ),
     }
     out: dict[str, dict[str, float]] = {}

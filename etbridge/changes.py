@@ -5,13 +5,12 @@ state, calls these functions on plain dicts and commits what they return.
 The pieces, in the order a poll uses them::
 
     canonical(resource)          JSON:API resource object -> canonical form
-    record_digest(canon)         exact hash of the canonical form (the poller's fast path)
-    resource_digest(resource)    the same of a plainly shaped object as served
     schema_drift(res, known, page)   attributes the API started / stopped returning
     diff_records(res, stored, page, ignore, absorb=...)  -> created / updated / snapshot
     deletions(res, stored, seen)     stored but not seen in a complete sweep -> deleted
 
-The canonical form, the equality rules and the schema-drift bookkeeping (which
+The exact digests of the poller's fast path are in digest.py. The canonical
+form, the equality rules and the schema-drift bookkeeping (which
 :func:`etbridge.pagediff.diff_page` carries out): docs/changes.md.
 """
 
@@ -23,8 +22,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-import orjson
-
 from etbridge.errors import MalformedResponse
 
 JsonObj: TypeAlias = dict[str, Any]
@@ -34,13 +31,11 @@ Op: TypeAlias = Literal["created", "updated", "deleted", "snapshot"]
 REL_PREFIX = "relationships."
 
 __all__ = [
-    "DIGEST_SIZE",
     "REL_PREFIX",
     "Change",
     "DiffResult",
     "JsonObj",
     "MalformedRecord",
-    "NonFinite",
     "Op",
     "SchemaChange",
     "Stored",
@@ -51,10 +46,7 @@ __all__ = [
     "diff_records",
     "fingerprint",
     "page_fields",
-    "parse_constant",
-    "record_digest",
     "record_fields",
-    "resource_digest",
     "schema_drift",
 ]
 
@@ -76,10 +68,6 @@ _ASCII_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_
 
 def _hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-#: Bytes of :func:`record_digest` (state.py stores them raw, in front of the snapshot).
-DIGEST_SIZE = 16
 
 
 # --- canonical form -----------------------------------------------------------
@@ -107,20 +95,6 @@ def _linkage(data: Any) -> Any:
 
 
 _STR_ONLY = {str}
-
-
-class NonFinite(float):
-    """NaN or +-Infinity as the API parser reads them (``json.loads`` accepts them).
-
-    Not JSON, but a body may hold them. orjson refuses a float subclass (and
-    writes a plain NaN as null), so :func:`record_digest` hashes these through
-    :func:`canonical_json`, which writes ``NaN``/``Infinity``: null != NaN.
-    """
-
-
-def parse_constant(name: str) -> float:
-    """``json.loads(..., parse_constant=parse_constant)``: NaN/Infinity as :class:`NonFinite`."""
-    return NonFinite(name)
 
 
 def _attributes(rid: str, raw: Any) -> JsonObj:
@@ -196,48 +170,6 @@ def canonical_json(canon: Mapping[str, Any]) -> bytes:
         return _ENCODER.encode(canon).encode("utf-8")
     except UnicodeEncodeError:
         return _ASCII_ENCODER.encode(canon).encode("ascii")
-
-
-def record_digest(canon: Mapping[str, Any]) -> bytes:
-    """Exact hash of a canonical form, ignored fields included: 16 raw bytes.
-
-    Equal digests mean identical records: nothing to diff, nothing to write.
-    This is the poller's fast path for unchanged records (state stores it).
-    The hashed bytes are orjson's sorted compact JSON (a tenth of the cost of
-    :func:`canonical_json`, which stays the form that is stored and shown),
-    or :func:`canonical_json` for what orjson refuses (integers past 64 bits,
-    lone surrogates, non-string keys, and :class:`NonFinite`: orjson writes a
-    plain NaN as null, so the API parser reads NaN/Infinity as that subclass).
-    A digest that differs for an equal record costs a diff that finds nothing,
-    never an event; equal digests for different records would lose a change.
-    """
-    try:
-        data = orjson.dumps(canon, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        data = canonical_json(canon)
-    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
-
-
-_PLAIN_KEYS = frozenset({"type", "id", "attributes", "relationships"})
-
-
-def resource_digest(resource: Any) -> bytes | None:
-    """:func:`record_digest` of a resource object as served, if it is plainly shaped.
-
-    Plainly shaped: a dict of ``type``/``id``/``attributes``/``relationships``
-    only, with a non-empty string id. Equal served objects have equal canonical
-    forms, and a canonical form is plainly shaped (its digest is the same hash
-    of the same bytes), so a stored digest of either kind says "unchanged" only
-    for an equal record, and an unchanged page skips :func:`canonical` (half of
-    its CPU). ``None`` otherwise (``links``, ``meta``, a malformed object):
-    digest the canonical form.
-    """
-    if type(resource) is not dict or not resource.keys() <= _PLAIN_KEYS:
-        return None
-    rid = resource.get("id")
-    if type(rid) is not str or not rid:
-        return None
-    return record_digest(resource)
 
 
 def _linkage_of(rel: Any) -> Any:

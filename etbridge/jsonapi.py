@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-from etbridge import changes
+from etbridge import digest
 from etbridge.errors import (
     AuthenticationError,
     FatalError,
@@ -171,7 +171,7 @@ def raise_for_response(resp: requests.Response, *, org_id: str | None, path: str
             raise MalformedResponse(f"{at}: HTTP {status} with a {media} body, not JSON:API")
         try:
             # NaN/Infinity (not JSON, accepted by json.loads) kept apart from null for the digest.
-            doc = json.loads(resp.content, parse_constant=changes.parse_constant)
+            doc = json.loads(resp.content, parse_constant=digest.parse_constant)
         # RecursionError: a body nested deeper than the parser's stack is malformed too.
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedResponse(

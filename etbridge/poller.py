@@ -1,23 +1,18 @@
 """One poll of one org: list, diff against the stored state, commit page by page.
 
-The poller holds the org's lease for the whole poll, so one org is polled by
-one worker at a time fleet-wide; every page commit re-checks the lease's
-fencing token, so a worker that lost its lease (a long GC pause, a network
-partition) cannot write behind its successor's back.
-
-Modes:
+The poller holds the org's lease for the whole poll (one worker per org
+fleet-wide); every page commit re-checks its fencing token, so a worker that
+lost the lease (a GC pause, a partition) cannot write behind its successor.
 
 - *incremental*: ``filter[updated_at][gt] = watermark - lookback``. The
   watermark is the newest ``updated_at`` seen (the API's clock) and moves only
-  after a complete scan. Overlap costs nothing: unchanged records produce no
-  event.
-- *sweep*: a complete listing, sorted by id. Updates are committed page by
-  page; ids seen are collected in Redis, and only a sweep that reached its
-  last page declares the stored records it did not see deleted. The cursor is
-  saved with every page, so a sweep cut short resumes where it stopped.
+  after a complete scan; the overlap costs nothing (unchanged = no event).
+- *sweep*: a complete listing by id, committed page by page, seen ids kept in
+  Redis; only a sweep that reached its last page declares the unseen stored
+  records deleted. Its cursor is saved per page, so a cut-short sweep resumes.
 
 The first poll of an org is a sweep that sets the baseline (silently, or as
-``snapshot`` events with ``ETBRIDGE_EMIT_BASELINE``).
+``snapshot`` events with ``ETBRIDGE_EMIT_BASELINE``). docs/page-commit.md.
 """
 
 from __future__ import annotations
@@ -37,6 +32,7 @@ import redis
 from etbridge import (
     changes,
     confirmations,
+    digest,
     events,
     holds,
     pagediff,
@@ -53,14 +49,7 @@ from etbridge.errors import (
     MalformedResponse,
 )
 from etbridge.settings import Settings
-from etbridge.state import (
-    CommitConflict,
-    CommitPlan,
-    Lease,
-    OrgState,
-    check_value,
-    stored_digest,
-)
+from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState, check_value, stored_digest
 from etbridge.timefmt import rfc3339
 
 log = logging.getLogger("etbridge.poller")
@@ -166,6 +155,10 @@ def _heartbeat() -> _Heartbeat:
             thread.start()
             _heartbeats = (os.getpid(), thread)
         return _heartbeats[1]
+
+
+def _malformed(state: OrgState, exc: changes.MalformedRecord) -> MalformedResponse:
+    return MalformedResponse(f"org {state.org_id} {state.resource}: malformed record: {exc}")
 
 
 class Poller:
@@ -402,14 +395,11 @@ class Poller:
         result.complete = True
 
     def canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
-        try:
-            records = [changes.canonical(item) for item in data]
-        except changes.MalformedRecord as exc:
-            raise MalformedResponse(
-                f"org {state.org_id} {state.resource}: malformed record: {exc}"
-            ) from None
         # Duplicate ids were refused by the paginator (client.parse_page) already.
-        return records
+        try:
+            return [changes.canonical(item) for item in data]
+        except changes.MalformedRecord as exc:
+            raise _malformed(state, exc) from None
 
     def stored(self, records: dict[str, dict[str, Any]]) -> dict[str, changes.Stored]:
         """State's records as :class:`~etbridge.changes.Stored` (fingerprints: the ignore list)."""
@@ -422,30 +412,6 @@ class Poller:
         return events.to_json(
             events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
         )
-
-    def page_digests(
-        self, state: OrgState, data: Sequence[Any]
-    ) -> tuple[list[str], dict[str, bytes], dict[str, dict[str, Any]]]:
-        """Ids and digests of a page as served, and the canonical records made for them.
-
-        A plainly shaped object is digested as it is (changes.resource_digest):
-        an unchanged page is never made canonical. Others are made canonical here.
-        """
-        ids: list[str] = []
-        digests: dict[str, bytes] = {}
-        canon: dict[str, dict[str, Any]] = {}
-        for item in data:
-            digest = changes.resource_digest(item)
-            if digest is None:
-                (record,) = self.canonical_page(state, [item])
-                rid = record["id"]
-                digest = changes.record_digest(record)
-                canon[rid] = record
-            else:
-                rid = item["id"]
-            ids.append(rid)
-            digests[rid] = digest
-        return ids, digests, canon
 
     def commit_page(  # noqa: PLR0913 - the page's parts, each named at the call
         self,
@@ -464,7 +430,10 @@ class Poller:
 
         Re-reads and re-diffs the page when another writer moved a record under it.
         """
-        ids, digests, canon = self.page_digests(state, records)
+        try:
+            ids, digests, canon = digest.page_digests(records)
+        except changes.MalformedRecord as exc:
+            raise _malformed(state, exc) from None
         page: list[dict[str, Any]] | None = None  # canonical, made when a record moved
         for _attempt in range(_MAX_CONFLICTS):
             blobs = state.read(ids)

@@ -22,7 +22,8 @@ from typing import Any
 
 import redis
 
-from etbridge import changes, keys
+from etbridge import keys
+from etbridge.digest import DIGEST_SIZE
 from etbridge.errors import LeaseLost, RetriableError
 
 # Importable from here for the callers that predate replies.py (planstore.py).
@@ -48,10 +49,10 @@ _ZDICT = (
 # Formats 1 and 2 are read only (state written before format 3, digest in `fp`).
 _FORMAT_ZLIB_V1 = b"\x01"  # preset dictionary: _ZDICT
 _FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (keys.snapshot_dict)
-# Format 3: the record's digest (changes.record_digest), then the org's dictionary.
+# Format 3: the record's digest (digest.record_digest), then the org's dictionary.
 _FORMAT_DIGEST = b"\x03"
 # What a commit checks of a format-3 value: its format byte and digest.
-HEAD_SIZE = 1 + changes.DIGEST_SIZE
+HEAD_SIZE = 1 + DIGEST_SIZE
 # An org's dictionary: etbridge's vocabulary, then sample records of the org.
 ORG_DICT_SIZE = 8192
 
@@ -77,7 +78,7 @@ def build_dictionary(records: Sequence[Mapping[str, Any]]) -> bytes:
 
 def pack_record(record: Mapping[str, Any], digest: bytes, zdict: bytes) -> bytes:
     """A stored value (format 3): format byte, ``digest``, the deflated canonical JSON."""
-    if len(digest) != changes.DIGEST_SIZE or not zdict:
+    if len(digest) != DIGEST_SIZE or not zdict:
         raise ValueError("a snapshot needs a record digest and the org's dictionary")
     comp = zlib.compressobj(level=9, wbits=-15, zdict=zdict)
     return _FORMAT_DIGEST + digest + comp.compress(_json_bytes(record)) + comp.flush()

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from etbridge.changes import (
-    DIGEST_SIZE,
     REL_PREFIX,
     Change,
     MalformedRecord,
@@ -22,9 +21,9 @@ from etbridge.changes import (
     canonical_json,
     diff_records,
     fingerprint,
-    record_digest,
     schema_drift,
 )
+from etbridge.digest import DIGEST_SIZE, record_digest
 from etbridge.events import envelope, event_id, parse_timestamp, rfc3339, to_json, validate_envelope
 
 # No example database: tests must not leave files in the tree; no deadline: the

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import changes, keys, state
+from etbridge import changes, digest, keys, state
 from etbridge.errors import LeaseLost
 from etbridge.replies import text
 from etbridge.state import CommitConflict, CommitPlan, OrgState
@@ -59,13 +59,13 @@ def test_a_packed_record_unpacks_to_itself_and_carries_its_digest() -> None:
     records = [booking(n, notes="x" * n, guest_count=n) for n in range(40)]
     zdict = state.build_dictionary(records)
     for record in records:
-        digest = changes.record_digest(record)
-        blob = state.pack_record(record, digest, zdict)
+        value = digest.record_digest(record)
+        blob = state.pack_record(record, value, zdict)
         assert state.unpack_record(blob, zdict) == record
-        assert state.stored_digest(blob) == digest
-        assert state.check_value(blob) == blob[: state.HEAD_SIZE] == b"\x03" + digest
+        assert state.stored_digest(blob) == value
+        assert state.check_value(blob) == blob[: state.HEAD_SIZE] == b"\x03" + value
     raw = len(json.dumps(records[-1]).encode())
-    assert len(state.pack_record(records[-1], changes.record_digest(records[-1]), zdict)) < raw
+    assert len(state.pack_record(records[-1], digest.record_digest(records[-1]), zdict)) < raw
     assert state.stored_digest(b"") is None and state.check_value(b"") == b""
 
 
@@ -92,7 +92,7 @@ def test_values_of_the_old_formats_still_unpack(with_dict: bool) -> None:
 
 def test_unpacking_refuses_what_it_cannot_read() -> None:
     zdict = state.build_dictionary([booking(1)])
-    blob = state.pack_record(booking(2), changes.record_digest(booking(2)), zdict)
+    blob = state.pack_record(booking(2), digest.record_digest(booking(2)), zdict)
     with pytest.raises(ValueError, match="dictionary"):
         state.unpack_record(blob, None)
     with pytest.raises(ValueError, match="dictionary"):
@@ -136,7 +136,7 @@ def plan_for(records: list[dict[str, Any]], **extra: Any) -> CommitPlan:
     plan = CommitPlan(**extra)
     for record in records:
         plan.checks[record["id"]] = b""
-        plan.writes[record["id"]] = (changes.record_digest(record), record)
+        plan.writes[record["id"]] = (digest.record_digest(record), record)
     return plan
 
 
@@ -154,8 +154,8 @@ def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis)
     assert s.commit(lease, plan) == 2
     stored = s.read(["1", "2", "3"])
     assert {i: state.stored_digest(b) for i, b in stored.items()} == {
-        "1": changes.record_digest(records[0]),
-        "2": changes.record_digest(records[1]),
+        "1": digest.record_digest(records[0]),
+        "2": digest.record_digest(records[1]),
         "3": None,
     }
     assert org(r).records(["1", "2", "3"]) == {"1": records[0], "2": records[1]}
@@ -215,7 +215,7 @@ def test_a_commit_checks_the_digest_of_a_new_value_and_all_of_an_old_one(
     # rewritten in the old format with other content.
     moved_new = state.pack_record(
         booking(1, status="lost"),
-        changes.record_digest(booking(1, status="lost")),
+        digest.record_digest(booking(1, status="lost")),
         s.dictionary([]),
     )
     zdict = s.dictionary([])
@@ -230,10 +230,10 @@ def test_a_commit_checks_the_digest_of_a_new_value_and_all_of_an_old_one(
     # Unmoved, the old value is rewritten in format 3 and its fp entry dropped, in one commit.
     plan = CommitPlan(
         checks={i: state.check_value(b) for i, b in read.items()},
-        writes={"2": (changes.record_digest(booking(2)), booking(2))},
+        writes={"2": (digest.record_digest(booking(2)), booking(2))},
     )
     assert s.commit(lease, plan) == 0
-    assert state.stored_digest(s.read(["2"])["2"]) == changes.record_digest(booking(2))
+    assert state.stored_digest(s.read(["2"])["2"]) == digest.record_digest(booking(2))
     assert not r.exists(keys.fingerprints(ORG, "bookings"))
     assert s.records(["1", "2"]) == {"1": booking(1), "2": booking(2)}
 

@@ -1,0 +1,78 @@
+"""Record digests (digest.py): exact, apart for values that differ, fast for a page as served."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from etbridge import digest
+from etbridge.changes import canonical
+from etbridge.digest import record_digest
+from tests.test_changes import canon
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (None, "null"),
+        (1, 1.0),
+        (1, True),
+        (0, False),
+        (1, "1"),
+        (2**70, 2**70 + 1),  # past 64 bits: orjson refuses, canonical_json hashes
+        ("bad \ud800", "bad \ud801"),  # lone surrogates: the same fallback
+        ([1, 2], [2, 1]),
+        ({"a": 1}, {"a": 1, "b": None}),
+    ],
+)
+def test_the_digest_tells_apart_values_that_differ(one: Any, other: Any) -> None:
+    a, b = canon(notes=one), canon(notes=other)
+    assert record_digest(a) != record_digest(b)
+    assert record_digest(a) == record_digest(copy.deepcopy(a))
+    assert len(record_digest(a)) == digest.DIGEST_SIZE
+
+
+def test_the_digest_tells_nan_and_infinity_from_null_as_the_api_parser_reads_them() -> None:
+    # orjson writes a plain float NaN as null; the API parser reads NaN as NonFinite,
+    # which the digest hashes through canonical_json.
+    body = '{"notes": %s}'
+    digests = {
+        token: record_digest(
+            canon(**json.loads(body % token, parse_constant=digest.parse_constant))
+        )
+        for token in ("null", "NaN", "Infinity", "-Infinity")
+    }
+    assert len(set(digests.values())) == 4
+
+
+def test_a_plainly_shaped_object_is_digested_as_served() -> None:
+    c = canon()
+    assert digest.resource_digest(c) == record_digest(c)  # a canonical form is plain
+    served = json.loads(json.dumps(c))
+    served["relationships"]["owner"]["links"] = {"self": "/v2/bookings/1/owner"}
+    # Plain at the top: digested as served, which differs from its canonical form's
+    # digest (a stored digest of either kind then says "moved": a diff, never an event).
+    assert digest.resource_digest(served) not in (None, record_digest(c))
+    assert record_digest(canonical(served)) == record_digest(c)
+    for odd in (
+        {**c, "links": {"self": "/v2/bookings/1"}},  # not plain: digest the canonical form
+        {**c, "meta": {"etag": "x"}},
+        {**c, "id": 1},
+        {**c, "id": ""},
+        ["not", "an", "object"],
+    ):
+        assert digest.resource_digest(odd) is None
+
+
+def test_a_page_as_served_is_digested_like_its_canonical_form_where_it_is_plain() -> None:
+    plain = canon()
+    with_links = {**canon(), "id": "2", "links": {"self": "/v2/bookings/2"}}
+    ids, digests, made = digest.page_digests([plain, with_links])
+    assert ids == ["1", "2"]
+    assert digests[plain["id"]] == record_digest(plain)
+    # Not plain: made canonical on the way (links dropped) and digested so.
+    assert made == {"2": canonical(with_links)} and "links" not in made["2"]
+    assert digests["2"] == record_digest(canonical(with_links))
