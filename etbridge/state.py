@@ -301,8 +301,9 @@ class OrgState:
         """
         if not ids:
             return {}
-        values = self.redis.hmget(self.k_snap, list(ids))
-        return {i: _as_bytes(v) for i, v in zip(ids, values, strict=True)}
+        values: list[Any] = self.redis.hmget(self.k_snap, list(ids))
+        # (A decoding client's str is passed on as it is: unpack_record names the mistake.)
+        return {i: v or b"" for i, v in zip(ids, values, strict=True)}
 
     def decode(self, blobs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
         """The canonical records of stored values (absent ones are left out)."""
