@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from etbridge import digest
-from etbridge.changes import canonical
+from etbridge.changes import MalformedRecord, canonical
 from etbridge.digest import record_digest
 from tests.test_changes import canon
 
@@ -50,21 +50,37 @@ def test_the_digest_tells_nan_and_infinity_from_null_as_the_api_parser_reads_the
 
 def test_a_plainly_shaped_object_is_digested_as_served() -> None:
     c = canon()
-    assert digest.resource_digest(c) == record_digest(c)  # a canonical form is plain
+    _ids, digests, made = digest.page_digests([c])
+    assert digests["1"] == record_digest(c) and made == {}  # a canonical form is plain
     served = json.loads(json.dumps(c))
     served["relationships"]["owner"]["links"] = {"self": "/v2/bookings/1/owner"}
     # Plain at the top: digested as served, which differs from its canonical form's
     # digest (a stored digest of either kind then says "moved": a diff, never an event).
-    assert digest.resource_digest(served) not in (None, record_digest(c))
+    _ids, digests, made = digest.page_digests([served])
+    assert made == {} and digests["1"] == record_digest(served) != record_digest(c)
     assert record_digest(canonical(served)) == record_digest(c)
-    for odd in (
-        {**c, "links": {"self": "/v2/bookings/1"}},  # not plain: digest the canonical form
+    # orjson refuses what record_digest hashes through canonical_json: the same digest.
+    odd = canon(notes=2**70)
+    assert digest.page_digests([odd])[1]["1"] == record_digest(odd)
+    for not_plain in (
+        {**c, "links": {"self": "/v2/bookings/1"}},  # digest the canonical form
         {**c, "meta": {"etag": "x"}},
-        {**c, "id": 1},
-        {**c, "id": ""},
-        ["not", "an", "object"],
     ):
-        assert digest.resource_digest(odd) is None
+        _ids, digests, made = digest.page_digests([not_plain])
+        assert made == {"1": c} and digests["1"] == record_digest(c)
+    for malformed in ({**c, "id": 1}, {**c, "id": ""}, ["not", "an", "object"]):
+        with pytest.raises(MalformedRecord):
+            digest.page_digests([malformed])
+
+
+def test_the_digest_is_of_the_bytes_key_order_included() -> None:
+    # Reordered keys digest apart (one diff that finds nothing; never an event), while
+    # canonical_json, which is stored and compared by the diff, sorts them.
+    a = canon()
+    b = json.loads(json.dumps(a))
+    b["attributes"] = dict(reversed(list(b["attributes"].items())))
+    assert record_digest(a) != record_digest(b)
+    assert record_digest(a) == record_digest(json.loads(json.dumps(a)))
 
 
 def test_a_page_as_served_is_digested_like_its_canonical_form_where_it_is_plain() -> None:
