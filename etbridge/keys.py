@@ -156,6 +156,9 @@ RELAY_SWEEP = f"{PREFIX}:relay:sweep"
 ORGS = f"{PREFIX}:orgs"  # Hash: org id -> JSON (name, discovered_at, removed_at)
 """Hash: the org ids etbridge polls, with their discovery facts."""
 
+STATE_FORMAT = f"{PREFIX}:state:format"
+"""String: "3" once no worker from before snapshot format 3 can run (stateformat.py)."""
+
 
 def sink_state(sink_name: str) -> str:
     """Hash: a sink's disabled flag and last error."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys
+from etbridge import keys, stateformat
 from etbridge.digest import DIGEST_SIZE
 from etbridge.errors import LeaseLost, RetriableError
 
@@ -122,7 +122,9 @@ def unpack_record(blob: bytes | str, zdict: bytes | None = None) -> dict[str, An
 # KEYS[1] lease  KEYS[2] fp (format 1-2 digests)  KEYS[3] snap  KEYS[4] meta  KEYS[5] seen
 # KEYS[6] outbox
 # ARGV[1] lease token   ARGV[2] lease ttl ms
-# ARGV[3] n checks, then n pairs (id, check_value() as read: "" for absent)
+# ARGV[3] "1": keep fp[id] = hex digest of each write, for workers before format 3
+#         (stateformat.py); "0": drop fp entries as their records are rewritten
+# ARGV[4] n checks, then n pairs (id, check_value() as read: "" for absent)
 # then    n writes, then n pairs (id, stored value, format 3)
 # then    n deletes, then n ids
 # then    n events, then n envelope JSON strings (appended to the outbox in order)
@@ -133,7 +135,11 @@ _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0, 'lease', ''}
 end
-local i = 3
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+local compat = ARGV[3] == '1'
+local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local current = redis.call('HGET', KEYS[3], ARGV[i])
@@ -147,12 +153,17 @@ for _ = 1, n do
   end
   i = i + 2
 end
--- State from before format 3 keeps digests in fp: drop each as its record is rewritten.
-local legacy = redis.call('EXISTS', KEYS[2]) == 1
+-- State from before format 3 keeps digests in fp: while old workers may run, each
+-- write keeps an entry there (never "absent" to them); after, it is dropped.
+local legacy = compat or redis.call('EXISTS', KEYS[2]) == 1
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  if legacy then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  if compat then
+    redis.call('HSET', KEYS[2], ARGV[i], hex(string.sub(ARGV[i + 1], 2, 17)))
+  elseif legacy then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
   i = i + 2
 end
 n = tonumber(ARGV[i]); i = i + 1
@@ -359,7 +370,8 @@ class OrgState:
         Raises :class:`LeaseLost` when the lease is no longer ours and
         :class:`CommitConflict` when a checked stored value moved.
         """
-        args: list[Any] = [lease.token, lease.ttl_ms, len(plan.checks)]
+        compat = "1" if stateformat.compat(self.redis) else "0"
+        args: list[Any] = [lease.token, lease.ttl_ms, compat, len(plan.checks)]
         for rid, fp in plan.checks.items():
             args += [rid, fp]
         args.append(len(plan.writes))
@@ -398,6 +410,7 @@ class OrgState:
 
 def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
     """Record an org in the fleet's registry (idempotent; keeps the first discovery time)."""
+    stateformat.mark_fresh(client)
     raw = client.hget(keys.ORGS, org_id)
     current: dict[str, Any] = json.loads(raw) if raw else {}
     current.setdefault("discovered_at", time.time())

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import changes, keys
+from etbridge import changes, keys, stateformat
 from etbridge.errors import LeaseLost, RetriableError
 from etbridge.events import validate_envelope
 from etbridge.poller import Poller
@@ -321,6 +321,43 @@ def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
         ("com.eventtemple.booking.updated", updated["id"])
     ]
     assert events[0]["data"]["before"] == truth[updated["id"]]
+
+
+def test_while_old_workers_may_run_every_write_keeps_their_digest_entry(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    # An upgraded deployment mid-rollout: orgs registered by the old version, no
+    # format mark. A worker from before format 3 reads a record without an fp entry
+    # as never stored (it would emit created), so each write keeps one: the new
+    # digest, which its own never matches, and then it fails on the format-3 value.
+    poller(rt).poll(ORG)
+    truth = truth_records(sandbox)
+    snap, fp = keys.snapshots(ORG, "bookings"), keys.fingerprints(ORG, "bookings")
+    rt.redis.delete(snap)
+    legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
+    rt.redis.delete(keys.STATE_FORMAT)
+    rt.redis.hset(keys.ORGS, ORG, "{}")
+    stateformat.forget()
+    assert stateformat.compat(rt.redis)
+
+    p = poller(rt)
+    p.poll(ORG)
+    p.poll(ORG, "sweep")
+    (created,) = sandbox.mutate(1, org=ORG, kinds=["create"])
+    p.poll(ORG)
+    assert [e["subject"] for e in outbox_events(rt.redis, ORG)] == [created["id"]]
+    values = {bytes(k): bytes(v) for k, v in rt.redis.hgetall(snap).items()}  # type: ignore[arg-type]
+    assert {v[:1] for v in values.values()} == {b"\x03"}
+    assert rt.redis.hgetall(fp) == {rid: v[1:17].hex().encode() for rid, v in values.items()}
+    assert_in_sync(rt, sandbox)
+
+    # Every worker runs this version: the fp hashes go, and later writes keep none.
+    assert stateformat.finish_upgrade(rt.redis, [ORG], ["bookings"], settle=0) == 1
+    assert not stateformat.compat(rt.redis) and not rt.redis.exists(fp)
+    sandbox.mutate(1, org=ORG, kinds=["update"])
+    p.poll(ORG)
+    assert not rt.redis.exists(fp)
+    assert_in_sync(rt, sandbox)
 
 
 def test_stale_lease_cannot_write(rt: Runtime, sandbox: Sandbox) -> None:
