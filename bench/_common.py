@@ -137,3 +137,9 @@ def process_tree(pid: int) -> list[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and every live descendant."""
     return sum(process_cpu_seconds(p) or 0.0 for p in process_tree(pid))
+
+
+def hash_encodings(memory: dict[str, Any]) -> str:
+    """The ``snap`` hash's encoding (and ``fp``'s, while state from before format 3 keeps one)."""
+    enc = memory["encoding"]
+    return enc["snap"] if enc["fp"] in ("None", "absent") else f"{enc['snap']}/{enc['fp']}"

@@ -231,6 +231,18 @@ def cmd_resync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    from etbridge import state, stateformat
+
+    settings = _settings()
+    client = _redis(settings)
+    orgs = sorted(set(state.known_orgs(client)) | set(settings.orgs))
+    print(f"waiting {args.wait:.0f} s for every process to read the new format ...")
+    removed = stateformat.finish_upgrade(client, orgs, settings.resources, settle=args.wait)
+    print(f"state format 3 only: {removed} pre-format-3 digest hashes removed")
+    return 0
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from etbridge import outbox
 
@@ -391,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     resync = sub.add_parser("resync", help="make the next poll of an org a full sweep")
     resync.add_argument("org_id")
     resync.set_defaults(func=cmd_resync)
+
+    st_ = sub.add_parser("state", help="the stored state's format (upgrades)")
+    st_sub = st_.add_subparsers(dest="state_command", required=True)
+    finish = st_sub.add_parser(
+        "finish-upgrade",
+        help="every worker runs this version: stop keeping the pre-format-3 digests, drop them",
+    )
+    finish.add_argument(
+        "--wait", type=float, default=31.0, help="seconds for every process to see it (31)"
+    )
+    st_.set_defaults(func=cmd_state)
 
     dlq = sub.add_parser("dlq", help="dead-lettered events")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)

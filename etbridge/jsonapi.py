@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
+from etbridge import digest
 from etbridge.errors import (
     AuthenticationError,
     FatalError,
@@ -169,7 +170,8 @@ def raise_for_response(resp: requests.Response, *, org_id: str | None, path: str
         if media and "json" not in media:
             raise MalformedResponse(f"{at}: HTTP {status} with a {media} body, not JSON:API")
         try:
-            doc = json.loads(resp.content)
+            # NaN/Infinity (not JSON, accepted by json.loads) kept apart from null for the digest.
+            doc = json.loads(resp.content, parse_constant=digest.parse_constant)
         # RecursionError: a body nested deeper than the parser's stack is malformed too.
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedResponse(

@@ -56,7 +56,7 @@ def budget_pace(app_id: str) -> str:
 
 
 def snapshots(org_id: str, resource: str) -> str:
-    """Hash: resource id -> compressed canonical JSON of the last stored version."""
+    """Hash: resource id -> digest + compressed canonical JSON of the last stored version."""
     return f"{PREFIX}:{org_tag(org_id)}:snap:{resource}"
 
 
@@ -66,7 +66,8 @@ def snapshot_dict(org_id: str, resource: str) -> str:
 
 
 def fingerprints(org_id: str, resource: str) -> str:
-    """Hash: resource id -> fingerprint (the diff's check that nothing moved)."""
+    """Hash: resource id -> hex digest, as state before snapshot format 3 kept it (emptied
+    as those records are rewritten; state.py)."""
     return f"{PREFIX}:{org_tag(org_id)}:fp:{resource}"
 
 
@@ -154,6 +155,9 @@ RELAY_SWEEP = f"{PREFIX}:relay:sweep"
 
 ORGS = f"{PREFIX}:orgs"  # Hash: org id -> JSON (name, discovered_at, removed_at)
 """Hash: the org ids etbridge polls, with their discovery facts."""
+
+STATE_FORMAT = f"{PREFIX}:state:format"
+"""String: "3" once no worker from before snapshot format 3 can run (stateformat.py)."""
 
 
 def sink_state(sink_name: str) -> str:

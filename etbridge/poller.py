@@ -1,23 +1,18 @@
 """One poll of one org: list, diff against the stored state, commit page by page.
 
-The poller holds the org's lease for the whole poll, so one org is polled by
-one worker at a time fleet-wide; every page commit re-checks the lease's
-fencing token, so a worker that lost its lease (a long GC pause, a network
-partition) cannot write behind its successor's back.
-
-Modes:
+The poller holds the org's lease for the whole poll (one worker per org
+fleet-wide); every page commit re-checks its fencing token, so a worker that
+lost the lease (a GC pause, a partition) cannot write behind its successor.
 
 - *incremental*: ``filter[updated_at][gt] = watermark - lookback``. The
   watermark is the newest ``updated_at`` seen (the API's clock) and moves only
-  after a complete scan. Overlap costs nothing: unchanged records produce no
-  event.
-- *sweep*: a complete listing, sorted by id. Updates are committed page by
-  page; ids seen are collected in Redis, and only a sweep that reached its
-  last page declares the stored records it did not see deleted. The cursor is
-  saved with every page, so a sweep cut short resumes where it stopped.
+  after a complete scan; the overlap costs nothing (unchanged = no event).
+- *sweep*: a complete listing by id, committed page by page, seen ids kept in
+  Redis; only a sweep that reached its last page declares the unseen stored
+  records deleted. Its cursor is saved per page, so a cut-short sweep resumes.
 
 The first poll of an org is a sweep that sets the baseline (silently, or as
-``snapshot`` events with ``ETBRIDGE_EMIT_BASELINE``).
+``snapshot`` events with ``ETBRIDGE_EMIT_BASELINE``). docs/page-commit.md.
 """
 
 from __future__ import annotations
@@ -37,6 +32,7 @@ import redis
 from etbridge import (
     changes,
     confirmations,
+    digest,
     events,
     holds,
     pagediff,
@@ -52,8 +48,9 @@ from etbridge.errors import (
     LeaseLost,
     MalformedResponse,
 )
+from etbridge.pollhooks import Hooks
 from etbridge.settings import Settings
-from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState
+from etbridge.state import CommitConflict, CommitPlan, Lease, OrgState, check_value, stored_digest
 from etbridge.timefmt import rfc3339
 
 log = logging.getLogger("etbridge.poller")
@@ -161,14 +158,8 @@ def _heartbeat() -> _Heartbeat:
         return _heartbeats[1]
 
 
-@dataclass(frozen=True)
-class Hooks:
-    """What a poll tells its caller as it goes (the Celery task: the planner, the relay)."""
-
-    on_started: Callable[[], None] | None = None  # the lease is taken
-    on_events: Callable[[str], None] | None = None  # events of this org were appended
-    # A complete sweep is about to make this many confirmation GETs.
-    on_confirming: Callable[[int], object] | None = None
+def _malformed(state: OrgState, exc: changes.MalformedRecord) -> MalformedResponse:
+    return MalformedResponse(f"org {state.org_id} {state.resource}: malformed record: {exc}")
 
 
 class Poller:
@@ -337,7 +328,7 @@ class Poller:
                 page = next(pages, None)
                 if page is None:
                     break
-                records = self.canonical_page(state, page.data)
+                records = page.data  # as served: commit_page makes canonical what it diffs
                 scan_max = watermark.newest(scan_max, watermark.page_max(records))
                 meta_updates: dict[str, str] = {}
                 if sweep:
@@ -403,14 +394,11 @@ class Poller:
         result.complete = True
 
     def canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
-        try:
-            records = [changes.canonical(item) for item in data]
-        except changes.MalformedRecord as exc:
-            raise MalformedResponse(
-                f"org {state.org_id} {state.resource}: malformed record: {exc}"
-            ) from None
         # Duplicate ids were refused by the paginator (client.parse_page) already.
-        return records
+        try:
+            return [changes.canonical(item) for item in data]
+        except changes.MalformedRecord as exc:
+            raise _malformed(state, exc) from None
 
     def stored(self, records: dict[str, dict[str, Any]]) -> dict[str, changes.Stored]:
         """State's records as :class:`~etbridge.changes.Stored` (fingerprints: the ignore list)."""
@@ -428,7 +416,7 @@ class Poller:
         self,
         state: OrgState,
         lease: Lease,
-        records: list[dict[str, Any]],
+        records: Sequence[Any],
         result: PollResult,
         *,
         baseline: bool,
@@ -437,29 +425,42 @@ class Poller:
         absorbed: set[str],
         meta_updates: dict[str, str],
     ) -> tuple[set[str], set[str]]:
-        """Diff and commit one page of canonical records; return the schema memory after it.
+        """Diff and commit one page (records as served, or canonical); return the schema memory.
 
         Re-reads and re-diffs the page when another writer moved a record under it.
         """
-        ids = [r["id"] for r in records]
-        digests = {r["id"]: changes.record_digest(r) for r in records}
+        try:
+            ids, digests, canon = digest.page_digests(records)
+        except changes.MalformedRecord as exc:
+            raise _malformed(state, exc) from None
+        page: list[dict[str, Any]] | None = None  # canonical, made when a record moved
         for _attempt in range(_MAX_CONFLICTS):
-            stored_digests = state.digests(ids)
-            moved = [i for i in ids if stored_digests[i] != digests[i]]
+            blobs = state.read(ids)
+            # A value stored before format 3 carries no digest: it is diffed like a moved
+            # record, which emits nothing when it is equal, and rewritten (docs/page-commit.md).
+            moved = [i for i in ids if stored_digest(blobs[i]) != digests[i]]
             if not moved and not seen and not meta_updates:
                 # The lookback's overlap, unchanged: nothing to write, so no commit
                 # (the poll's final commit checks the lease).
                 return known, absorbed
             plan = CommitPlan(
-                checks=stored_digests, seen=ids if seen else [], meta=dict(meta_updates)
+                checks={i: check_value(b) for i, b in blobs.items()},
+                seen=ids if seen else [],
+                meta=dict(meta_updates),
             )
             new_known, new_absorbed = known, absorbed
             detected_at = self.now()
             if moved:
-                stored = self.stored(state.records([i for i in moved if stored_digests[i]]))
+                if page is None:
+                    # The schema-drift step reads the whole page: all of it canonical.
+                    page = [
+                        canon.get(i) or self.canonical_page(state, [r])[0]
+                        for i, r in zip(ids, records, strict=True)
+                    ]
+                stored = self.stored(state.decode({i: blobs[i] for i in moved}))
                 diff = pagediff.diff_page(
                     state.resource,
-                    records,
+                    page,
                     {i: stored.get(i) for i in moved},
                     self.ignore,
                     known=known,

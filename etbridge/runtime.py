@@ -15,7 +15,8 @@ from etbridge import keys, logs, metrics, redisconn
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient, Session
 from etbridge.outbox import Relay
-from etbridge.poller import Hooks, Poller
+from etbridge.poller import Poller
+from etbridge.pollhooks import Hooks
 from etbridge.ratelimit import RequestBudget
 from etbridge.settings import Settings
 

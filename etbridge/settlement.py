@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from etbridge import changes, confirmations, deletions, holds, metrics, pagediff
-from etbridge.state import CommitPlan, Lease, OrgState
+from etbridge.state import CommitPlan, Lease, OrgState, check_value
 
 if TYPE_CHECKING:
     from etbridge.poller import Poller, PollResult
@@ -134,10 +134,10 @@ def _commit_deletions(
 ) -> None:
     for start in range(0, len(ids), _DELETE_CHUNK):
         chunk = ids[start : start + _DELETE_CHUNK]
-        stored_digests = state.digests(chunk)
-        recs = state.records(chunk)
+        blobs = state.read(chunk)
+        recs = state.decode(blobs)
         gone = changes.deletions(state.resource, poller.stored(recs), ())
-        plan = CommitPlan(checks={i: stored_digests[i] for i in recs}, deletes=list(recs))
+        plan = CommitPlan(checks={i: check_value(blobs[i]) for i in recs}, deletes=list(recs))
         plan.events.extend(poller.envelope_json(state.org_id, c, now) for c in gone)
         if gone:
             plan.meta["last_change_at"] = str(time.time())

@@ -1,13 +1,14 @@
 """What etbridge remembers of each org, in Redis, and the atomic page commit.
 
-Per org and resource, under the hash tag ``{org:ID}`` (keys.py): ``fp`` (id ->
-digest), ``snap`` (id -> compressed canonical JSON, zlib with a preset
-dictionary), ``meta`` (watermark, marks, errors), ``seen`` (the sweep's ids),
-the poll ``lease`` with its ``fence`` counter, and the ``outbox`` stream.
-:meth:`OrgState.commit` is the one atomic step of DESIGN.md: one Lua script
-checks the lease and the digests the diff read, then writes snapshots, outbox
-events and progress marks, all or nothing. Protocol and failure cases:
-docs/page-commit.md.
+Per org and resource, under the hash tag ``{org:ID}`` (keys.py): ``snap`` (id ->
+format byte, the record's 16-byte digest, then its canonical JSON deflated with
+the org's preset dictionary ``zdict``), ``meta`` (watermark, marks, errors),
+``seen`` (the sweep's ids), the poll ``lease`` with its ``fence`` counter, and
+the ``outbox`` stream. ``fp`` (id -> hex digest) is the layout before format 3:
+read never, emptied as its records are rewritten. :meth:`OrgState.commit` is the
+one atomic step of DESIGN.md: one Lua script checks the lease and the stored
+values the diff read, then writes snapshots, outbox events and progress marks,
+all or nothing. Protocol, formats and failure cases: docs/page-commit.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import redis
 
-from etbridge import keys
+from etbridge import keys, stateformat
+from etbridge.digest import DIGEST_SIZE
 from etbridge.errors import LeaseLost, RetriableError
 
 # Importable from here for the callers that predate replies.py (planstore.py).
@@ -44,8 +46,13 @@ _ZDICT = (
     b'{"attributes":{"created_at":"2026-'
     b'"id":"bookings","type":"bookings"}'
 )
+# Formats 1 and 2 are read only (state written before format 3, digest in `fp`).
 _FORMAT_ZLIB_V1 = b"\x01"  # preset dictionary: _ZDICT
 _FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (keys.snapshot_dict)
+# Format 3: the record's digest (digest.record_digest), then the org's dictionary.
+_FORMAT_DIGEST = b"\x03"
+# What a commit checks of a format-3 value: its format byte and digest.
+HEAD_SIZE = 1 + DIGEST_SIZE
 # An org's dictionary: etbridge's vocabulary, then sample records of the org.
 ORG_DICT_SIZE = 8192
 
@@ -69,39 +76,56 @@ def build_dictionary(records: Sequence[Mapping[str, Any]]) -> bytes:
     return (_ZDICT + sample)[-ORG_DICT_SIZE:]
 
 
-def pack_record(record: Mapping[str, Any], zdict: bytes | None = None) -> bytes:
-    """Compact, compressed canonical JSON of one record (with the org's dictionary if given)."""
-    raw = _json_bytes(record)
-    if zdict:
-        comp = zlib.compressobj(level=9, wbits=-15, zdict=zdict)
-        return _FORMAT_ORG_DICT + comp.compress(raw) + comp.flush()
-    comp = zlib.compressobj(level=6, wbits=-15, zdict=_ZDICT)
-    return _FORMAT_ZLIB_V1 + comp.compress(raw) + comp.flush()
+def pack_record(record: Mapping[str, Any], digest: bytes, zdict: bytes) -> bytes:
+    """A stored value (format 3): format byte, ``digest``, the deflated canonical JSON."""
+    if len(digest) != DIGEST_SIZE or not zdict:
+        raise ValueError("a snapshot needs a record digest and the org's dictionary")
+    comp = zlib.compressobj(level=9, wbits=-15, zdict=zdict)
+    return _FORMAT_DIGEST + digest + comp.compress(_json_bytes(record)) + comp.flush()
+
+
+def stored_digest(blob: bytes) -> bytes | None:
+    """The digest a stored value carries; ``None`` for formats 1 and 2 (and b"": absent)."""
+    return blob[1:HEAD_SIZE] if blob[:1] == _FORMAT_DIGEST else None
+
+
+def check_value(blob: bytes) -> bytes:
+    """What a commit compares to make sure a stored value did not move since it was read.
+
+    The head (format byte + digest) of a format-3 value, the whole value of an
+    older one (its digest lives in ``fp``, which the script does not read), b"" for absent.
+    """
+    return blob[:HEAD_SIZE] if blob[:1] == _FORMAT_DIGEST else blob
 
 
 def unpack_record(blob: bytes | str, zdict: bytes | None = None) -> dict[str, Any]:
+    """The canonical record of a stored value of any format (1 and 2: written before 3)."""
     if isinstance(blob, str):
         raise ValueError("snapshot read from a decoding Redis client")
-    fmt = blob[:1]
+    fmt, start = blob[:1], 1
     if fmt == _FORMAT_ZLIB_V1:
         decomp = zlib.decompressobj(wbits=-15, zdict=_ZDICT)
-    elif fmt == _FORMAT_ORG_DICT:
+    elif fmt in (_FORMAT_ORG_DICT, _FORMAT_DIGEST):
         if not zdict:
             raise ValueError("snapshot needs the org's dictionary, which is missing")
         decomp = zlib.decompressobj(wbits=-15, zdict=zdict)
+        start = HEAD_SIZE if fmt == _FORMAT_DIGEST else 1
     else:
         raise ValueError("unknown snapshot format")
-    raw = decomp.decompress(blob[1:]) + decomp.flush()
+    raw = decomp.decompress(blob[start:]) + decomp.flush()
     value = json.loads(raw.decode("utf-8", "surrogatepass"))
     if not isinstance(value, dict):
         raise ValueError("snapshot is not an object")
     return value
 
 
-# KEYS[1] lease  KEYS[2] fp  KEYS[3] snap  KEYS[4] meta  KEYS[5] seen  KEYS[6] outbox
+# KEYS[1] lease  KEYS[2] fp (format 1-2 digests)  KEYS[3] snap  KEYS[4] meta  KEYS[5] seen
+# KEYS[6] outbox
 # ARGV[1] lease token   ARGV[2] lease ttl ms
-# ARGV[3] n checks, then n pairs (id, expected fingerprint or "" for absent)
-# then    n writes, then n triples (id, fingerprint, snapshot blob)
+# ARGV[3] "1": keep fp[id] = hex digest of each write, for workers before format 3
+#         (stateformat.py); "0": drop fp entries as their records are rewritten
+# ARGV[4] n checks, then n pairs (id, check_value() as read: "" for absent)
+# then    n writes, then n pairs (id, stored value, format 3)
 # then    n deletes, then n ids
 # then    n events, then n envelope JSON strings (appended to the outbox in order)
 # then    n seen ids, then n ids (added to the sweep's seen set)
@@ -111,26 +135,41 @@ _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0, 'lease', ''}
 end
-local i = 3
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+local compat = ARGV[3] == '1'
+local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  local current = redis.call('HGET', KEYS[2], ARGV[i])
+  local current = redis.call('HGET', KEYS[3], ARGV[i])
   if not current then current = '' end
-  if current ~= ARGV[i + 1] then
+  local expected = ARGV[i + 1]
+  if string.byte(expected, 1) == 3 then
+    current = string.sub(current, 1, 17)  -- format 3: format byte and digest
+  end
+  if current ~= expected then
     return {0, 'moved', ARGV[i]}
+  end
+  i = i + 2
+end
+-- State from before format 3 keeps digests in fp: while old workers may run, each
+-- write keeps an entry there (never "absent" to them); after, it is dropped.
+local legacy = compat or redis.call('EXISTS', KEYS[2]) == 1
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  if compat then
+    redis.call('HSET', KEYS[2], ARGV[i], hex(string.sub(ARGV[i + 1], 2, 17)))
+  elseif legacy then
+    redis.call('HDEL', KEYS[2], ARGV[i])
   end
   i = i + 2
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HDEL', KEYS[2], ARGV[i])
   redis.call('HDEL', KEYS[3], ARGV[i])
+  if legacy then redis.call('HDEL', KEYS[2], ARGV[i]) end
   i = i + 1
 end
 local events = tonumber(ARGV[i]); i = i + 1
@@ -201,10 +240,10 @@ class Lease:
 class CommitPlan:
     """Everything one page commit writes; built by the poller from a diff."""
 
-    checks: dict[str, str] = field(default_factory=dict)  # id -> expected digest ("" = absent)
-    writes: dict[str, tuple[str, dict[str, Any]]] = field(
+    checks: dict[str, bytes] = field(default_factory=dict)  # id -> check_value() as read
+    writes: dict[str, tuple[bytes, dict[str, Any]]] = field(
         default_factory=dict
-    )  # id -> (digest, record)
+    )  # id -> (record_digest, record)
     deletes: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # envelope JSON, in commit order
     seen: list[str] = field(default_factory=list)
@@ -212,7 +251,7 @@ class CommitPlan:
 
 
 class CommitConflict(Exception):
-    """A fingerprint the diff read has moved since: re-read and re-diff the page."""
+    """A stored value the diff read has moved since: re-read and re-diff the page."""
 
 
 class CommitNotReplicated(RetriableError):
@@ -265,26 +304,28 @@ class OrgState:
 
     # --- reads -----------------------------------------------------------------
 
-    def digests(self, ids: Sequence[str]) -> dict[str, str]:
-        """Stored digests of these ids ("" for records never stored)."""
+    def read(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored values of these ids (b"" for records never stored), one ``HMGET``.
+
+        For :func:`stored_digest` (the fast path), :func:`check_value` (the
+        commit's checks) and :meth:`decode`.
+        """
         if not ids:
             return {}
-        values = self.redis.hmget(self.k_fp, list(ids))
-        return {i: (text(v) if v else "") for i, v in zip(ids, values, strict=True)}
+        values: list[Any] = self.redis.hmget(self.k_snap, list(ids))
+        # (A decoding client's str is passed on as it is: unpack_record names the mistake.)
+        return {i: v or b"" for i, v in zip(ids, values, strict=True)}
+
+    def decode(self, blobs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+        """The canonical records of stored values (absent ones are left out)."""
+        present = {i: b for i, b in blobs.items() if b}
+        if present and self._zdict is None:
+            self._zdict = _as_bytes(self.redis.get(self.k_zdict))
+        return {i: unpack_record(b, self._zdict) for i, b in present.items()}
 
     def records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored canonical records of these ids (absent ids are left out)."""
-        if not ids:
-            return {}
-        if self._zdict is None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(self.k_zdict)
-            pipe.hmget(self.k_snap, list(ids))
-            zdict, blobs = pipe.execute()
-            self._zdict = _as_bytes(zdict)
-        else:
-            blobs = self.redis.hmget(self.k_snap, list(ids))
-        return {i: unpack_record(b, self._zdict) for i, b in zip(ids, blobs, strict=True) if b}
+        return self.decode(self.read(ids))
 
     def dictionary(self, sample: Sequence[Mapping[str, Any]]) -> bytes:
         """The org's snapshot dictionary, made from ``sample`` the first time (written once:
@@ -297,7 +338,7 @@ class OrgState:
         return self._zdict
 
     def stored_ids(self) -> set[str]:
-        return {text(k) for k in self.redis.hkeys(self.k_fp)}
+        return {text(k) for k in self.redis.hkeys(self.k_snap)}
 
     def unseen_ids(self) -> set[str]:
         """Stored ids the current sweep has not seen."""
@@ -305,7 +346,7 @@ class OrgState:
         return self.stored_ids() - seen
 
     def count(self) -> int:
-        return int(self.redis.hlen(self.k_fp))
+        return int(self.redis.hlen(self.k_snap))
 
     def seen_count(self) -> int:
         """How many ids the current sweep has seen (0 after an empty listing)."""
@@ -327,15 +368,16 @@ class OrgState:
         """Apply the plan atomically; return the number of events appended.
 
         Raises :class:`LeaseLost` when the lease is no longer ours and
-        :class:`CommitConflict` when a checked fingerprint moved.
+        :class:`CommitConflict` when a checked stored value moved.
         """
-        args: list[Any] = [lease.token, lease.ttl_ms, len(plan.checks)]
+        compat = "1" if stateformat.compat(self.redis) else "0"
+        args: list[Any] = [lease.token, lease.ttl_ms, compat, len(plan.checks)]
         for rid, fp in plan.checks.items():
             args += [rid, fp]
         args.append(len(plan.writes))
-        zdict = self.dictionary([r for _d, r in plan.writes.values()]) if plan.writes else None
+        zdict = self.dictionary([r for _d, r in plan.writes.values()]) if plan.writes else b""
         for rid, (digest, record) in plan.writes.items():
-            args += [rid, digest, pack_record(record, zdict)]
+            args += [rid, pack_record(record, digest, zdict)]
         args.append(len(plan.deletes))
         args += plan.deletes
         args.append(len(plan.events))
@@ -368,6 +410,7 @@ class OrgState:
 
 def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
     """Record an org in the fleet's registry (idempotent; keeps the first discovery time)."""
+    stateformat.mark_fresh(client)
     raw = client.hget(keys.ORGS, org_id)
     current: dict[str, Any] = json.loads(raw) if raw else {}
     current.setdefault("discovered_at", time.time())

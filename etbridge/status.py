@@ -106,7 +106,7 @@ def _record_counts(
     units = [(o, r) for o in org_ids for r in resources]
     pipe = client.pipeline(transaction=False)
     for org_id, res in units:
-        pipe.hlen(keys.fingerprints(org_id, res))
+        pipe.hlen(keys.snapshots(org_id, res))
     return {unit: int(n) for unit, n in zip(units, pipe.execute(), strict=True)}
 
 

@@ -32,7 +32,7 @@ from etbridge import (
     shutdown,
 )
 from etbridge.errors import AccessLost, AuthenticationError, LeaseLost, RetriableError
-from etbridge.poller import Hooks
+from etbridge.pollhooks import Hooks
 from etbridge.worker import PLAN_TICK, app, settings
 
 log = logging.getLogger("etbridge.tasks")

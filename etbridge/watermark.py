@@ -23,9 +23,17 @@ def since(watermark: datetime | None, lookback: float) -> datetime | None:
     return None if watermark is None else watermark - timedelta(seconds=lookback)
 
 
-def page_max(records: Iterable[Mapping[str, Any]]) -> datetime | None:
-    """The newest parseable ``updated_at`` of a page of canonical records (None if none)."""
-    stamps = (parse_timestamp(r["attributes"].get("updated_at")) for r in records)
+def page_max(records: Iterable[Any]) -> datetime | None:
+    """The newest parseable ``updated_at`` of a page (None if none).
+
+    Records canonical or as served: an object without an ``attributes`` object
+    is skipped (``null`` has none; a malformed one is refused by the page commit).
+    """
+    stamps = (
+        parse_timestamp(attrs.get("updated_at"))
+        for r in records
+        if isinstance(r, Mapping) and isinstance(attrs := r.get("attributes"), Mapping)
+    )
     return max((ts for ts in stamps if ts is not None), default=None)
 
 

@@ -21,9 +21,9 @@ from etbridge.changes import (
     diff_records,
     fingerprint,
     page_fields,
-    record_digest,
     schema_drift,
 )
+from etbridge.digest import record_digest
 from etbridge.errors import MalformedResponse
 
 IGNORE = frozenset({"updated_at"})
@@ -120,7 +120,6 @@ def test_canonical_json_is_key_order_independent() -> None:
     b["attributes"] = dict(reversed(list(b["attributes"].items())))
     b = dict(reversed(list(b.items())))
     assert canonical_json(a) == canonical_json(canonical(b))
-    assert record_digest(a) == record_digest(canonical(b))
     text = canonical_json(a).decode()
     assert "日本語" in text  # ensure_ascii=False: compact for non-ASCII text
     assert ', "' not in text and '": ' not in text  # compact separators

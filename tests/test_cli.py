@@ -132,3 +132,15 @@ def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
     assert client.hget(keys.sink_state(name), "disabled") is None
     proc = run(sandbox, redis_url, "sink", "enable", "gopher://x")
     assert proc.returncode == 2
+
+
+def test_state_finish_upgrade_marks_the_format_and_drops_the_old_digests(
+    sandbox: Sandbox, redis_url: str, r: redis.Redis
+) -> None:
+    r.hset(keys.ORGS, "1001", "{}")
+    r.hset(keys.fingerprints("1001", "bookings"), "1", "ab")
+    proc = run(sandbox, redis_url, "state", "finish-upgrade", "--wait", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 pre-format-3 digest hashes removed" in proc.stdout
+    assert r.get(keys.STATE_FORMAT) == b"3"
+    assert not r.exists(keys.fingerprints("1001", "bookings"))

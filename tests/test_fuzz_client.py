@@ -464,7 +464,6 @@ def _state(client: redis.Redis, org_id: str) -> dict[str, Any]:
     return {
         "outbox": client.xlen(keys.outbox(org_id)),
         "snap": client.hgetall(keys.snapshots(org_id, "bookings")),
-        "fp": client.hgetall(keys.fingerprints(org_id, "bookings")),
         "marks": {name: meta.get(name) for name in marks},
     }
 

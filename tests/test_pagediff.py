@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from etbridge.changes import Change, SchemaChange, Stored, fingerprint, record_digest
+from etbridge.changes import Change, SchemaChange, Stored, fingerprint
+from etbridge.digest import record_digest
 from etbridge.pagediff import diff_page, schema_memory
 from tests.test_changes import IGNORE, canon
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from etbridge import keys, planner, planstore, scheduler
-from etbridge.poller import Hooks
+from etbridge.pollhooks import Hooks
 from etbridge.runtime import Runtime
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for

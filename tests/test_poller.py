@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import changes, keys
+from etbridge import changes, keys, stateformat
 from etbridge.errors import LeaseLost, RetriableError
 from etbridge.events import validate_envelope
 from etbridge.poller import Poller
 from etbridge.runtime import PLANNED_RETRIES, Runtime
 from etbridge.state import CommitPlan, OrgState
+from tests.support import legacy_state
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
 
@@ -286,6 +287,77 @@ def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> 
     assert rt.redis.xlen(keys.outbox(ORG)) == before
     p.poll(ORG)
     assert rt.redis.xlen(keys.outbox(ORG)) > before
+
+
+def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    # A deployment upgraded from the two-hash layout (fp + snap formats 1-2): its
+    # baseline as the old code stored it, with the meta the same poll would leave.
+    poller(rt).poll(ORG)
+    truth = truth_records(sandbox)
+    rt.redis.delete(keys.snapshots(ORG, "bookings"))
+    legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
+    snap = keys.snapshots(ORG, "bookings")
+    assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x02"}
+    assert rt.redis.hlen(keys.fingerprints(ORG, "bookings")) == len(truth)
+
+    p = poller(rt)
+    (incremental,) = p.poll(ORG)
+    (sweep,) = p.poll(ORG, "sweep")
+    assert incremental.mode == "incremental" and sweep.complete
+    assert sweep.records == len(truth)
+    assert outbox_events(rt.redis, ORG) == []  # no spurious updated (nor created) event
+    # Every record rewritten in format 3 inside the page commits; the old digests gone.
+    assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x03"}
+    assert not rt.redis.exists(keys.fingerprints(ORG, "bookings"))
+    assert_in_sync(rt, sandbox)
+
+    # The rewritten state detects a real change as before.
+    updated = sandbox.mutate(1, org=ORG, kinds=["update"])[0]
+    p.poll(ORG)
+    events = outbox_events(rt.redis, ORG)
+    assert [(e["type"], e["subject"]) for e in events] == [
+        ("com.eventtemple.booking.updated", updated["id"])
+    ]
+    assert events[0]["data"]["before"] == truth[updated["id"]]
+
+
+def test_while_old_workers_may_run_every_write_keeps_their_digest_entry(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    # An upgraded deployment mid-rollout: orgs registered by the old version, no
+    # format mark. A worker from before format 3 reads a record without an fp entry
+    # as never stored (it would emit created), so each write keeps one: the new
+    # digest, which its own never matches, and then it fails on the format-3 value.
+    poller(rt).poll(ORG)
+    truth = truth_records(sandbox)
+    snap, fp = keys.snapshots(ORG, "bookings"), keys.fingerprints(ORG, "bookings")
+    rt.redis.delete(snap)
+    legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
+    rt.redis.delete(keys.STATE_FORMAT)
+    rt.redis.hset(keys.ORGS, ORG, "{}")
+    stateformat.forget()
+    assert stateformat.compat(rt.redis)
+
+    p = poller(rt)
+    p.poll(ORG)
+    p.poll(ORG, "sweep")
+    (created,) = sandbox.mutate(1, org=ORG, kinds=["create"])
+    p.poll(ORG)
+    assert [e["subject"] for e in outbox_events(rt.redis, ORG)] == [created["id"]]
+    values = {bytes(k): bytes(v) for k, v in rt.redis.hgetall(snap).items()}  # type: ignore[arg-type]
+    assert {v[:1] for v in values.values()} == {b"\x03"}
+    assert rt.redis.hgetall(fp) == {rid: v[1:17].hex().encode() for rid, v in values.items()}
+    assert_in_sync(rt, sandbox)
+
+    # Every worker runs this version: the fp hashes go, and later writes keep none.
+    assert stateformat.finish_upgrade(rt.redis, [ORG], ["bookings"], settle=0) == 1
+    assert not stateformat.compat(rt.redis) and not rt.redis.exists(fp)
+    sandbox.mutate(1, org=ORG, kinds=["update"])
+    p.poll(ORG)
+    assert not rt.redis.exists(fp)
+    assert_in_sync(rt, sandbox)
 
 
 def test_stale_lease_cannot_write(rt: Runtime, sandbox: Sandbox) -> None:

@@ -67,7 +67,7 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         second = f.worker(concurrency=1)
         wait_for(lambda: "ready" in second.output(), 60, "the second worker ready")
         lease_before = r.get(keys.lease(ORG))
-        pages_before = int(r.hlen(keys.fingerprints(ORG, "bookings")))
+        pages_before = int(r.hlen(keys.snapshots(ORG, "bookings")))
         assert 0 < pages_before < BOOKINGS, "the sweep is half-way when the SIGTERM comes"
 
         sent = time.monotonic()
@@ -94,7 +94,7 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         big_sandbox.faults(slow=0.0)
         wait_for(lambda: meta(r).get("baselined") == "1", 120, "the baseline complete")
         truth = big_sandbox.truth()["orgs"][ORG]["bookings"]
-        stored = {text(k) for k in r.hkeys(keys.fingerprints(ORG, "bookings"))}
+        stored = {text(k) for k in r.hkeys(keys.snapshots(ORG, "bookings"))}
         assert stored == set(truth), "every booking stored once the sweep finished"
         resumed = [line for line in second.output().splitlines() if "poll done" in line]
         assert resumed, f.logs()

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import redis
 
-from etbridge import keys, state
+from etbridge import changes, digest, keys, state
 from etbridge.errors import LeaseLost
 from etbridge.replies import text
 from etbridge.state import CommitConflict, CommitPlan, OrgState
+from tests.support import legacy_state
 from tests.support.replies import stream
 
 ORG = "1001"
@@ -54,26 +55,54 @@ def everything(r: redis.Redis) -> dict[str, Any]:
 # --- packing ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("with_dict", [False, True])
-def test_a_packed_record_unpacks_to_itself(with_dict: bool) -> None:
+def test_a_packed_record_unpacks_to_itself_and_carries_its_digest() -> None:
     records = [booking(n, notes="x" * n, guest_count=n) for n in range(40)]
-    zdict = state.build_dictionary(records) if with_dict else None
+    zdict = state.build_dictionary(records)
     for record in records:
-        blob = state.pack_record(record, zdict)
+        value = digest.record_digest(record)
+        blob = state.pack_record(record, value, zdict)
         assert state.unpack_record(blob, zdict) == record
+        assert state.stored_digest(blob) == value
+        assert state.check_value(blob) == blob[: state.HEAD_SIZE] == b"\x03" + value
     raw = len(json.dumps(records[-1]).encode())
-    assert len(state.pack_record(records[-1], zdict)) < raw
+    assert len(state.pack_record(records[-1], digest.record_digest(records[-1]), zdict)) < raw
+    assert state.stored_digest(b"") is None and state.check_value(b"") == b""
+
+
+def test_the_frozen_old_writer_is_the_old_code() -> None:
+    # tests/support/legacy_state.py must write what etbridge wrote before format 3.
+    sample = changes.canonical(legacy_state.SAMPLE)
+    assert legacy_state.old_digest(sample) == legacy_state.OLD_DIGEST
+    generic, own = legacy_state.OLD_BLOBS
+    assert legacy_state.old_blob(sample).hex() == generic
+    assert legacy_state.old_blob(sample, legacy_state.old_dictionary([sample])).hex() == own
+
+
+@pytest.mark.parametrize("with_dict", [False, True])
+def test_values_of_the_old_formats_still_unpack(with_dict: bool) -> None:
+    records = [booking(n, notes="y" * n) for n in range(10)]
+    zdict = legacy_state.old_dictionary(records) if with_dict else None
+    for record in records:
+        blob = legacy_state.old_blob(record, zdict)
+        assert state.unpack_record(blob, zdict) == record
+        # No digest in it: the poller diffs it (and rewrites it) rather than skip it.
+        assert state.stored_digest(blob) is None
+        assert state.check_value(blob) == blob
 
 
 def test_unpacking_refuses_what_it_cannot_read() -> None:
     zdict = state.build_dictionary([booking(1)])
-    blob = state.pack_record(booking(2), zdict)
+    blob = state.pack_record(booking(2), digest.record_digest(booking(2)), zdict)
     with pytest.raises(ValueError, match="dictionary"):
         state.unpack_record(blob, None)
+    with pytest.raises(ValueError, match="dictionary"):
+        state.unpack_record(legacy_state.old_blob(booking(2), zdict), None)
     with pytest.raises(ValueError, match="unknown snapshot format"):
         state.unpack_record(b"\x09" + blob[1:])
     with pytest.raises(ValueError, match="decoding"):
         state.unpack_record("text, from a decode_responses client")
+    with pytest.raises(ValueError, match="digest"):
+        state.pack_record(booking(2), b"short", zdict)
 
 
 def test_the_org_dictionary_is_written_once(r: redis.Redis) -> None:
@@ -106,8 +135,8 @@ def test_a_lease_is_exclusive_fenced_and_released(r: redis.Redis) -> None:
 def plan_for(records: list[dict[str, Any]], **extra: Any) -> CommitPlan:
     plan = CommitPlan(**extra)
     for record in records:
-        plan.checks[record["id"]] = ""
-        plan.writes[record["id"]] = (f"fp-{record['id']}", record)
+        plan.checks[record["id"]] = b""
+        plan.writes[record["id"]] = (digest.record_digest(record), record)
     return plan
 
 
@@ -123,8 +152,14 @@ def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis)
         meta={"watermark": "2026-11-27T20:04:03Z"},
     )
     assert s.commit(lease, plan) == 2
-    assert s.digests(["1", "2", "3"]) == {"1": "fp-1", "2": "fp-2", "3": ""}
+    stored = s.read(["1", "2", "3"])
+    assert {i: state.stored_digest(b) for i, b in stored.items()} == {
+        "1": digest.record_digest(records[0]),
+        "2": digest.record_digest(records[1]),
+        "3": None,
+    }
     assert org(r).records(["1", "2", "3"]) == {"1": records[0], "2": records[1]}
+    assert not r.exists(keys.fingerprints(ORG, "bookings"))  # format 3: one hash
     assert [f[b"event"] for _id, f in stream(r, keys.outbox(ORG))] == [
         b'{"id": "e1"}',
         b'{"id": "e2"}',
@@ -133,7 +168,9 @@ def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis)
     assert s.unseen_ids() == set() and s.count() == 2
 
     # Deleting a record and a meta field ("" deletes) in the next commit.
-    later = CommitPlan(checks={"2": "fp-2"}, deletes=["2"], meta={"watermark": ""})
+    later = CommitPlan(
+        checks={"2": state.check_value(stored["2"])}, deletes=["2"], meta={"watermark": ""}
+    )
     assert s.commit(lease, later) == 0
     assert s.stored_ids() == {"1"}
     assert "watermark" not in s.meta()
@@ -162,6 +199,43 @@ def test_a_commit_whose_record_moved_writes_nothing(r: redis.Redis) -> None:
     with pytest.raises(CommitConflict):
         s.commit(lease, plan_for([booking(1, status="definite")], events=['{"id": "e"}']))
     assert everything(r) == before
+
+
+def test_a_commit_checks_the_digest_of_a_new_value_and_all_of_an_old_one(
+    r: redis.Redis,
+) -> None:
+    s = org(r)
+    lease = s.acquire_lease(10)
+    assert lease is not None
+    s.commit(lease, plan_for([booking(1)]))
+    legacy_state.write_old_state(r, ORG, "bookings", [booking(2)])
+    read = s.read(["1", "2"])
+    before = everything(r)
+    # Another writer moved both since: a new value with another digest, an old one
+    # rewritten in the old format with other content.
+    moved_new = state.pack_record(
+        booking(1, status="lost"),
+        digest.record_digest(booking(1, status="lost")),
+        s.dictionary([]),
+    )
+    zdict = s.dictionary([])
+    moved_old = legacy_state.old_blob(booking(2, status="lost"), zdict)
+    for rid, value in (("1", moved_new), ("2", moved_old)):
+        r.hset(keys.snapshots(ORG, "bookings"), rid, value)
+        plan = CommitPlan(checks={rid: state.check_value(read[rid])}, meta={"x": "1"})
+        with pytest.raises(CommitConflict):
+            s.commit(lease, plan)
+        r.hset(keys.snapshots(ORG, "bookings"), rid, read[rid])
+    assert everything(r) == before
+    # Unmoved, the old value is rewritten in format 3 and its fp entry dropped, in one commit.
+    plan = CommitPlan(
+        checks={i: state.check_value(b) for i, b in read.items()},
+        writes={"2": (digest.record_digest(booking(2)), booking(2))},
+    )
+    assert s.commit(lease, plan) == 0
+    assert state.stored_digest(s.read(["2"])["2"]) == digest.record_digest(booking(2))
+    assert not r.exists(keys.fingerprints(ORG, "bookings"))
+    assert s.records(["1", "2"]) == {"1": booking(1), "2": booking(2)}
 
 
 def test_reset_sweep_forgets_what_the_sweep_saw(r: redis.Redis) -> None:
