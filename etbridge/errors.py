@@ -1,7 +1,5 @@
-"""The exceptions of etbridge: each says what the caller should do.
-
-HTTP statuses become them in :mod:`etbridge.jsonapi` (the API's and the token
-endpoint's alike); messages name the org and the path, never a secret::
+"""The exceptions of etbridge, each saying what the caller should do; HTTP statuses
+become them in :mod:`etbridge.jsonapi`; messages never carry a secret::
 
     EtbridgeError
     ├── RetriableError          try again later (retry_after: seconds, if known)

@@ -1,20 +1,13 @@
 """A guard for one kombu/Celery failure on a lost Redis broker connection.
 
-Celery 5.7 handles a lost broker connection by collecting the connection
-(which detaches its transport: ``connection.client`` becomes ``None``) and then
-closing it. If closing the channel still has unacknowledged messages to give
-back (every running task with ``acks_late``) and the channel's pool is already
-gone, kombu rebuilds the pool from ``connection.client`` and raises
-``AttributeError: 'NoneType' object has no attribute 'hostname'``. That is not
-one of the connection errors Celery ignores there, so the worker stops with
-"Unrecoverable error" instead of reconnecting. Seen in the Sentinel failover
-fault test (tests/engines/test_fault_sentinel.py) about one run in three.
-
-The guard makes that case the connection error it is. The messages stay in
-kombu's unacked set, where a worker restores them after the visibility
-timeout; the planner does not wait for that: it plans an org again as soon as
-the poll's lease expires, and the outbox is delivered from Redis, not from the
-lost message.
+Celery 5.7 collects a lost connection (its ``client`` becomes ``None``) and then
+closes it; a channel with unacknowledged messages (``acks_late``) then makes
+kombu rebuild its pool from that client: ``AttributeError: 'NoneType' object
+has no attribute 'hostname'``, which Celery does not ignore, so the worker
+stops ("Unrecoverable error") instead of reconnecting (the Sentinel failover
+fault test, about one run in three). The guard makes it the connection error
+it is; the messages stay unacked and are restored, and the planner replans the
+org when its lease expires. tests/test_kombufix.py shows when it can go.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
 """Prometheus metrics, served by the celery worker on ``ETBRIDGE_METRICS_PORT``.
 
-Two kinds of figures:
-
-- **Counters and histograms** are recorded where the work happens, in the
-  prefork children, from the edges etbridge owns: a ``requests`` response
-  hook on the runtime's session (API and token requests), the poll results
-  of ``poll_org`` and the :class:`~etbridge.outbox.DeliveryResult` of
-  ``deliver``. prometheus-client's multiprocess mode adds the children up:
-  each writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the
-  main process sums them at scrape time.
-- **Gauges of fleet state** (outbox depth, dead letters, per-org lag, token,
-  budget) are not counted by any one process: :class:`StatusCollector` reads
-  them from Redis with :func:`etbridge.status.collect` at each scrape, in the
-  process that serves the metrics. Every worker reports the same fleet-wide
-  values for them, so dashboards take ``max`` of these, and ``sum`` of the
-  counters.
-
-The main process of ``celery worker`` serves the metrics: :func:`connect_worker_signals`
-hooks ``worker_init`` (before the pool forks: it sets ``PROMETHEUS_MULTIPROC_DIR``
-to a fresh directory unless the operator set one), ``worker_ready`` (the
-pool runs and logging is set up: the HTTP server starts, so the first
-children do not even inherit its socket), ``worker_process_shutdown`` (a
-child's live files go) and ``worker_shutdown`` (our temporary directory
-goes). Beat serves nothing.
-
-Every metric here has labels, so none creates a value before its first
-``labels()`` call: a value created in the parent before the fork would be
-written to a file named after the parent's pid by every child.
+Counters and histograms are recorded where the work happens, in the prefork
+children (prometheus-client's multiprocess mode sums them at scrape time);
+gauges of fleet state are read from Redis by :class:`StatusCollector` at each
+scrape (every worker reports the same values: dashboards take ``max`` of
+these and ``sum`` of the counters). Which signals set up what, and why no
+metric has a value before its first ``labels()``: docs/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Sentry, set up in one place (on when ``SENTRY_DSN`` is set).
 
-What reaches Sentry:
-
-- errors: exceptions that escape a task (a bug, or a fatal API answer);
-- not errors: expected, retried conditions (429s, a 5xx that a retry fixes,
-  timeouts) are logged at WARNING, which the logging integration keeps as
-  breadcrumbs only;
-- beat's ``plan`` task as a cron monitor (:data:`PLAN_MONITOR`), so a dead
-  scheduler (or a fleet with no worker left to run its ticks) pages someone.
-  CeleryIntegration's own beat check-ins do not fit: Sentry Crons takes no
-  interval under a minute, and the planner ticks every two seconds. So a
-  successful ``plan`` checks in at most once a minute per process instead,
-  against a one-minute interval monitor.
+Errors are exceptions that escape a task; expected, retried conditions (429s,
+a 5xx a retry fixes, timeouts) are WARNING logs, kept as breadcrumbs only.
+Beat's ``plan`` task is a cron monitor (:data:`PLAN_MONITOR`): a successful
+tick checks in at most once a minute per process (Sentry Crons takes no
+interval under a minute; the planner ticks every second or two), so a dead
+scheduler pages someone.
 
 ``before_send`` scrubs secrets wherever they appear: known values (client
 secret, webhook key, cached tokens registered with :func:`logs.add_secret`),

@@ -1,7 +1,5 @@
-"""Sinks: where change events go, behind one small interface.
-
-A sink takes events and either accepts them or raises an error that says what
-the relay (:mod:`etbridge.outbox`) should do next::
+"""Sinks: where change events go. A sink accepts events or raises what the relay
+(:mod:`etbridge.outbox`) should do next::
 
     EtbridgeError
     ├── RetriableError            try again on the retry schedule
@@ -13,10 +11,8 @@ the relay (:mod:`etbridge.outbox`) should do next::
     └── FatalError                the event can never be delivered: dead-letter it now
         └── SinkGone              410 Gone: the receiver is gone for good; disable the sink
 
-One module per kind: :mod:`.redis_stream`, :mod:`.celery_queue`,
-:mod:`.webhook`. :func:`make_sink` builds the one a :class:`SinkSpec` names.
-The routing filter (:func:`route`) and the parsing of an outbox entry
-(:class:`OutboxEvent`) are pure and live here too.
+One module per kind (:mod:`.redis_stream`, :mod:`.celery_queue`, :mod:`.webhook`);
+:func:`make_sink`, the routing filter :func:`route` and :class:`OutboxEvent` live here.
 """
 
 from __future__ import annotations
