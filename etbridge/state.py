@@ -410,8 +410,9 @@ class OrgState:
 
 def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
     """Record an org in the fleet's registry (idempotent; keeps the first discovery time)."""
-    stateformat.mark_fresh(client)
     raw = client.hget(keys.ORGS, org_id)
+    if raw is None:
+        stateformat.mark_fresh(client)  # only a new org can be an empty Redis's first
     current: dict[str, Any] = json.loads(raw) if raw else {}
     current.setdefault("discovered_at", time.time())
     current.pop("removed_at", None)
