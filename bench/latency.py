@@ -544,7 +544,8 @@ def _delays(redis_url: str, since: float) -> tuple[list[float], list[float]]:
     """Dispatch delays (deadline to start) and pickups (publication to start)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return planstore.delays(client, since), planstore.pickups(client, since)
+        started = planstore.timings(client, since)
+        return [d for d, _ in started], [p for _, p in started if p is not None]
     finally:
         client.close()
 

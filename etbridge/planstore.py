@@ -370,15 +370,12 @@ def plans(
 
 def delays(client: redis.Redis, since: float = 0.0) -> list[float]:
     """The latest dispatch delays (seconds from a deadline to its poll's start), oldest first."""
-    return [delay for delay, _ in _started(client, since)]
+    return [delay for delay, _ in timings(client, since)]
 
 
-def pickups(client: redis.Redis, since: float = 0.0) -> list[float]:
-    """Of the same polls, the seconds from their message's publication to their start."""
-    return [pickup for _, pickup in _started(client, since) if pickup is not None]
-
-
-def _started(client: redis.Redis, since: float) -> list[tuple[float, float | None]]:
+def timings(client: redis.Redis, since: float = 0.0) -> list[tuple[float, float | None]]:
+    """Per started poll, oldest first: its delay, and the seconds from its message's
+    publication to its start (None for a message that carried no publication time)."""
     out = []
     for raw in reversed(client.lrange(keys.PLAN_DELAYS, 0, -1)):
         due, delay, *pickup = text(raw).split(" ")

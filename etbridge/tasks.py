@@ -77,7 +77,7 @@ def publish_poll(payload: dict[str, Any]) -> None:
     """Send one planned poll (the plan task, or beat's sender at its send time)."""
     kwargs = {k: payload.get(k) for k in ("resource", "due", "max_pages")}
     # When it left for the broker: the poll's start then tells the workers' pickup
-    # apart from the planner's lateness (planstore.pickups).
+    # apart from the planner's lateness (planstore.timings).
     kwargs["published"] = time.time()
     poll_org.apply_async((payload["org_id"], payload["mode"]), kwargs, expires=POLL_EXPIRES)
 

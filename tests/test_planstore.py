@@ -110,8 +110,9 @@ def test_a_started_poll_records_its_delay_and_its_pickup(r: redis.Redis) -> None
     planstore.mark_started(r, ORG, RES, now - 100.0, published=now - 99.0)  # before `since`
     delays = planstore.delays(r, since=now - 10)
     assert [round(d) for d in delays] == [2, 1]
-    (pickup,) = planstore.pickups(r, since=now - 10)
-    assert 0.5 <= pickup < 1.5
+    (first, pickup), (_, none) = planstore.timings(r, since=now - 10)
+    assert round(first) == 2 and none is None
+    assert pickup is not None and 0.5 <= pickup < 1.5
 
 
 def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Redis) -> None:
