@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +11,7 @@ import redis
 from etbridge import keys
 from etbridge.poller import Poller
 from etbridge.settings import parse_sink
+from tests.support.cli import run_cli
 from tests.support.replies import stream_events
 from tests.support.sandbox import Sandbox
 from tests.support.stack import runtime_for
@@ -29,22 +28,8 @@ def sandbox() -> Iterator[Sandbox]:
 def run(
     sandbox: Sandbox, redis_url: str, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETBRIDGE_")}
-    environ.update(
-        ETBRIDGE_CLIENT_ID=sandbox.client_id,
-        ETBRIDGE_CLIENT_SECRET=sandbox.client_secret,
-        ETBRIDGE_API_URL=sandbox.url,
-        ETBRIDGE_REDIS_URL=redis_url,
-        ETBRIDGE_SINKS="redis-stream:cli:events",
-    )
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "etbridge", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_cli(
+        sandbox, redis_url, *args, **{"ETBRIDGE_SINKS": "redis-stream:cli:events", **env}
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.sandbox import Sandbox, SandboxApp
-from tests.test_cli import run as run_cli
 
 ACME = SandboxApp("acme-client", "acme-secret-111", orgs=("1001", "1002"), rate_limit=30)
 GLOBEX = SandboxApp("globex-client", "globex-secret-222", orgs=("1003",))
@@ -60,7 +60,9 @@ def run(
     sandbox: Sandbox, redis_url: str, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """``etbridge ARGS`` as the sandbox's first application (ACME), checked for leaks."""
-    proc = run_cli(sandbox, redis_url, *args, **env)
+    proc = run_cli(
+        sandbox, redis_url, *args, **{"ETBRIDGE_SINKS": "redis-stream:cli:events", **env}
+    )
     for secret in SECRETS:
         assert secret not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

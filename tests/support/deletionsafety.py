@@ -6,9 +6,7 @@ A module uses the fixtures by name: ``sandbox = deletionsafety.sandbox``, ``rt =
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +17,7 @@ from etbridge import changes, status
 from etbridge.poller import Poller
 from etbridge.runtime import Runtime
 from etbridge.state import OrgState
+from tests.support.cli import run_cli
 from tests.support.sandbox import Sandbox
 from tests.support.stack import outbox_events, runtime_for
 
@@ -57,22 +56,7 @@ def gets(sandbox: Sandbox, org: str = ORG) -> int:
 
 
 def cli(sandbox: Sandbox, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETBRIDGE_")}
-    environ.update(
-        ETBRIDGE_CLIENT_ID=sandbox.client_id,
-        ETBRIDGE_CLIENT_SECRET=sandbox.client_secret,
-        ETBRIDGE_API_URL=sandbox.url,
-        ETBRIDGE_REDIS_URL=redis_url,
-        ETBRIDGE_ORGS=f"{ORG},1002",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "etbridge", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(sandbox, redis_url, *args, ETBRIDGE_ORGS=f"{ORG},1002")
 
 
 def stored_equals_truth(rt: Runtime, sandbox: Sandbox) -> bool:
