@@ -1032,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     parser.add_argument(
         "--churn", type=float, default=0.05, help="mutations/s per org (default 0.05)"
     )
+    parser.add_argument("--shapes", nargs="*", choices=SHAPES, default=list(SHAPES))
     parser.add_argument("--warmup", type=float, help="unmeasured seconds of churn first")
     parser.add_argument("--window", type=float, help="seconds of measured mutations")
     parser.add_argument("--drain", type=float, default=70.0, help="max seconds to drain")
@@ -1055,11 +1056,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     # Rounds of groups that run at the same time: one churn shape per round, and
     # O = 200 with its larger budget (B = 400/min keeps T = 30 s) on its own.
     rounds: list[list[Group]] = []
-    for shape in SHAPES:
+    for shape in args.shapes:
         small = [Group(o, shape) for o in org_counts if o < 200]
         if small:
             rounds.append(small)
-    big = [Group(o, shape, 400) for o in org_counts if o >= 200 for shape in SHAPES]
+    big = [Group(o, shape, 400) for o in org_counts if o >= 200 for shape in args.shapes]
     if big:
         rounds.append(big)
     logdir = Path(tempfile.mkdtemp(prefix="etbridge-latency-"))

@@ -3,9 +3,10 @@
 Pure. The allocation (allocation.py) gives every (org, resource) unit a poll
 rate ``f`` and a sweep rate ``g``; here each unit's next incremental poll is
 due at ``last due + 1/f`` and its next sweep at ``last due + 1/g``, whose
-pages then follow each other. Each tick dispatches what falls due before the next
-tick, earliest deadline first, each with a send time spaced by the budget's
-pace, so nothing is queued that cannot get a request at once. The estimates
+pages then follow each other. Each tick dispatches what may be sent before
+the next, earliest deadline first, each with a send time spaced by the
+budget's pace and at most a little before its deadline (a free slot filled
+early), so nothing is queued that cannot get a request at once. The estimates
 the allocation needs (change and deletion rates, pages) are decayed counts
 (:class:`RateEstimate`). See docs/scheduling.md.
 """
@@ -102,6 +103,10 @@ class UnitView:
     sweeps_only: bool = False  # the API rejects the incremental filter
     last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
     last_sweep_due: float | None = None  # deadline of the last sweep's first page
+    # The next deadlines the last dispatch set (its anchor plus the interval then):
+    # a new allocation may move a deadline later, never earlier (see _next).
+    next_poll_due: float | None = None
+    next_sweep_due: float | None = None
     last_listed: float | None = None  # end of the unit's last complete listing (any caller)
     changes: RateEstimate = RateEstimate()
     deletions: RateEstimate = RateEstimate()
@@ -151,8 +156,13 @@ class PlanConfig:
     # delay the ones after it for good (a queue at full load never drains), and
     # room for requests outside the allocation (discovery, retries). Deletion
     # confirmations are kept back by their expected rate (see limits).
-    reserve: float = 0.02
+    reserve: float = 0.01
     floor_cycles: float = 1.25
+    # How far before its deadline a poll or sweep may be sent: this many paces
+    # of the budget, or this share of its interval if that is more (see _early).
+    early_paces: float = 2.0
+    early_share: float = 0.2
+    early_max: float = 10.0  # seconds
 
     @classmethod
     def from_settings(cls, settings: Settings, tick: float) -> PlanConfig:
@@ -187,7 +197,24 @@ class Decision:
     mode: Mode
     reason: Reason
     due: float  # the deadline the allocation set
-    send_at: float  # when to start it: never before due, spaced by the budget's pace
+    send_at: float  # when to start it: spaced by the budget's pace, at most `early` before due
+    early: float = 0.0  # how far before its deadline it may be sent
+    gap: float = 0.0  # the interval its deadline came from (0: none, as for a baseline)
+
+    @property
+    def anchor(self) -> float:
+        """Where the unit's next deadline counts from: the deadline, or the send time if later.
+
+        A poll sent early keeps its grid (the allocation's rate stands); one sent
+        late counts from its send: where several units fell due at once, the pace
+        spread their sends, and counting from them keeps them spread.
+        """
+        return self.send_at if self.send_at > self.due else self.due
+
+    @property
+    def next_due(self) -> float | None:
+        """The unit's next deadline as this decision sets it (None: counted afresh)."""
+        return self.anchor + self.gap if self.gap > 0 else None
 
 
 def shrunk_rates(estimates: Sequence[RateEstimate], prior: tuple[float, float]) -> list[float]:
@@ -306,6 +333,13 @@ def _next(
         gap = max(1.0 / poll, config.poll_interval)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
+        # A deadline the last dispatch set never moves earlier: a new allocation
+        # that shortens many intervals at once would make them all overdue at
+        # once, a burst the budget's pace then spreads into seconds of lateness.
+        # It takes effect from the next poll on.
+        committed = unit.next_poll_due
+        if committed is not None and due < committed:
+            due = committed
         # A unit not polled by the planner yet is due on its grid (units that start
         # together are spread), but it waited since its last listing: that orders it.
         order = due if last is not None or unit.last_listed is None else unit.last_listed + gap
@@ -323,6 +357,9 @@ def _next(
         gap = 1.0 / sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap
+        committed = unit.next_sweep_due
+        if committed is not None and due < committed:
+            due = committed
         clamped = due if due >= now - gap else now - gap
         if best is None or clamped < best[0]:
             best = (clamped, "sweep", _SWEEP, due)
@@ -341,51 +378,88 @@ def dispatch(
         return []
     available = budget.limit - budget.used - budget.inflight + budget.freeing
     horizon = now + config.lookahead
-    due: list[tuple[float, float, int, UnitView, Mode, Reason]] = []
+    pace = BUDGET_WINDOW / budget.limit
+    due: list[tuple[float, float, float, float, int, UnitView, Mode, Reason]] = []
     rates = allocation.rates
+    # No send is more than this before its deadline (_early): the filter below.
+    earliest = max(config.early_paces * pace, config.early_max)
     for n, unit in enumerate(units):
         if unit.busy or unit.retry_at > now:
             continue
         r = rates.get((unit.org_id, unit.resource))
         last_poll, last_sweep = unit.last_poll_due, unit.last_sweep_due
         # Most units of a large fleet are far from their deadlines: rule them out
-        # without a call, as a deadline is never before the last one plus 1/rate.
+        # without a call, as a deadline is never before the last one plus 1/rate
+        # and a send never more than _early before its deadline.
         if (
             r is not None
             and last_poll is not None
             and last_sweep is not None
             and unit.baselined
             and not (unit.urgent_sweep or unit.sweeping)
-            and (r.poll <= 0 or unit.sweeps_only or last_poll + 1.0 / r.poll >= horizon)
-            and (r.sweep <= 0 or last_sweep + 1.0 / r.sweep >= horizon)
+            and (r.poll <= 0 or unit.sweeps_only or last_poll + 1.0 / r.poll - earliest >= horizon)
+            and (r.sweep <= 0 or last_sweep + 1.0 / r.sweep - earliest >= horizon)
         ):
             continue
         step = _next(unit, r, now, config)
-        if step is not None and step[0] < horizon:
-            due.append((step[3], step[0], n, unit, step[1], step[2]))
-    due.sort(key=lambda item: (item[0], item[2]))
-    pace = BUDGET_WINDOW / budget.limit
+        if step is None:
+            continue
+        gap = _gap(step[2], r, config)
+        early = _early(step[2], gap, config, pace)
+        if step[0] - early < horizon:
+            due.append((step[3], step[0], early, gap, n, unit, step[1], step[2]))
+    due.sort(key=lambda item: (item[0], item[4]))
     # Sends stay a pace apart across ticks too: the last tick may have sent ahead.
     cursor = max(now, budget.next_send)
     orgs: set[str] = set()
     out: list[Decision] = []
     slots = math.inf if budget.slots is None else budget.slots
-    for _order, deadline, _n, unit, mode, reason in due:
-        if len(out) >= slots:
+    for _order, deadline, early, gap, _n, unit, mode, reason in due:
+        if len(out) >= slots or cursor >= horizon:
             break  # the workers have as much waiting as they can start soon
         if unit.org_id in orgs:
             continue  # one poll per org at a time: the lease is the org's
         cost = 1.0 if mode == "sweep" else max(1.0, unit.poll_pages)
         if available < cost:
             break
-        send_at = max(deadline, cursor)
+        send_at = max(deadline - early, cursor)
         if send_at >= horizon:
-            break
-        out.append(Decision(unit.org_id, unit.resource, mode, reason, deadline, send_at))
+            continue  # not yet: a later deadline may be sent earlier
+        out.append(
+            Decision(unit.org_id, unit.resource, mode, reason, deadline, send_at, early, gap)
+        )
         orgs.add(unit.org_id)
         available -= cost
         cursor = send_at + pace * cost
     return out
+
+
+def _gap(reason: Reason, rates: Rates | None, config: PlanConfig) -> float:
+    """The interval a planned poll's or sweep's deadline comes from (0 for the others)."""
+    if rates is None:
+        return 0.0
+    if reason is _POLL:
+        return max(1.0 / rates.poll, config.poll_interval)
+    if reason is _SWEEP:
+        return 1.0 / rates.sweep
+    return 0.0
+
+
+def _early(reason: Reason, gap: float, config: PlanConfig, pace: float) -> float:
+    """How long before its deadline a unit may be sent: zero but for planned polls and sweeps.
+
+    Units polled at different intervals fall due within a pace of each other
+    now and then; sent at their deadlines, one of each pair would be a pace
+    late, and counting from its late send it would lose that slot for good.
+    Sent a little early into a free slot, a poll keeps its grid (its next
+    deadline counts from this one: Decision.anchor), so the allocation's rate
+    stands. A planned poll is never sent closer than ETBRIDGE_POLL_INTERVAL to
+    the one before it.
+    """
+    if gap <= 0:
+        return 0.0
+    early = max(config.early_paces * pace, min(config.early_share * gap, config.early_max))
+    return min(early, gap - config.poll_interval) if reason is _POLL else early
 
 
 def next_send(decisions: Sequence[Decision], units: Sequence[UnitView], limit: int) -> float:

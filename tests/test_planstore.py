@@ -11,6 +11,7 @@ import redis
 
 from etbridge import keys, planstore, status
 from etbridge.errors import LeaseLost, RetriableError
+from etbridge.scheduler import Decision, Reason
 from etbridge.state import text_hash
 from tests.test_status import make_settings
 
@@ -124,3 +125,22 @@ def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Re
     planstore.note_seen(r, [replace(unit, first_seen=None)], 105.0)  # a racing tick
     (unit,) = planstore.gather(r, [ORG], [RES], 106.0)
     assert unit.first_seen == 100.0
+
+
+def test_a_dispatch_stores_its_anchor_and_the_next_deadline_it_sets(r: redis.Redis) -> None:
+    now = time.time()
+    early = Decision(ORG, RES, "incremental", Reason.POLL, now + 2.0, now + 1.0, 1.5, 30.0)
+    planstore.mark_queued(r, [early], now)
+    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    # Sent early: the deadline is the anchor, and the next is one interval on.
+    assert unit.last_poll_due == pytest.approx(now + 2.0)
+    assert unit.next_poll_due == pytest.approx(now + 32.0)
+    late = Decision(ORG, RES, "sweep", Reason.SWEEP, now, now + 3.0, 0.0, 600.0)
+    planstore.mark_queued(r, [late], now)
+    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    assert unit.last_sweep_due == pytest.approx(now + 3.0)  # sent late: its send
+    assert unit.next_sweep_due == pytest.approx(now + 603.0)
+    # A poll handed back by a stopping worker is planned afresh.
+    planstore.forget_planned(r, ORG, RES)
+    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    assert unit.next_poll_due is None and unit.next_sweep_due is None

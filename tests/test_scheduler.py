@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -98,12 +99,12 @@ def test_a_sweep_starts_each_cycle_and_its_pages_follow_each_other() -> None:
     alloc = scheduler.plan_rates([u], 100, CFG)
     cycle = alloc.rates[u.key].sweep_every
 
-    # Not due yet: the last sweep started less than a cycle ago.
+    # Not due yet: the next is more than the early window (10 s at the most) away.
     def sweeps(**kw: object) -> list[scheduler.Decision]:
         units = [unit(1, last_poll_due=NOW + 100, sweep_pages=4.0, **kw)]
         return [d for d in run(units, Budget(100, 0)) if d.mode == "sweep"]
 
-    assert sweeps(last_sweep_due=NOW - cycle + 10) == []
+    assert sweeps(last_sweep_due=NOW - cycle + 15) == []
     (start,) = sweeps(last_sweep_due=NOW - cycle + 0.5)
     assert (start.mode, start.reason) == ("sweep", Reason.SWEEP)
     # Under way: the next page is due at once, whatever the cycle.
@@ -306,3 +307,86 @@ def test_a_baseline_waits_by_how_long_it_was_seen_when_the_workers_bind() -> Non
     assert (first.org_id, first.reason) == ("1", Reason.POLL)
     (first,) = run([late, waiting], Budget(limit=100, used=0, slots=1))
     assert (first.org_id, first.reason) == ("2", Reason.BASELINE)
+
+
+def _gap(units: list[UnitView], org: int = 1) -> float:
+    return scheduler.plan_rates(units, 100, CFG).rates[(str(org), "bookings")].poll_every
+
+
+def test_polls_that_fall_due_together_go_early_into_free_slots_and_keep_their_grid() -> None:
+    # Three units due at the same instant, 1.5 s ahead. Sent at their deadlines,
+    # the second and third would be one and two paces late; sent early into the
+    # free slots before them, none is late.
+    gap = _gap([unit(n) for n in range(10)])
+    assert gap > 5.0
+    units = [unit(n, last_poll_due=NOW + 1.5 - gap if n < 3 else NOW) for n in range(10)]
+    decisions = run(units, Budget(limit=100, used=0))
+    pace = scheduler.BUDGET_WINDOW / 100
+    assert len(decisions) == 3
+    assert all(d.due == pytest.approx(NOW + 1.5) for d in decisions)
+    assert all(d.send_at <= d.due for d in decisions)
+    assert all(b.send_at - a.send_at >= pace - 1e-9 for a, b in itertools.pairwise(decisions))
+    # Sent early, each counts its next deadline from its deadline: the
+    # allocation's rate stands.
+    assert [d.anchor for d in decisions] == [d.due for d in decisions]
+    # Never earlier than the configured window.
+    assert all(d.due - d.send_at <= d.early + 1e-9 for d in decisions)
+    assert all(d.early <= max(2 * pace, min(0.2 * gap, CFG.early_max)) + 1e-9 for d in decisions)
+
+
+def test_a_poll_sent_late_counts_its_next_deadline_from_its_send() -> None:
+    # The budget's cursor is 3 s out (a burst of earlier sends): the unit is late.
+    u = unit(1)
+    gap = _gap([u])
+    u = unit(1, last_poll_due=NOW - gap)
+    (d,) = scheduler.dispatch(
+        NOW, [u], scheduler.plan_rates([u], 100, CFG), Budget(100, 0, next_send=NOW + 1.5), CFG
+    )
+    assert d.send_at == pytest.approx(NOW + 1.5) and d.due == pytest.approx(NOW)
+    assert d.anchor == d.send_at
+
+
+def test_a_poll_at_its_shortest_interval_is_never_sent_early() -> None:
+    # ETBRIDGE_POLL_INTERVAL is the shortest gap between two planned polls of an org:
+    # a unit polled at that ceiling has no room to go early.
+    cfg = PlanConfig(poll_interval=5.0, sweep_interval=3600.0, tick=1.0)
+    u = unit(1)
+    alloc = scheduler.plan_rates([u], 100, cfg)
+    assert alloc.rates[u.key].poll_every == pytest.approx(5.0)
+    u = unit(1, last_poll_due=NOW - 5.0 + 1.0)
+    (d,) = scheduler.dispatch(NOW, [u], alloc, Budget(100, 0), cfg)
+    assert d.early == 0.0
+    assert d.send_at == pytest.approx(d.due) == pytest.approx(NOW + 1.0)
+
+
+def test_a_deadline_further_out_than_the_early_window_waits() -> None:
+    u = unit(1)
+    gap = _gap([u])
+    early = scheduler._early(Reason.POLL, gap, CFG, scheduler.BUDGET_WINDOW / 100)
+    # Due just beyond the lookahead plus the early window: not sent this tick.
+    u = unit(1, last_poll_due=NOW + CFG.lookahead + early + 0.1 - gap)
+    assert [d for d in run([u], Budget(100, 0)) if d.mode == "incremental"] == []
+
+
+def test_a_new_allocation_moves_a_deadline_later_but_never_earlier() -> None:
+    units = [unit(n) for n in range(10)]
+    alloc = scheduler.plan_rates(units, 100, CFG)
+    rates = alloc.rates[("1", "bookings")]
+    gap = rates.poll_every
+    # The last dispatch set the next deadline 20 s out (a longer interval then):
+    # the shorter interval now takes effect from the next poll, not at once.
+    u = unit(1, last_poll_due=NOW - 1.0, next_poll_due=NOW + 20.0)
+    step = scheduler._next(u, rates, NOW, CFG)
+    assert step is not None and step[0] == pytest.approx(NOW + 20.0)
+    # A deadline set earlier than the interval now gives moves later.
+    u = unit(1, last_poll_due=NOW - 1.0, next_poll_due=NOW)
+    step = scheduler._next(u, rates, NOW, CFG)
+    assert step is not None and step[0] == pytest.approx(NOW - 1.0 + gap)
+    # A decision sets the next deadline from its anchor and its interval.
+    (d,) = scheduler.dispatch(
+        NOW, [unit(1, last_poll_due=NOW - gap + 0.5)], alloc, Budget(100, 0), CFG
+    )
+    assert d.gap == pytest.approx(gap) and d.next_due == pytest.approx(d.anchor + gap)
+    # A baseline sets none: the next sweep is counted afresh.
+    (b,) = run([UnitView("9", "bookings")], Budget(100, 0))
+    assert b.reason is Reason.BASELINE and b.next_due is None

@@ -37,7 +37,8 @@ def fleet(rng: random.Random, n: int) -> list[UnitView]:
 
 def test_dispatch_sends_every_unit_whose_next_deadline_falls_within_the_lookahead() -> None:
     # dispatch rules most units out before working out their deadline (_next):
-    # with a budget that binds nothing, it must send exactly the units _next finds due.
+    # with a budget that binds nothing, it must send exactly the units _next finds due
+    # within the lookahead, counting the early window (_early) each may be sent in.
     for seed in range(20):
         rng = random.Random(seed)
         units = fleet(rng, 300)
@@ -45,14 +46,21 @@ def test_dispatch_sends_every_unit_whose_next_deadline_falls_within_the_lookahea
             poll_interval=rng.choice([1.0, 30.0]), sweep_interval=rng.choice([60.0, 3600.0])
         )
         alloc = scheduler.plan_rates(units, 400, config)
+        pace = scheduler.BUDGET_WINDOW / 10**6
         for now in (NOW, NOW + 7.0, NOW + 400.0):
             horizon = now + config.lookahead
             expected = set()
             for u in units:
                 if u.busy or u.retry_at > now:
                     continue
-                step = scheduler._next(u, alloc.rates.get(u.key), now, config)
-                if step is not None and step[0] < horizon:
+                rates = alloc.rates.get(u.key)
+                step = scheduler._next(u, rates, now, config)
+                if step is None:
+                    continue
+                early = scheduler._early(
+                    step[2], scheduler._gap(step[2], rates, config), config, pace
+                )
+                if step[0] - early < horizon:
                     expected.add(u.key)
             decisions = scheduler.dispatch(now, units, alloc, Budget(10**6, 0), config)
             assert {(d.org_id, d.resource) for d in decisions} == expected, (seed, now)
