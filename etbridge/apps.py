@@ -237,6 +237,7 @@ class AppConfig(BaseModel):
             }
         )
         copy._sink_keys = dict(self._sink_keys)
+        copy._app = self.name  # its own Redis keyspace (keys.Keyspace)
         return copy
 
 
