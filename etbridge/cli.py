@@ -153,9 +153,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
         return 2
     print(f"app       {args.name}")
     orgs_from = "ETBRIDGE_ORGS" if not settings.apps_file else f"app {args.name}'s orgs"
-    # The implicit application is the settings themselves (and keeps their keyspace).
-    acting = found[0].settings(settings) if settings.apps_file else settings
-    return _check(acting, orgs_from=orgs_from)
+    return _check(found[0].settings(settings), orgs_from=orgs_from)
 
 
 def _app_lines(app: AppConfig, settings: Settings) -> list[str]:
