@@ -1,6 +1,6 @@
 """Redis I/O of deletion safety: held deletions and the lost-access mark of an org.
 
-A hold is one hash per org and resource (``keys.deletion_hold``): the held
+A hold is one hash per org and resource (``Keyspace.deletion_hold``): the held
 ids, why, since when, and, once an operator approved it, the ids approved
 (applied by the org's next sweep, which ``approve`` requests). Lost access is
 two fields of the org's meta hash (``inaccessible_since``,

@@ -48,7 +48,7 @@ _ZDICT = (
 )
 # Formats 1 and 2 are read only (state written before format 3, digest in `fp`).
 _FORMAT_ZLIB_V1 = b"\x01"  # preset dictionary: _ZDICT
-_FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (keys.snapshot_dict)
+_FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (Keyspace.snapshot_dict)
 # Format 3: the record's digest (digest.record_digest), then the org's dictionary.
 _FORMAT_DIGEST = b"\x03"
 # What a commit checks of a format-3 value: its format byte and digest.
