@@ -109,7 +109,8 @@ def latency(window: float, orgs: int, bookings: int, sweep_interval: float) -> d
             f.beat()
             wait_for(
                 lambda: all(
-                    client.hget(keys.org_meta(o, "bookings"), "baselined") == b"1" for o in org_ids
+                    client.hget(keys.DEFAULT.org_meta(o, "bookings"), "baselined") == b"1"
+                    for o in org_ids
                 ),
                 240,
                 "every org baselined",
@@ -125,7 +126,7 @@ def latency(window: float, orgs: int, bookings: int, sweep_interval: float) -> d
             def committed() -> dict[tuple[str, str], float]:
                 out: dict[tuple[str, str], float] = {}
                 for o in org_ids:
-                    for entry_id, fields in stream(client, keys.outbox(o)):
+                    for entry_id, fields in stream(client, keys.DEFAULT.outbox(o)):
                         env_ = json.loads(fields[b"event"])
                         if env_["type"].endswith(".deleted"):
                             out[(o, env_["subject"])] = int(entry_id.split(b"-")[0]) / 1000

@@ -112,9 +112,9 @@ def envelope(org_id: str, n: int) -> dict[str, Any]:
 
 def commit(client: redis.Redis, org_id: str, bodies: list[bytes]) -> list[str]:
     pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.ORGS, org_id, "{}")
+    pipe.hset(keys.DEFAULT.orgs, org_id, "{}")
     for body in bodies:
-        pipe.xadd(keys.outbox(org_id), {"event": body})
+        pipe.xadd(keys.DEFAULT.outbox(org_id), {"event": body})
     return [i.decode() for i in pipe.execute()[1:]]
 
 
@@ -290,7 +290,7 @@ def stream_baseline(redis_url: str, orgs: list[str], per_org: int) -> dict[str, 
     for org in orgs:
         cursor = "-"
         while True:
-            rows = stream(client, keys.outbox(org), cursor, "+", count=500)
+            rows = stream(client, keys.DEFAULT.outbox(org), cursor, "+", count=500)
             if not rows:
                 break
             pipe = client.pipeline(transaction=False)

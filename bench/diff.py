@@ -55,7 +55,7 @@ import requests
 from _common import hash_encodings, machine_facts, write_results
 from redis.connection import Connection
 
-from etbridge import changes, digest
+from etbridge import changes, digest, keys
 from etbridge.client import EventTempleClient
 from etbridge.poller import Poller, PollResult
 from etbridge.redisserver import RedisServer
@@ -241,7 +241,7 @@ class EtbridgeStore:
     def __init__(self, client: redis.Redis, settings: Settings, org: str) -> None:
         api = EventTempleClient(settings, auth=requests.auth.HTTPBasicAuth("unused", "unused"))
         self.poller = Poller(client, settings, api)
-        self.state = OrgState(client, org, "bookings")
+        self.state = OrgState(client, keys.DEFAULT, org, "bookings")
         lease = self.state.acquire_lease(3600)
         assert lease is not None
         self.lease: Lease = lease
@@ -251,7 +251,7 @@ class EtbridgeStore:
 
     def commit(self, page: list[dict[str, Any]]) -> int:
         before = self.result.events
-        state = OrgState(self.state.redis, self.state.org_id, self.state.resource)
+        state = OrgState(self.state.redis, keys.DEFAULT, self.state.org_id, self.state.resource)
         self.known, self.absorbed = self.poller.commit_page(
             state,
             self.lease,

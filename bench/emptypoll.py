@@ -62,7 +62,7 @@ def _in_process(
     for org in orgs:  # baselines, and a first incremental poll: warm caches and token
         poller.poll(org, "sweep")
         poller.poll(org)
-    outbox_before = sum(int(rt.redis.xlen(keys.outbox(o))) for o in orgs)
+    outbox_before = sum(int(rt.redis.xlen(keys.DEFAULT.outbox(o))) for o in orgs)
     out: dict[str, Any] = {}
     for layer in ("poller", "task"):
         samples = []
@@ -89,7 +89,9 @@ def _in_process(
         stats.print_stats(profile)
         if os.environ.get("EMPTYPOLL_CALLERS"):
             stats.print_callers(os.environ["EMPTYPOLL_CALLERS"])
-    out["events_found"] = sum(int(rt.redis.xlen(keys.outbox(o))) for o in orgs) - outbox_before
+    out["events_found"] = (
+        sum(int(rt.redis.xlen(keys.DEFAULT.outbox(o))) for o in orgs) - outbox_before
+    )
     return out
 
 
@@ -102,21 +104,21 @@ def _worker(sb: Sandbox, redis_url: str, orgs: list[str], polls: int) -> dict[st
     with fleet(env, logdir) as f:
         proc = f.worker(concurrency=1, queues="poll")
         # Ready once it has run a first poll (imports, fork, token, connections).
-        client.delete(keys.PLAN_DELAYS)
+        client.delete(keys.DEFAULT.plan_delays)
         tasks.publish_poll({"org_id": orgs[0], "mode": "incremental", "due": time.time()})
-        wait_for(lambda: client.llen(keys.PLAN_DELAYS) >= 1, 120, "the worker's first poll")
+        wait_for(lambda: client.llen(keys.DEFAULT.plan_delays) >= 1, 120, "the worker's first poll")
         # Idle CPU (the broker's polling, the pool's timers) over a few seconds.
         idle_s = 5.0
         before = tree_cpu_seconds(proc.popen.pid)
         time.sleep(idle_s)  # a measured span of idleness, not a wait for a condition
         idle_cpu_per_s = (tree_cpu_seconds(proc.popen.pid) - before) / idle_s
-        client.delete(keys.PLAN_DELAYS)
+        client.delete(keys.DEFAULT.plan_delays)
         before = tree_cpu_seconds(proc.popen.pid)
         started = time.monotonic()
         for n in range(polls):
             payload = {"org_id": orgs[n % len(orgs)], "mode": "incremental", "due": time.time()}
             tasks.publish_poll(payload)
-        wait_for(lambda: client.llen(keys.PLAN_DELAYS) >= polls, 300, f"{polls} polls")
+        wait_for(lambda: client.llen(keys.DEFAULT.plan_delays) >= polls, 300, f"{polls} polls")
         # The last poll's bookkeeping after its start: give it a moment to finish.
         time.sleep(0.5)
         seconds = time.monotonic() - started

@@ -39,10 +39,10 @@ def three_commands(
     """The baseline, gather as it was: EXISTS + HGETALL meta + HGETALL plan, all decoded."""
     pipe = client.pipeline(transaction=False)
     for org_id in org_ids:
-        pipe.exists(keys.lease(org_id))
+        pipe.exists(keys.DEFAULT.lease(org_id))
         for res in resources:
-            pipe.hgetall(keys.org_meta(org_id, res))
-            pipe.hgetall(planstore.plan_key(org_id, res))
+            pipe.hgetall(keys.DEFAULT.org_meta(org_id, res))
+            pipe.hgetall(keys.DEFAULT.plan(org_id, res))
     raw = iter(pipe.execute())
     f, estimate = planstore._f, planstore._estimate
     views = []
@@ -116,8 +116,8 @@ def main() -> int:
         org = sorted(sb.truth()["orgs"])[0]
         rt.poller().poll(org, "sweep")
         tasks.poll_org.apply((org, "incremental"), {"resource": "bookings"}).get()
-        meta: dict[Any, Any] = rt.redis.hgetall(keys.org_meta(org, "bookings"))
-        plan: dict[Any, Any] = rt.redis.hgetall(planstore.plan_key(org, "bookings"))
+        meta: dict[Any, Any] = rt.redis.hgetall(keys.DEFAULT.org_meta(org, "bookings"))
+        plan: dict[Any, Any] = rt.redis.hgetall(keys.DEFAULT.plan(org, "bookings"))
         rng = random.Random(1)
         now = time.time()
         orgs = [f"9{i:06d}" for i in range(args.orgs)]
@@ -127,13 +127,13 @@ def main() -> int:
                 p: dict[Any, Any] = dict(plan)
                 p[b"poll_due"] = repr(now - rng.uniform(0, 600)).encode()
                 p[b"chg_n"] = repr(rng.expovariate(0.2)).encode()
-                pipe.hset(keys.org_meta(o, res), mapping=meta)
-                pipe.hset(planstore.plan_key(o, res), mapping=p)
+                pipe.hset(keys.DEFAULT.org_meta(o, res), mapping=meta)
+                pipe.hset(keys.DEFAULT.plan(o, res), mapping=p)
         pipe.execute()
         units: list[scheduler.UnitView] = []
 
         def new() -> None:
-            units[:] = planstore.gather(rt.redis, orgs, resources, now)
+            units[:] = planstore.gather(rt.redis, keys.DEFAULT, orgs, resources, now)
 
         rows = {
             "hmget_pipeline": _measure(rt.redis, args.rounds, new),

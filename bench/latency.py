@@ -284,7 +284,7 @@ def committed_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str
     out: dict[tuple[str, str], list[Any]] = {}
     try:
         for org in orgs:
-            for entry_id, fields in stream(client, keys.outbox(org)):
+            for entry_id, fields in stream(client, keys.DEFAULT.outbox(org)):
                 env = json.loads(fields[b"event"])
                 data = env.get("data") or {}
                 after = data.get("after") or {}
@@ -534,7 +534,7 @@ def _activity(redis_url: str, orgs: Sequence[str]) -> dict[str, float]:
     """The planner's change-rate estimate per org at the end (changes a minute)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        units = planstore.gather(client, orgs, ["bookings"], time.time())
+        units = planstore.gather(client, keys.DEFAULT, orgs, ["bookings"], time.time())
         return {u.org_id: round(u.changes.rate(scheduler.CHANGE_PRIOR) * 60, 2) for u in units}
     finally:
         client.close()
@@ -544,7 +544,7 @@ def _delays(redis_url: str, since: float) -> tuple[list[float], list[float]]:
     """Dispatch delays (deadline to start) and pickups (publication to start)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        started = planstore.timings(client, since)
+        started = planstore.timings(client, keys.DEFAULT, since)
         return [d for d, _ in started], [p for _, p in started if p is not None]
     finally:
         client.close()
@@ -556,7 +556,7 @@ def _delays(redis_url: str, since: float) -> tuple[list[float], list[float]]:
 def outbox_total(client: redis.Redis, orgs: Sequence[str]) -> int:
     pipe = client.pipeline(transaction=False)
     for org in orgs:
-        pipe.xlen(keys.outbox(org))
+        pipe.xlen(keys.DEFAULT.outbox(org))
     return int(sum(pipe.execute()))
 
 
@@ -875,7 +875,7 @@ def _deleted_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str]
     out: dict[tuple[str, str], float] = {}
     try:
         for org in orgs:
-            for entry_id, fields in stream(client, keys.outbox(org)):
+            for entry_id, fields in stream(client, keys.DEFAULT.outbox(org)):
                 env = json.loads(fields[b"event"])
                 if env["type"].endswith(".deleted"):
                     ms = int(entry_id.decode().split("-")[0])

@@ -84,7 +84,7 @@ def run(engine: str, orgs: int, bookings: int, changes: int) -> dict[str, Any]:
         idle_ops, idle_s = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
         sandbox.mutate(changes, kinds=["update"])
         change_ops, _ = _ops(nodes, lambda: [poller.poll(o) for o in org_ids])
-        retained = sum(int(rt.redis.xlen(keys.outbox(o))) for o in org_ids)
+        retained = sum(int(rt.redis.xlen(keys.DEFAULT.outbox(o))) for o in org_ids)
         after_events = _memory(nodes)
         relay = rt.relay
         delivered = {"n": 0}

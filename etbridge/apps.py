@@ -83,6 +83,8 @@ class AppConfig(BaseModel):
 
     # Resolved signing keys per webhook sink name (see webhook_keys_for).
     _sink_keys: dict[str, tuple[SecretStr, ...]] = PrivateAttr(default_factory=dict)
+    # The single application of ETBRIDGE_CLIENT_ID (implicit_app): it keeps the keys of before.
+    _implicit: bool = PrivateAttr(default=False)
 
     @field_validator("name")
     @classmethod
@@ -237,6 +239,8 @@ class AppConfig(BaseModel):
             }
         )
         copy._sink_keys = dict(self._sink_keys)
+        # Its own Redis keyspace (etb:app:<name>:…); the implicit one keeps etb:….
+        copy._app = None if self._implicit else self.name
         return copy
 
 
@@ -261,6 +265,7 @@ def implicit_app(settings: Settings) -> AppConfig:
         sinks=list(settings.sinks),
         webhook_secret=settings.webhook_secret,
     )
+    app._implicit = True
     # Its sinks' keys are those the settings resolved (ETBRIDGE_WEBHOOK_SECRET[_NAME]).
     app._sink_keys = {
         spec.name: tuple(SecretStr(k) for k in settings.webhook_keys_for(spec))

@@ -207,7 +207,7 @@ def cmd_orgs(args: argparse.Namespace) -> int:
     from etbridge import state
 
     settings = _settings()
-    registry = state.known_orgs(_redis(settings))
+    registry = state.known_orgs(_redis(settings), settings.keyspace)
     if settings.orgs:
         print("configured (ETBRIDGE_ORGS):")
         for org_id in settings.orgs:
@@ -226,7 +226,7 @@ def cmd_resync(args: argparse.Namespace) -> int:
     settings = _settings()
     client = _redis(settings)
     for resource in settings.resources:
-        planstore.request_resync(client, args.org_id, resource)
+        planstore.request_resync(client, settings.keyspace, args.org_id, resource)
     print(f"org {args.org_id}: the next poll is a full sweep")
     return 0
 
@@ -236,9 +236,11 @@ def cmd_state(args: argparse.Namespace) -> int:
 
     settings = _settings()
     client = _redis(settings)
-    orgs = sorted(set(state.known_orgs(client)) | set(settings.orgs))
+    orgs = sorted(set(state.known_orgs(client, settings.keyspace)) | set(settings.orgs))
     print(f"waiting {args.wait:.0f} s for every process to read the new format ...")
-    removed = stateformat.finish_upgrade(client, orgs, settings.resources, settle=args.wait)
+    removed = stateformat.finish_upgrade(
+        client, settings.keyspace, orgs, settings.resources, settle=args.wait
+    )
     print(f"state format 3 only: {removed} pre-format-3 digest hashes removed")
     return 0
 
@@ -287,10 +289,16 @@ def cmd_deletions(args: argparse.Namespace) -> int:
     settings = _settings()
     client = _redis(settings)
     if args.deletions_command == "list":
-        org_ids = [args.org] if args.org else list(settings.orgs) or list(state.known_orgs(client))
+        org_ids = (
+            [args.org]
+            if args.org
+            else list(settings.orgs) or list(state.known_orgs(client, settings.keyspace))
+        )
         found = 0
         for resource in settings.resources:
-            for org_id, hold in holds.read_many(client, org_ids, resource).items():
+            for org_id, hold in holds.read_many(
+                client, settings.keyspace, org_ids, resource
+            ).items():
                 if hold is None:
                     continue
                 found += 1
@@ -310,7 +318,9 @@ def cmd_deletions(args: argparse.Namespace) -> int:
     verb = args.deletions_command
     done = 0
     for resource in settings.resources:
-        hold = (holds.approve if verb == "approve" else holds.reject)(client, args.org, resource)
+        hold = (holds.approve if verb == "approve" else holds.reject)(
+            client, settings.keyspace, args.org, resource
+        )
         if hold is None:
             continue
         done += 1
@@ -354,7 +364,9 @@ def cmd_events(args: argparse.Namespace) -> int:
             print(f"events show: no retained event has id {args.event_id}", file=sys.stderr)
             return 1
     else:
-        lines = attempts.history_lines(client, args.org, args.booking, args.limit)
+        lines = attempts.history_lines(
+            client, settings.keyspace, args.org, args.booking, args.limit
+        )
         if not lines:
             print(f"no retained event of booking {args.booking} in org {args.org}")
     for line in lines:

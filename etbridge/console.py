@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from etbridge import consoleviews as views
-from etbridge import holds, keys, logs, outbox, state, status
+from etbridge import holds, logs, outbox, state, status
 from etbridge.consolepages import (
     HISTORY_EVERY,
     HISTORY_LENGTH,
@@ -154,7 +154,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         return [
             hold
             for res in settings.resources
-            for hold in holds.read_many(reader, org_ids, res).values()
+            for hold in holds.read_many(reader, settings.keyspace, org_ids, res).values()
             if hold is not None
         ]
 
@@ -171,7 +171,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return HTMLResponse(page("Unknown org", f"<p>no org {escape(org_id)}</p>"), 404)
         # Lost access: the scrubbed error of the first resource that lost it.
         metas = [
-            state.text_hash(reader.hgetall(keys.org_meta(org_id, r))) for r in settings.resources
+            state.text_hash(reader.hgetall(settings.keyspace.org_meta(org_id, r)))
+            for r in settings.resources
         ]
         error = next((m["inaccessible_error"] for m in metas if m.get("inaccessible_error")), None)
         error = attempt_log.scrub(error) if error else None
@@ -209,7 +210,11 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
 
     def deletions(request: Request) -> Response:
         org_id, res, verb = (request.path_params[k] for k in ("org_id", "resource", "verb"))
-        hold = holds.read(reader, org_id, res) if res in settings.resources else None
+        hold = (
+            holds.read(reader, settings.keyspace, org_id, res)
+            if res in settings.resources
+            else None
+        )
         if hold is None or verb not in views.ACTIONS:
             return HTMLResponse(page("No held deletions", "<p>nothing held there</p>"), 404)
         if request.method == "GET":
@@ -219,10 +224,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
             return refused
         back = f'<p><a href="/orgs/{quote(org_id)}">back to org {escape(org_id)}</a></p>'
         if verb == "approve":
-            holds.approve(reader, org_id, res)
+            holds.approve(reader, settings.keyspace, org_id, res)
             text = f"<p>approved {hold.count} held deletion(s); the next sweep applies it</p>"
         else:
-            holds.reject(reader, org_id, res)
+            holds.reject(reader, settings.keyspace, org_id, res)
             text = f"<p>hold of {hold.count} dropped; the bookings stay stored</p>"
         return HTMLResponse(page("Held deletions", text + back))
 
@@ -262,7 +267,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
         return HTMLResponse(page("Redelivery", text + '<p><a href="/sinks">sinks</a></p>'))
 
     history = BudgetHistory()
-    budget = RequestBudget(reader, keys.digest(settings.client_id), settings.rate_limit)
+    budget = RequestBudget.for_settings(settings, reader)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

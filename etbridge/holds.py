@@ -1,6 +1,6 @@
 """Redis I/O of deletion safety: held deletions and the lost-access mark of an org.
 
-A hold is one hash per org and resource (``keys.deletion_hold``): the held
+A hold is one hash per org and resource (``Keyspace.deletion_hold``): the held
 ids, why, since when, and, once an operator approved it, the ids approved
 (applied by the org's next sweep, which ``approve`` requests). Lost access is
 two fields of the org's meta hash (``inaccessible_since``,
@@ -72,17 +72,19 @@ def _hold_from(org_id: str, resource: str, raw: dict[str, str]) -> Hold | None:
     )
 
 
-def read(client: redis.Redis, org_id: str, resource: str) -> Hold | None:
-    raw = client.hgetall(keys.deletion_hold(org_id, resource))
+def read(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> Hold | None:
+    raw = client.hgetall(ks.deletion_hold(org_id, resource))
     return _hold_from(org_id, resource, text_hash(raw))
 
 
-def read_many(client: redis.Redis, org_ids: Iterable[str], resource: str) -> dict[str, Hold | None]:
+def read_many(
+    client: redis.Redis, ks: keys.Keyspace, org_ids: Iterable[str], resource: str
+) -> dict[str, Hold | None]:
     """Holds of many orgs in one round trip (status, the CLI)."""
     ids = list(org_ids)
     pipe = client.pipeline(transaction=False)
     for org_id in ids:
-        pipe.hgetall(keys.deletion_hold(org_id, resource))
+        pipe.hgetall(ks.deletion_hold(org_id, resource))
     return {
         org_id: _hold_from(org_id, resource, text_hash(raw))
         for org_id, raw in zip(ids, pipe.execute(), strict=True)
@@ -91,6 +93,7 @@ def read_many(client: redis.Redis, org_ids: Iterable[str], resource: str) -> dic
 
 def write(
     client: redis.Redis,
+    ks: keys.Keyspace,
     org_id: str,
     resource: str,
     ids: Sequence[str],
@@ -105,7 +108,7 @@ def write(
     survives a sweep that renews the hold.
     """
     now = time.time() if now is None else now
-    key = keys.deletion_hold(org_id, resource)
+    key = ks.deletion_hold(org_id, resource)
     pipe = client.pipeline(transaction=True)
     pipe.hsetnx(key, "since", str(now))
     pipe.hsetnx(key, "alerted", "1")
@@ -122,49 +125,53 @@ def write(
     return fresh
 
 
-def clear(client: redis.Redis, org_id: str, resource: str) -> bool:
+def clear(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> bool:
     """Drop the hold; True if there was one."""
-    return bool(client.delete(keys.deletion_hold(org_id, resource)))
+    return bool(client.delete(ks.deletion_hold(org_id, resource)))
 
 
-def approve(client: redis.Redis, org_id: str, resource: str) -> Hold | None:
+def approve(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> Hold | None:
     """Approve the held ids as they are now (a sweep that renews the hold with more ids
     does not widen the approval); the org's next sweep deletes those still missing."""
-    hold = read(client, org_id, resource)
+    hold = read(client, ks, org_id, resource)
     if hold is None:
         return None
     client.hset(
-        keys.deletion_hold(org_id, resource),
+        ks.deletion_hold(org_id, resource),
         mapping={"approved_ids": json.dumps(list(hold.ids)), "approved_at": str(time.time())},
     )
     # The next poll is a sweep, so the approval takes effect soon, not at the next interval.
-    client.hset(keys.org_meta(org_id, resource), "resync", "1")
-    return read(client, org_id, resource)
+    client.hset(ks.org_meta(org_id, resource), "resync", "1")
+    return read(client, ks, org_id, resource)
 
 
-def reject(client: redis.Redis, org_id: str, resource: str) -> Hold | None:
+def reject(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> Hold | None:
     """Keep the held bookings: drop the hold (a later sweep that misses them holds again)."""
-    hold = read(client, org_id, resource)
+    hold = read(client, ks, org_id, resource)
     if hold is not None:
-        clear(client, org_id, resource)
+        clear(client, ks, org_id, resource)
     return hold
 
 
 # --- lost access ------------------------------------------------------------------
 
 
-def mark_inaccessible(client: redis.Redis, org_id: str, resource: str, error: str) -> bool:
+def mark_inaccessible(
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str, error: str
+) -> bool:
     """Record lost access; True when it is new (then the caller alerts, once)."""
-    key = keys.org_meta(org_id, resource)
+    key = ks.org_meta(org_id, resource)
     pipe = client.pipeline(transaction=True)
     pipe.hsetnx(key, "inaccessible_since", str(time.time()))
     pipe.hset(key, "inaccessible_error", error[:300])
     return bool(pipe.execute()[0])
 
 
-def mark_accessible(client: redis.Redis, org_id: str, resource: str) -> float | None:
+def mark_accessible(
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str
+) -> float | None:
     """Access is back: clear the mark; returns since when it was lost (None: it was not)."""
-    key = keys.org_meta(org_id, resource)
+    key = ks.org_meta(org_id, resource)
     pipe = client.pipeline(transaction=True)
     pipe.hget(key, "inaccessible_since")
     pipe.hdel(key, "inaccessible_since", "inaccessible_error")

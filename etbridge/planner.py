@@ -40,14 +40,18 @@ def org_ids(rt: Runtime) -> list[str]:
     if settings.orgs:
         # Only the ids: reading and parsing every org's facts each tick cost
         # ~30 ms a tick at 600 orgs, on a worker.
-        registered = state.registered_org_ids(rt.redis)
+        registered = state.registered_org_ids(rt.redis, rt.keyspace)
         for org_id in settings.orgs:
             if org_id not in registered:
-                state.register_org(rt.redis, org_id)
+                state.register_org(rt.redis, rt.keyspace, org_id)
         return list(settings.orgs)
-    if planstore.discovery_due(rt.redis, settings.discovery_interval):
+    if planstore.discovery_due(rt.redis, rt.keyspace, settings.discovery_interval):
         discover(rt)
-    return [org for org, facts in state.known_orgs(rt.redis).items() if "removed_at" not in facts]
+    return [
+        org
+        for org, facts in state.known_orgs(rt.redis, rt.keyspace).items()
+        if "removed_at" not in facts
+    ]
 
 
 def discover(rt: Runtime) -> list[str]:
@@ -55,15 +59,15 @@ def discover(rt: Runtime) -> list[str]:
     try:
         found = rt.api.organizations()
     except Exception as exc:
-        rt.redis.delete(planstore.DISCOVERY)  # try again on a later tick
+        rt.redis.delete(rt.keyspace.discovery)  # try again on a later tick
         log.warning("org discovery failed: %s", exc)
         return []
     ids = [o.org_id for o in found]
     for org in found:
-        state.register_org(rt.redis, org.org_id, name=org.name)
-    for org_id, facts in state.known_orgs(rt.redis).items():
+        state.register_org(rt.redis, rt.keyspace, org.org_id, name=org.name)
+    for org_id, facts in state.known_orgs(rt.redis, rt.keyspace).items():
         if org_id not in ids and "removed_at" not in facts:
-            state.mark_removed(rt.redis, org_id)
+            state.mark_removed(rt.redis, rt.keyspace, org_id)
     log.info("orgs discovered count=%d", len(ids))
     return ids
 
@@ -122,16 +126,16 @@ def _allocation(
 
 def tick(rt: Runtime, tick_seconds: float) -> Tick:
     """Plan one tick (one caller per tick fleet-wide; a second beat's tick plans nothing)."""
-    if not planstore.take_tick(rt.redis, tick_seconds):
+    if not planstore.take_tick(rt.redis, rt.keyspace, tick_seconds):
         return Tick(skipped="another beat planned this tick")
     settings = rt.settings
     now = time.time()
-    units = planstore.gather(rt.redis, org_ids(rt), settings.resources, now)
-    planstore.note_seen(rt.redis, units, now)
+    units = planstore.gather(rt.redis, rt.keyspace, org_ids(rt), settings.resources, now)
+    planstore.note_seen(rt.redis, rt.keyspace, units, now)
     config = scheduler.PlanConfig.from_settings(settings, tick_seconds)
     alloc = _allocation(units, settings.rate_limit, config, now)
     found = warnings(alloc, settings)
-    previous = planstore.summary(rt.redis)
+    previous = planstore.summary(rt.redis, rt.keyspace)
     # Logged once a setting: the interval the budget gives moves with the
     # estimates, and status shows its current figure.
     said = set(map(_setting, previous.get("warnings") or []))
@@ -141,6 +145,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
     if found != previous.get("warnings") or now - float(previous.get("at", 0)) >= RECORD_EVERY:
         planstore.record_summary(
             rt.redis,
+            rt.keyspace,
             {
                 "at": now,
                 "cycle": round(alloc.cycle, 3),
@@ -150,9 +155,9 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
             },
         )
     budget = rt.budget.status(ahead=config.lookahead)
-    cursor = planstore.send_cursor(rt.redis)
+    cursor = planstore.send_cursor(rt.redis, rt.keyspace)
     workers = scheduler.Workers(
-        started=planstore.started_rate(rt.redis, now),
+        started=planstore.started_rate(rt.redis, rt.keyspace, now),
         waiting=sum(1 for u in units if u.queued),
     )
     decisions = scheduler.dispatch(
@@ -171,7 +176,11 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
         config,
     )
     planstore.mark_queued(
-        rt.redis, decisions, now, scheduler.next_send(decisions, units, settings.rate_limit)
+        rt.redis,
+        rt.keyspace,
+        decisions,
+        now,
+        scheduler.next_send(decisions, units, settings.rate_limit),
     )
     return Tick(decisions=decisions, warnings=found)
 

@@ -18,8 +18,6 @@ from etbridge import backoff, keys, scheduler
 from etbridge.scheduler import RateEstimate
 from etbridge.state import text, text_hash
 
-PLAN_LOCK = keys.PLAN_LOCK
-DISCOVERY = keys.DISCOVERY
 # A queued poll that no worker started within this long is planned again
 # (its message may have been lost with a worker that had prefetched it).
 QUEUED_TTL = 15.0
@@ -28,12 +26,10 @@ FAILURE_BACKOFF = (5.0, 300.0)
 # Dispatch delays (due -> poll started) kept for status and the benchmark.
 DELAYS_KEPT = 2000
 
-plan_key = keys.plan
 
-
-def take_tick(client: redis.Redis, tick: float) -> bool:
+def take_tick(client: redis.Redis, ks: keys.Keyspace, tick: float) -> bool:
     """True for one caller per tick, fleet-wide: a second beat's tick plans nothing."""
-    return bool(client.set(PLAN_LOCK, str(time.time()), nx=True, px=max(1, int(tick * 900))))
+    return bool(client.set(ks.plan_lock, str(time.time()), nx=True, px=max(1, int(tick * 900))))
 
 
 def _num(raw: bytes | str | None) -> float | None:
@@ -95,15 +91,19 @@ _PLAN_FIELDS = (
 
 
 def gather(
-    client: redis.Redis, org_ids: Sequence[str], resources: Sequence[str], now: float
+    client: redis.Redis,
+    ks: keys.Keyspace,
+    org_ids: Sequence[str],
+    resources: Sequence[str],
+    now: float,
 ) -> list[scheduler.UnitView]:
     """The planner's view of every (org, resource) unit, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for org_id in org_ids:
-        pipe.exists(keys.lease(org_id))
+        pipe.exists(ks.lease(org_id))
         for res in resources:
-            pipe.hmget(keys.org_meta(org_id, res), _META_FIELDS)
-            pipe.hmget(plan_key(org_id, res), _PLAN_FIELDS)
+            pipe.hmget(ks.org_meta(org_id, res), _META_FIELDS)
+            pipe.hmget(ks.plan(org_id, res), _PLAN_FIELDS)
     replies = iter(pipe.execute())
     views = []
     for org_id in org_ids:
@@ -144,7 +144,9 @@ def gather(
     return views
 
 
-def note_seen(client: redis.Redis, units: Sequence[scheduler.UnitView], now: float) -> None:
+def note_seen(
+    client: redis.Redis, ks: keys.Keyspace, units: Sequence[scheduler.UnitView], now: float
+) -> None:
     """When the planner first saw each unit that has no baseline yet (kept: HSETNX).
 
     A baseline is then ordered by how long it has waited, like a late poll: when
@@ -154,12 +156,13 @@ def note_seen(client: redis.Redis, units: Sequence[scheduler.UnitView], now: flo
     if new:
         pipe = client.pipeline(transaction=False)
         for u in new:
-            pipe.hsetnx(plan_key(u.org_id, u.resource), "seen_at", repr(now))
+            pipe.hsetnx(ks.plan(u.org_id, u.resource), "seen_at", repr(now))
         pipe.execute()
 
 
 def mark_queued(
     client: redis.Redis,
+    ks: keys.Keyspace,
     decisions: Sequence[scheduler.Decision],
     now: float,
     next_send: float = 0.0,
@@ -167,7 +170,7 @@ def mark_queued(
     """Mark the units queued, note their deadlines, and where the next tick's sends start."""
     pipe = client.pipeline(transaction=False)
     if next_send > now:
-        pipe.set(keys.PLAN_CURSOR, repr(next_send), px=int((next_send - now) * 1000) + 1)
+        pipe.set(ks.plan_cursor, repr(next_send), px=int((next_send - now) * 1000) + 1)
     for d in decisions:
         values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode}
         # The next deadline counts from the anchor (the deadline of a poll sent
@@ -181,13 +184,13 @@ def mark_queued(
         elif d.reason != scheduler.Reason.SWEEP_PAGE:
             values["sweep_due"] = repr(d.anchor)
             values["sweep_next"] = repr(d.next_due or 0.0)
-        pipe.hset(plan_key(d.org_id, d.resource), mapping=values)
+        pipe.hset(ks.plan(d.org_id, d.resource), mapping=values)
     pipe.execute()
 
 
-def record_summary(client: redis.Redis, summary: dict[str, Any]) -> None:
+def record_summary(client: redis.Redis, ks: keys.Keyspace, summary: dict[str, Any]) -> None:
     """The last allocation's fleet-wide figures and warnings (the planner logs changes once)."""
-    client.set(keys.PLAN_SUMMARY, json.dumps(summary))
+    client.set(ks.plan_summary, json.dumps(summary))
 
 
 # Push the send cursor past requests made outside the plan: max(cursor, now) + extra.
@@ -200,7 +203,7 @@ return tostring(until_at)
 """
 
 
-def reserve_sends(client: redis.Redis, requests: int, limit: int) -> float:
+def reserve_sends(client: redis.Redis, ks: keys.Keyspace, requests: int, limit: int) -> float:
     """Keep the budget's pace free for ``requests`` made now outside the plan.
 
     A complete sweep confirms the bookings it did not list with one GET each
@@ -209,21 +212,21 @@ def reserve_sends(client: redis.Redis, requests: int, limit: int) -> float:
     workers waiting. Returns the new cursor.
     """
     pace = scheduler.BUDGET_WINDOW / max(1, limit)
-    raw = client.eval(_RESERVE_SENDS, 1, keys.PLAN_CURSOR, repr(time.time()), repr(requests * pace))
+    raw = client.eval(_RESERVE_SENDS, 1, ks.plan_cursor, repr(time.time()), repr(requests * pace))
     return float(text(raw))
 
 
-def send_cursor(client: redis.Redis) -> float:
+def send_cursor(client: redis.Redis, ks: keys.Keyspace) -> float:
     """The earliest send time the last tick left free (0 when it lies in the past)."""
-    raw = client.get(keys.PLAN_CURSOR)
+    raw = client.get(ks.plan_cursor)
     try:
         return float(raw) if raw else 0.0
     except ValueError:
         return 0.0
 
 
-def summary(client: redis.Redis) -> dict[str, Any]:
-    raw = client.get(keys.PLAN_SUMMARY)
+def summary(client: redis.Redis, ks: keys.Keyspace) -> dict[str, Any]:
+    raw = client.get(ks.plan_summary)
     if not raw:
         return {}
     try:
@@ -235,6 +238,7 @@ def summary(client: redis.Redis) -> dict[str, Any]:
 
 def mark_started(
     client: redis.Redis,
+    ks: keys.Keyspace,
     org_id: str,
     resource: str,
     due: float | None,
@@ -243,27 +247,27 @@ def mark_started(
     """The poll holds the lease now: the queued marker has done its job; note the delay
     (from its deadline) and the pickup (from its message's publication)."""
     pipe = client.pipeline(transaction=False)
-    pipe.hdel(plan_key(org_id, resource), "queued_at")
-    pipe.incr(keys.PLAN_STARTED)
+    pipe.hdel(ks.plan(org_id, resource), "queued_at")
+    pipe.incr(ks.plan_started)
     if due is not None:
         now = time.time()
         entry = f"{due:.3f} {now - due:.4f}"
         if published is not None:
             entry += f" {now - published:.4f}"
-        pipe.lpush(keys.PLAN_DELAYS, entry)
-        pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
+        pipe.lpush(ks.plan_delays, entry)
+        pipe.ltrim(ks.plan_delays, 0, DELAYS_KEPT - 1)
     pipe.execute()
 
 
-def started_rate(client: redis.Redis, now: float) -> float | None:
+def started_rate(client: redis.Redis, ks: keys.Keyspace, now: float) -> float | None:
     """The workers' start rate (polls a second, fleet-wide), read from the start counter.
 
     Every tick reads the counter and keeps its reading, so the rate spans
     ticks of any beat; the pure half is scheduler.started_rate.
     """
     pipe = client.pipeline(transaction=False)
-    pipe.get(keys.PLAN_STARTED)
-    pipe.hgetall(keys.PLAN_WORKERS)
+    pipe.get(ks.plan_started)
+    pipe.hgetall(ks.plan_workers)
     raw_count, raw_last = pipe.execute()
     count = int(raw_count or 0)
     last = text_hash(raw_last)
@@ -280,12 +284,13 @@ def started_rate(client: redis.Redis, now: float) -> float | None:
     values: dict[Any, Any] = {"count": str(count), "at": repr(now)}
     if rate is not None:
         values["rate"] = repr(rate)
-    client.hset(keys.PLAN_WORKERS, mapping=values)
+    client.hset(ks.plan_workers, mapping=values)
     return rate
 
 
-def record_success(
+def record_success(  # noqa: PLR0913 - the outcome's figures, keyword-only
     client: redis.Redis,
+    ks: keys.Keyspace,
     org_id: str,
     resource: str,
     *,
@@ -297,7 +302,7 @@ def record_success(
 ) -> None:
     """Feed one poll's outcome into the unit's estimates."""
     now = time.time()
-    key = plan_key(org_id, resource)
+    key = ks.plan(org_id, resource)
     current = text_hash(client.hgetall(key))
     values: dict[Any, Any] = {"failures": "0", "retry_at": "0"}
     values.update(_estimate_fields("chg", _estimate(current, "chg").observe(changes, now)))
@@ -321,15 +326,16 @@ def record_success(
     pipe.execute()
 
 
-def forget_planned(client: redis.Redis, org_id: str, resource: str) -> None:
+def forget_planned(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> None:
     """A poll handed back by a worker that is shutting down: plan it again at once."""
     client.hdel(
-        plan_key(org_id, resource), "poll_due", "sweep_due", "poll_next", "sweep_next", "queued_at"
+        ks.plan(org_id, resource), "poll_due", "sweep_due", "poll_next", "sweep_next", "queued_at"
     )
 
 
 def record_failure(
     client: redis.Redis,
+    ks: keys.Keyspace,
     org_id: str,
     resource: str,
     exc: BaseException,
@@ -343,7 +349,7 @@ def record_failure(
     clears ``last_error``) and, with ``back_off``, the unit's backoff:
     exponential, or the API's Retry-After if longer. Returns the delay.
     """
-    meta = keys.org_meta(org_id, resource)
+    meta = ks.org_meta(org_id, resource)
     pipe = client.pipeline(transaction=False)
     error = f"{type(exc).__name__}: {exc}"[:500]
     pipe.hset(meta, mapping={"last_error": error, "last_error_at": str(time.time())})
@@ -351,7 +357,7 @@ def record_failure(
     if not back_off:
         pipe.execute()
         return 0.0
-    key = plan_key(org_id, resource)
+    key = ks.plan(org_id, resource)
     pipe.hincrby(key, "failures", 1)
     failures = int(pipe.execute()[-1])
     delay = backoff.exponential(failures, *FAILURE_BACKOFF)
@@ -364,37 +370,39 @@ def record_failure(
     return delay
 
 
-def request_resync(client: redis.Redis, org_id: str, resource: str) -> None:
-    client.hset(keys.org_meta(org_id, resource), "resync", "1")
+def request_resync(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> None:
+    client.hset(ks.org_meta(org_id, resource), "resync", "1")
 
 
 def plans(
-    client: redis.Redis, org_ids: Sequence[str], resources: Sequence[str]
+    client: redis.Redis, ks: keys.Keyspace, org_ids: Sequence[str], resources: Sequence[str]
 ) -> dict[tuple[str, str], dict[str, str]]:
     pipe = client.pipeline(transaction=False)
     units = [(o, r) for o in org_ids for r in resources]
     for org_id, res in units:
-        pipe.hgetall(plan_key(org_id, res))
+        pipe.hgetall(ks.plan(org_id, res))
     return {unit: text_hash(raw) for unit, raw in zip(units, pipe.execute(), strict=True)}
 
 
-def delays(client: redis.Redis, since: float = 0.0) -> list[float]:
+def delays(client: redis.Redis, ks: keys.Keyspace, since: float = 0.0) -> list[float]:
     """The latest dispatch delays (seconds from a deadline to its poll's start), oldest first."""
-    return [delay for delay, _ in timings(client, since)]
+    return [delay for delay, _ in timings(client, ks, since)]
 
 
-def timings(client: redis.Redis, since: float = 0.0) -> list[tuple[float, float | None]]:
+def timings(
+    client: redis.Redis, ks: keys.Keyspace, since: float = 0.0
+) -> list[tuple[float, float | None]]:
     """Per started poll, oldest first: its delay, and the seconds from its message's
     publication to its start (None for a message that carried no publication time)."""
     out = []
-    for raw in reversed(client.lrange(keys.PLAN_DELAYS, 0, -1)):
+    for raw in reversed(client.lrange(ks.plan_delays, 0, -1)):
         due, delay, *pickup = text(raw).split(" ")
         if float(due) >= since:
             out.append((float(delay), float(pickup[0]) if pickup else None))
     return out
 
 
-def discovery_due(client: redis.Redis, every: float) -> bool:
+def discovery_due(client: redis.Redis, ks: keys.Keyspace, every: float) -> bool:
     """True for one caller per ``every`` seconds, fleet-wide."""
     stamp = json.dumps({"at": time.time()})
-    return bool(client.set(DISCOVERY, stamp, nx=True, px=max(1, int(every * 1000))))
+    return bool(client.set(ks.discovery, stamp, nx=True, px=max(1, int(every * 1000))))

@@ -178,6 +178,7 @@ class Poller:
     ) -> None:
         self.redis = client
         self.settings = settings
+        self.ks = settings.keyspace
         self.api = api
         self.lease_ttl = lease_ttl
         # ETBRIDGE_REDIS_WAIT_REPLICAS: page commits wait for that many replicas (issue 17).
@@ -203,7 +204,7 @@ class Poller:
         cursor and returns, and the planner sends its next page when it is due.
         """
         chosen = list(resources or self.settings.resources)
-        first = OrgState(self.redis, org_id, chosen[0], wait=self._wait)
+        first = OrgState(self.redis, self.ks, org_id, chosen[0], wait=self._wait)
         lease = first.acquire_lease(self.lease_ttl)
         if lease is None:
             return [PollResult(org_id, res, mode, skipped="leased") for res in chosen]
@@ -214,7 +215,10 @@ class Poller:
                 self.hooks.on_started()
             return [
                 self._poll_resource(
-                    OrgState(self.redis, org_id, res, wait=self._wait), lease, mode, max_pages
+                    OrgState(self.redis, self.ks, org_id, res, wait=self._wait),
+                    lease,
+                    mode,
+                    max_pages,
                 )
                 for res in chosen
             ]
@@ -258,14 +262,16 @@ class Poller:
             if confirmations.lost_access(exc, baselined=not baseline):
                 # Lost access is not deletion: keep the state, emit nothing, back off.
                 status = getattr(exc, "status", 0)
-                if holds.mark_inaccessible(self.redis, state.org_id, state.resource, str(exc)):
+                if holds.mark_inaccessible(
+                    self.redis, self.ks, state.org_id, state.resource, str(exc)
+                ):
                     raise confirmations.alert_access_lost(
                         state.org_id, str(exc), f"http_{status}"
                     ) from exc
                 raise AccessLost(f"org {state.org_id} still inaccessible: {exc}") from exc
             raise
         if meta.get("inaccessible_since"):
-            since = holds.mark_accessible(self.redis, state.org_id, state.resource)
+            since = holds.mark_accessible(self.redis, self.ks, state.org_id, state.resource)
             if since is not None:
                 confirmations.note_access_back(state.org_id, since, time.time())
         result.ms = (time.monotonic() - started) * 1000

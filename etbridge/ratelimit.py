@@ -150,6 +150,7 @@ class RequestBudget:
     def __init__(
         self,
         redis_client: redis.Redis,
+        ks: keys.Keyspace,
         app_id: str,
         limit: int,
         *,
@@ -176,9 +177,10 @@ class RequestBudget:
         # computed (a reset, a process with a larger limit during a rolling
         # deploy), so a waiter looks again at least this often.
         self.poll_cap = poll_cap
-        self.key = keys.budget(app_id)
-        self.pause_key = keys.budget_pause(app_id)
-        self.pace_key = pace_key(app_id)
+        self.key = ks.budget(app_id)
+        self.pause_key = ks.budget_pause(app_id)
+        # GCRA's next theoretical arrival time (µs); shares the budget's hash tag.
+        self.pace_key = ks.budget_pace(app_id)
         self._window_us = round((window + margin) * 1_000_000)
         self._interval_us = max(1, self._window_us // limit)
         self._tau_us = (burst - 1) * self._interval_us
@@ -189,7 +191,9 @@ class RequestBudget:
     @classmethod
     def for_settings(cls, settings: Settings, redis_client: redis.Redis) -> RequestBudget:
         """The budget of the application ``settings.client_id`` (``ETBRIDGE_RATE_LIMIT``)."""
-        return cls(redis_client, keys.digest(settings.client_id), settings.rate_limit)
+        return cls(
+            redis_client, settings.keyspace, keys.digest(settings.client_id), settings.rate_limit
+        )
 
     def __repr__(self) -> str:
         return f"RequestBudget(app_id={self.app_id!r}, limit={self.limit})"
@@ -330,11 +334,6 @@ class RequestBudget:
     def reset(self) -> None:
         """Forget every grant and pause (tests and ``etbridge`` maintenance only)."""
         self.redis.delete(self.key, self.pause_key, self.pace_key)
-
-
-def pace_key(app_id: str) -> str:
-    """String: GCRA's next theoretical arrival time (µs); shares the budget's hash tag."""
-    return keys.budget_pace(app_id)
 
 
 def default_burst(limit: int) -> int:

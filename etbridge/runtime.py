@@ -11,7 +11,7 @@ import threading
 
 import requests
 
-from etbridge import keys, logs, metrics, redisconn
+from etbridge import logs, metrics, redisconn
 from etbridge.auth import BearerAuth, TokenCache
 from etbridge.client import EventTempleClient, Session
 from etbridge.outbox import Relay
@@ -32,6 +32,8 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Every key this process's parts build (etb:app:<name>:… for an application).
+        self.keyspace = settings.keyspace
         self.redis = redisconn.connect(
             settings.redis_url,
             socket_timeout=30,
@@ -45,9 +47,7 @@ class Runtime:
         self.session.hooks["response"].append(metrics.response_hook(settings.token_url))
         self.session.hooks["response"].append(logs.secret_hook)
         self.tokens = TokenCache(self.redis, settings, session=self.session)
-        self.budget = RequestBudget(
-            self.redis, keys.digest(settings.client_id), settings.rate_limit
-        )
+        self.budget = RequestBudget.for_settings(settings, self.redis)
         auth = BearerAuth(self.tokens)
         self.api = EventTempleClient(settings, auth=auth, budget=self.budget, session=self.session)
         # The same session, token and budget; only the retries differ.

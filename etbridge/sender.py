@@ -45,35 +45,38 @@ return due
 Publish = Callable[[dict[str, Any]], None]
 
 
-def schedule(client: redis.Redis, sends: Sequence[tuple[float, dict[str, Any]]]) -> None:
+def schedule(
+    client: redis.Redis, ks: keys.Keyspace, sends: Sequence[tuple[float, dict[str, Any]]]
+) -> None:
     """Add timed sends (``(send_at, payload)``) for beat's sender to publish."""
     if sends:
-        client.zadd(keys.PLAN_SENDS, {json.dumps(p, sort_keys=True): at for at, p in sends})
+        client.zadd(ks.plan_sends, {json.dumps(p, sort_keys=True): at for at, p in sends})
 
 
 def pop_due(
-    client: redis.Redis, now: float, batch: int = BATCH
+    client: redis.Redis, ks: keys.Keyspace, now: float, batch: int = BATCH
 ) -> list[tuple[float, dict[str, Any]]]:
     """The sends due at ``now``, removed from the set (one caller gets each)."""
-    raw = client.eval(_POP_DUE, 1, keys.PLAN_SENDS, repr(now), batch)
+    raw = client.eval(_POP_DUE, 1, ks.plan_sends, repr(now), batch)
     out = []
     for member, score in zip(raw[::2], raw[1::2], strict=True):
         out.append((float(score), json.loads(member)))
     return out
 
 
-def next_due(client: redis.Redis) -> float | None:
+def next_due(client: redis.Redis, ks: keys.Keyspace) -> float | None:
     """The earliest send time waiting, if any."""
-    first = client.zrange(keys.PLAN_SENDS, 0, 0, withscores=True)
+    first = client.zrange(ks.plan_sends, 0, 0, withscores=True)
     return float(first[0][1]) if first else None
 
 
 class Sender(threading.Thread):
     """Publishes the timed sends as they fall due (one per beat process)."""
 
-    def __init__(self, client: redis.Redis, publish: Publish) -> None:
+    def __init__(self, client: redis.Redis, ks: keys.Keyspace, publish: Publish) -> None:
         super().__init__(name="etbridge-sender", daemon=True)
         self.redis = client
+        self.ks = ks
         self.publish = publish
         self.stopped = threading.Event()
 
@@ -88,14 +91,14 @@ class Sender(threading.Thread):
 
     def step(self, now: float) -> float:
         """Publish what is due; return how long to sleep before the next look."""
-        for at, payload in pop_due(self.redis, now):
+        for at, payload in pop_due(self.redis, self.ks, now):
             if now - at > STALE:
                 continue
             try:
                 self.publish(payload)
             except Exception as exc:  # the broker is away: the unit is planned again
                 log.warning("sender: could not publish a poll: %s", exc)
-        upcoming = next_due(self.redis)
+        upcoming = next_due(self.redis, self.ks)
         if upcoming is None:
             return IDLE
         return min(IDLE, max(0.0, upcoming - time.time()))

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from etbridge import redisconn
+from etbridge import keys, redisconn
 from etbridge.deletions import Guard, parse_guard
 from etbridge.secretfiles import FileSecretSource, SecretFileError, SecretLookup
 
@@ -267,6 +267,8 @@ class Settings(BaseSettings):
     _sink_keys: dict[str, tuple[SecretStr, ...]] = PrivateAttr(default_factory=dict)
     # The applications of ETBRIDGE_APPS_FILE, parsed and checked at start (see apps()).
     _apps: tuple[AppConfig, ...] = PrivateAttr(default=())
+    # The application these settings act for (AppConfig.settings); None: the single one.
+    _app: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -347,6 +349,16 @@ class Settings(BaseSettings):
     @property
     def scopes(self) -> tuple[str, ...]:
         return tuple(self.scope.split())
+
+    @property
+    def app(self) -> str | None:
+        """The application's name (``AppConfig.settings``); None: the one of ``CLIENT_ID``."""
+        return self._app
+
+    @property
+    def keyspace(self) -> keys.Keyspace:
+        """The application's Redis keys (``etb:app:<name>:…``; ``etb:…`` for the single one)."""
+        return keys.Keyspace(self._app)
 
     @classmethod
     def settings_customise_sources(

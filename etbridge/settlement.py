@@ -36,13 +36,13 @@ def finish_sweep(
     """End a sweep that listed every page: settle the unlisted, store the sweep's marks."""
     done = dict(final)
     unseen = state.unseen_ids()
-    hold = holds.read(poller.redis, state.org_id, state.resource)
+    hold = holds.read(poller.redis, poller.ks, state.org_id, state.resource)
     if unseen:
         pending = _settle_deletions(poller, state, lease, result, unseen, hold, now)
         done["deletions_pending"] = str(pending) if pending else ""
     else:
         done["deletions_pending"] = ""
-        if hold is not None and holds.clear(poller.redis, state.org_id, state.resource):
+        if hold is not None and holds.clear(poller.redis, poller.ks, state.org_id, state.resource):
             log.info(
                 "deletions hold cleared org_id=%s: the listing has every booking again",
                 state.org_id,
@@ -106,7 +106,7 @@ def _settle_deletions(
         )
     _commit_deletions(poller, state, lease, result, deletions.ordered(outcome.delete), now)
     if hold is not None and (p.hold is None or hold.approved_ids):
-        holds.clear(poller.redis, state.org_id, state.resource)
+        holds.clear(poller.redis, poller.ks, state.org_id, state.resource)
         if p.hold is None and not hold.approved_ids:
             log.info(
                 "deletions hold cleared org_id=%s: the guard no longer holds this sweep",
@@ -115,6 +115,7 @@ def _settle_deletions(
     if p.hold is not None:
         fresh = holds.write(
             poller.redis,
+            poller.ks,
             state.org_id,
             state.resource,
             outcome.held,

@@ -48,7 +48,7 @@ _ZDICT = (
 )
 # Formats 1 and 2 are read only (state written before format 3, digest in `fp`).
 _FORMAT_ZLIB_V1 = b"\x01"  # preset dictionary: _ZDICT
-_FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (keys.snapshot_dict)
+_FORMAT_ORG_DICT = b"\x02"  # preset dictionary: the org's own (Keyspace.snapshot_dict)
 # Format 3: the record's digest (digest.record_digest), then the org's dictionary.
 _FORMAT_DIGEST = b"\x03"
 # What a commit checks of a format-3 value: its format byte and digest.
@@ -266,20 +266,27 @@ class OrgState:
     """
 
     def __init__(
-        self, client: redis.Redis, org_id: str, resource: str, *, wait: tuple[int, int] = (0, 0)
+        self,
+        client: redis.Redis,
+        ks: keys.Keyspace,
+        org_id: str,
+        resource: str,
+        *,
+        wait: tuple[int, int] = (0, 0),
     ) -> None:
         self.redis = client
+        self.ks = ks
         self.wait = wait
         self.org_id = org_id
         self.resource = resource
-        self.k_fp = keys.fingerprints(org_id, resource)
-        self.k_snap = keys.snapshots(org_id, resource)
-        self.k_meta = keys.org_meta(org_id, resource)
-        self.k_seen = keys.sweep_seen(org_id, resource)
-        self.k_lease = keys.lease(org_id)
-        self.k_fence = keys.fence(org_id)
-        self.k_outbox = keys.outbox(org_id)
-        self.k_zdict = keys.snapshot_dict(org_id, resource)
+        self.k_fp = ks.fingerprints(org_id, resource)
+        self.k_snap = ks.snapshots(org_id, resource)
+        self.k_meta = ks.org_meta(org_id, resource)
+        self.k_seen = ks.sweep_seen(org_id, resource)
+        self.k_lease = ks.lease(org_id)
+        self.k_fence = ks.fence(org_id)
+        self.k_outbox = ks.outbox(org_id)
+        self.k_zdict = ks.snapshot_dict(org_id, resource)
         # The org's snapshot dictionary: None until read, b"" when there is none yet.
         self._zdict: bytes | None = None
         self._commit = client.register_script(_COMMIT)
@@ -370,7 +377,7 @@ class OrgState:
         Raises :class:`LeaseLost` when the lease is no longer ours and
         :class:`CommitConflict` when a checked stored value moved.
         """
-        compat = "1" if stateformat.compat(self.redis) else "0"
+        compat = "1" if stateformat.compat(self.redis, self.ks) else "0"
         args: list[Any] = [lease.token, lease.ttl_ms, compat, len(plan.checks)]
         for rid, fp in plan.checks.items():
             args += [rid, fp]
@@ -408,19 +415,19 @@ class OrgState:
         raise CommitConflict(f"org {self.org_id}: record moved during the diff")
 
 
-def register_org(client: redis.Redis, org_id: str, **facts: Any) -> None:
+def register_org(client: redis.Redis, ks: keys.Keyspace, org_id: str, **facts: Any) -> None:
     """Record an org in the fleet's registry (idempotent; keeps the first discovery time)."""
-    raw = client.hget(keys.ORGS, org_id)
+    raw = client.hget(ks.orgs, org_id)
     if raw is None:
-        stateformat.mark_fresh(client)  # only a new org can be an empty Redis's first
+        stateformat.mark_fresh(client, ks)  # only a new org can be an empty Redis's first
     current: dict[str, Any] = json.loads(raw) if raw else {}
     current.setdefault("discovered_at", time.time())
     current.pop("removed_at", None)
     current.update(facts)
-    client.hset(keys.ORGS, org_id, json.dumps(current, sort_keys=True))
+    client.hset(ks.orgs, org_id, json.dumps(current, sort_keys=True))
 
 
-def mark_removed(client: redis.Redis, org_id: str) -> None:
+def mark_removed(client: redis.Redis, ks: keys.Keyspace, org_id: str) -> None:
     """An org the organizations endpoint no longer lists: stop polling, keep its state.
 
     A vanished org is lost access, never deletion: nothing is emitted for it, and
@@ -428,33 +435,33 @@ def mark_removed(client: redis.Redis, org_id: str) -> None:
     """
     from etbridge import confirmations  # the alert's edge (log, Sentry, metric)
 
-    raw = client.hget(keys.ORGS, org_id)
+    raw = client.hget(ks.orgs, org_id)
     facts: dict[str, Any] = json.loads(raw) if raw else {}
     facts["removed_at"] = time.time()
-    client.hset(keys.ORGS, org_id, json.dumps(facts, sort_keys=True))
+    client.hset(ks.orgs, org_id, json.dumps(facts, sort_keys=True))
     confirmations.alert_access_lost(
         org_id, "no longer listed by the organizations endpoint", "vanished"
     )
 
 
-def known_orgs(client: redis.Redis) -> dict[str, dict[str, Any]]:
+def known_orgs(client: redis.Redis, ks: keys.Keyspace) -> dict[str, dict[str, Any]]:
     """Every org in the registry with its facts (``removed_at`` set for vanished orgs)."""
-    return {text(k): json.loads(v) for k, v in sorted(client.hgetall(keys.ORGS).items())}
+    return {text(k): json.loads(v) for k, v in sorted(client.hgetall(ks.orgs).items())}
 
 
-def registered_org_ids(client: redis.Redis) -> set[str]:
+def registered_org_ids(client: redis.Redis, ks: keys.Keyspace) -> set[str]:
     """The ids in the registry, vanished ones included (no facts read: a tick's check)."""
-    return {text(k) for k in client.hkeys(keys.ORGS)}
+    return {text(k) for k in client.hkeys(ks.orgs)}
 
 
 def iter_meta(
-    client: redis.Redis, org_ids: Iterable[str], resource: str
+    client: redis.Redis, ks: keys.Keyspace, org_ids: Iterable[str], resource: str
 ) -> dict[str, dict[str, str]]:
     """Meta of many orgs in one round trip (for status and the planner)."""
     ids = list(org_ids)
     pipe = client.pipeline(transaction=False)
     for org_id in ids:
-        pipe.hgetall(keys.org_meta(org_id, resource))
+        pipe.hgetall(ks.org_meta(org_id, resource))
     out: dict[str, dict[str, str]] = {}
     for org_id, raw in zip(ids, pipe.execute(), strict=True):
         out[org_id] = text_hash(raw)

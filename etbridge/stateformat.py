@@ -26,21 +26,25 @@ from etbridge import keys
 TTL = 30.0
 CURRENT = b"3"
 
-_seen: weakref.WeakKeyDictionary[redis.Redis, tuple[float, bool]] = weakref.WeakKeyDictionary()
+# Per client, per keyspace: (when read, compat).
+_seen: weakref.WeakKeyDictionary[redis.Redis, dict[keys.Keyspace, tuple[float, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def compat(client: redis.Redis) -> bool:
+def compat(client: redis.Redis, ks: keys.Keyspace) -> bool:
     """Whether commits must keep ``fp`` entries for workers from before format 3."""
     now = time.monotonic()
-    hit = _seen.get(client)
+    readings = _seen.setdefault(client, {})
+    hit = readings.get(ks)
     if hit is not None and now - hit[0] < TTL:
         return hit[1]
     pipe = client.pipeline(transaction=False)
-    pipe.get(keys.STATE_FORMAT)
-    pipe.exists(keys.ORGS)
+    pipe.get(ks.state_format)
+    pipe.exists(ks.orgs)
     fmt, orgs = pipe.execute()
     value = _as_bytes(fmt) != CURRENT and bool(orgs)
-    _seen[client] = (now, value)
+    readings[ks] = (now, value)
     return value
 
 
@@ -49,14 +53,15 @@ def forget() -> None:
     _seen.clear()
 
 
-def mark_fresh(client: redis.Redis) -> None:
-    """Before the first org of an empty Redis is registered: no old worker has state here."""
-    if not client.exists(keys.ORGS):
-        client.set(keys.STATE_FORMAT, CURRENT, nx=True)
+def mark_fresh(client: redis.Redis, ks: keys.Keyspace) -> None:
+    """Before the first org of an empty keyspace is registered: no old worker has state here."""
+    if not client.exists(ks.orgs):
+        client.set(ks.state_format, CURRENT, nx=True)
 
 
 def finish_upgrade(
     client: redis.Redis,
+    ks: keys.Keyspace,
     org_ids: Sequence[str],
     resources: Sequence[str],
     settle: float = TTL + 1.0,
@@ -66,13 +71,13 @@ def finish_upgrade(
     ``settle``: seconds to wait between the two, so that no process still in the
     old mode (it reads the format every TTL seconds) writes ``fp`` again after.
     """
-    client.set(keys.STATE_FORMAT, CURRENT)
+    client.set(ks.state_format, CURRENT)
     forget()
     time.sleep(settle)
     removed = 0
     for org_id in org_ids:
         for resource in resources:
-            removed += int(client.delete(keys.fingerprints(org_id, resource)))
+            removed += int(client.delete(ks.fingerprints(org_id, resource)))
     return removed
 
 

@@ -41,18 +41,22 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     from etbridge.ratelimit import RequestBudget
 
     now = time.time()
-    registry = state.known_orgs(client)
+    registry = state.known_orgs(client, settings.keyspace)
     org_ids = list(settings.orgs) or list(registry)
     active = [o for o in org_ids if "removed_at" not in registry.get(o, {})]
     # The planner's own allocation, recomputed from the same facts (pure, no token).
-    units = planstore.gather(client, active, settings.resources, now)
+    units = planstore.gather(client, settings.keyspace, active, settings.resources, now)
     config = scheduler.PlanConfig.from_settings(settings, tick=1.0)
     alloc = scheduler.plan_rates(units, settings.rate_limit, config)
     estimates = {u.key: u for u in units}
-    plans = planstore.plans(client, org_ids, settings.resources)
-    metas = {res: state.iter_meta(client, org_ids, res) for res in settings.resources}
-    records = _record_counts(client, org_ids, settings.resources)
-    held = {res: holds.read_many(client, org_ids, res) for res in settings.resources}
+    plans = planstore.plans(client, settings.keyspace, org_ids, settings.resources)
+    metas = {
+        res: state.iter_meta(client, settings.keyspace, org_ids, res) for res in settings.resources
+    }
+    records = _record_counts(client, settings.keyspace, org_ids, settings.resources)
+    held = {
+        res: holds.read_many(client, settings.keyspace, org_ids, res) for res in settings.resources
+    }
     orgs: dict[str, Any] = {}
     for org_id in org_ids:
         removed = "removed_at" in registry.get(org_id, {})
@@ -69,7 +73,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         first["resources"] = per_resource
         orgs[org_id] = first
     tokens = TokenCache(client, settings)
-    budget = RequestBudget(client, keys.digest(settings.client_id), settings.rate_limit)
+    budget = RequestBudget.for_settings(settings, client)
     delivery = outbox.status(client, settings)
     bounds = [r.poll_every for r in alloc.rates.values() if r.poll > 0]
     planner = {
@@ -100,13 +104,13 @@ def _round(value: float | None) -> float | None:
 
 
 def _record_counts(
-    client: redis.Redis, org_ids: list[str], resources: list[str]
+    client: redis.Redis, ks: keys.Keyspace, org_ids: list[str], resources: list[str]
 ) -> dict[tuple[str, str], int]:
     """Records stored per (org, resource), in one round trip."""
     units = [(o, r) for o in org_ids for r in resources]
     pipe = client.pipeline(transaction=False)
     for org_id, res in units:
-        pipe.hlen(keys.snapshots(org_id, res))
+        pipe.hlen(ks.snapshots(org_id, res))
     return {unit: int(n) for unit, n in zip(units, pipe.execute(), strict=True)}
 
 

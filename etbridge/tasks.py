@@ -65,7 +65,7 @@ def plan() -> dict[str, Any]:
         else:
             later.append((d.send_at, payload))
     # The rest wait for their send time in Redis; beat's sender publishes them.
-    sender.schedule(rt.redis, later)
+    sender.schedule(rt.redis, rt.keyspace, later)
     # Deliveries whose retry time has come, and partitions a lost task left behind.
     partitions = rt.relay.due(now)
     for org_id, sink_name in partitions:
@@ -103,9 +103,13 @@ def poll_org(
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
         poller = rt.poller(
             hooks=Hooks(
-                on_started=lambda: planstore.mark_started(rt.redis, org_id, res, due, published),
+                on_started=lambda: planstore.mark_started(
+                    rt.redis, rt.keyspace, org_id, res, due, published
+                ),
                 on_events=lambda org: _deliver_soon(rt, org),
-                on_confirming=lambda n: planstore.reserve_sends(rt.redis, n, settings.rate_limit),
+                on_confirming=lambda n: planstore.reserve_sends(
+                    rt.redis, rt.keyspace, n, settings.rate_limit
+                ),
             ),
             planned=True,
         )
@@ -114,23 +118,27 @@ def poll_org(
             results = poller.poll(org_id, kind, resources=[res], max_pages=max_pages)
         except LeaseLost as exc:
             metrics.record_poll_failure(mode, "lease_lost")
-            planstore.record_failure(rt.redis, org_id, res, exc, back_off=False)  # another has it
+            planstore.record_failure(
+                rt.redis, rt.keyspace, org_id, res, exc, back_off=False
+            )  # another has it
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
             metrics.record_poll_failure(mode, "retriable_error")
-            delay = planstore.record_failure(rt.redis, org_id, res, exc, exc.retry_after)
+            delay = planstore.record_failure(
+                rt.redis, rt.keyspace, org_id, res, exc, exc.retry_after
+            )
             log.warning("poll failed, retrying in %.0fs: %s", delay, exc)
             return []
         except AccessLost as exc:
             # Not deletion: state kept, nothing emitted; try again on the failure backoff.
             metrics.record_poll_failure(mode, "inaccessible")
-            delay = planstore.record_failure(rt.redis, org_id, res, exc)
+            delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
             metrics.record_poll_failure(mode, "auth_error")
-            delay = planstore.record_failure(rt.redis, org_id, res, exc, 60.0)
+            delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc, 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except redis.exceptions.RedisError as exc:
@@ -141,16 +149,19 @@ def poll_org(
             return []
         except Exception as exc:
             metrics.record_poll_failure(mode, "error")
-            planstore.record_failure(rt.redis, org_id, res, exc)
+            planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             raise
         metrics.record_polls(results)
         if shutdown.requested():
-            planstore.forget_planned(rt.redis, org_id, res)  # another worker goes on at once
+            planstore.forget_planned(
+                rt.redis, rt.keyspace, org_id, res
+            )  # another worker goes on at once
         for r in results:
             if r.skipped:
                 continue
             planstore.record_success(
                 rt.redis,
+                rt.keyspace,
                 org_id,
                 r.resource,
                 mode=r.mode,

@@ -59,13 +59,13 @@ def _text(value: Any) -> str:
 
 
 def _events_of(
-    client: redis.Redis, org_id: str, booking_id: str
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, booking_id: str
 ) -> list[tuple[str, dict[str, Any]]]:
     """(entry id, envelope) of every outbox entry about the booking, oldest first."""
     found = []
     start = "-"
     while True:
-        rows = client.xrange(keys.outbox(org_id), start, "+", count=_SCAN) or []
+        rows = client.xrange(ks.outbox(org_id), start, "+", count=_SCAN) or []
         for entry_id, fields in rows:
             raw = (fields or {}).get(b"event")
             try:
@@ -81,6 +81,7 @@ def _events_of(
 
 def _state(
     client: redis.Redis,
+    ks: keys.Keyspace,
     spec: SinkSpec,
     org_id: str,
     entry_id: str,
@@ -100,7 +101,7 @@ def _state(
     if _sid(entry_id) > _sid(last):
         return PENDING
     in_flight = client.xpending_range(
-        keys.outbox(org_id), outbox.group_name(spec.name), min=entry_id, max=entry_id, count=1
+        ks.outbox(org_id), outbox.group_name(spec.name), min=entry_id, max=entry_id, count=1
     )
     return PENDING if in_flight else DELIVERED
 
@@ -109,12 +110,12 @@ def booking_timeline(
     client: redis.Redis, settings: Settings, org_id: str, booking_id: str
 ) -> list[TimelineEvent]:
     """Every retained change event of one booking, with its delivery state per sink."""
-    events = _events_of(client, org_id, booking_id)
+    events = _events_of(client, settings.keyspace, org_id, booking_id)
     if not events:
         return []
     groups: dict[str, dict[str, Any]] = {}
     try:
-        for info in client.xinfo_groups(keys.outbox(org_id)):
+        for info in client.xinfo_groups(settings.keyspace.outbox(org_id)):
             groups[_text(info.get("name"))] = dict(info)
     except redis.exceptions.ResponseError:
         pass  # no stream yet
@@ -137,6 +138,7 @@ def booking_timeline(
         for spec in settings.sinks:
             state = _state(
                 client,
+                settings.keyspace,
                 spec,
                 org_id,
                 entry_id,

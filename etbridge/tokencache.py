@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from etbridge import backoff, keys, redisconn
+from etbridge import backoff, redisconn
 from etbridge.errors import AuthenticationError, RetriableError, TransportError
 from etbridge.oauth import TokenEndpoint, TokenResponse
 from etbridge.replies import optional_int, optional_text
@@ -150,13 +150,14 @@ class TokenCache:
         self._endpoint = TokenEndpoint(settings, session=session, timeout=self.timeout)
         self._credentials = credentials = self._endpoint.credentials
         self._cache_id = credentials.cache_id
-        self._key = keys.token(self._cache_id)
-        self._lock_key = keys.token_lock(self._cache_id)
+        ks = settings.keyspace
+        self._key = ks.token(self._cache_id)
+        self._lock_key = ks.token_lock(self._cache_id)
         # A slow, salted hash: enough to tell "the secret changed" without
         # putting anything in Redis that helps guess a weak secret.
         secret = credentials.secret.get_secret_value().encode()
         secret_fp = hashlib.pbkdf2_hmac("sha256", secret, self._cache_id.encode(), 10_000)[:6].hex()
-        self._failures = FailureMemory(redis, keys.token_failure(self._cache_id), secret_fp)
+        self._failures = FailureMemory(redis, ks.token_failure(self._cache_id), secret_fp)
         self._fernet: Fernet | None = None
         if settings.token_encryption_key is not None:
             try:

@@ -1,6 +1,6 @@
 """The fleet's memory of a failed token request, and the backoff it imposes.
 
-One Redis hash per token (``keys.token_failure``): what failed, how often in a
+One Redis hash per token (``Keyspace.token_failure``): what failed, how often in a
 row, and when the fleet may ask again. Inside that backoff every caller gets
 the remembered error without a request. The record carries a fingerprint of
 the secret, so a corrected secret is tried at once. See docs/token.md.

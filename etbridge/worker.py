@@ -104,7 +104,8 @@ def _start_sender(**_: Any) -> None:
     """Beat publishes the planner's timed sends (etbridge/sender.py)."""
     from etbridge import runtime, sender, tasks
 
-    sender.Sender(runtime.get(settings).redis, tasks.publish_poll).start()
+    rt = runtime.get(settings)
+    sender.Sender(rt.redis, rt.keyspace, tasks.publish_poll).start()
 
 
 @signals.setup_logging.connect

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from etbridge import keys
 from etbridge.apps import IMPLICIT_NAME
 from etbridge.settings import SettingsError, load_settings
 
@@ -57,6 +58,9 @@ def test_without_the_file_one_implicit_application_of_the_settings() -> None:
     assert [s.url for s in app.sinks] == ["redis-stream:etbridge:events"]
     # Its settings are the settings: nothing changes for a single application.
     assert app.settings(settings).model_dump() == settings.model_dump()
+    # ... nor its Redis keys (etb:…, the layout of before).
+    assert settings.app is None and app.settings(settings).app is None
+    assert app.settings(settings).keyspace == settings.keyspace == keys.DEFAULT
 
 
 def test_implicit_application_keeps_webhook_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,6 +104,12 @@ def test_two_applications(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     as_acme = acme.settings(settings)
     assert (as_acme.rate_limit, as_acme.orgs) == (30, ["1001", "1002"])
     assert as_acme.redis_url == settings.redis_url
+    # Each its own Redis keyspace, named after the application.
+    assert (as_acme.app, as_globex.app) == ("acme", "globex")
+    assert as_acme.keyspace == keys.Keyspace("acme")
+    assert as_acme.keyspace.orgs == "etb:app:acme:orgs"
+    assert as_globex.keyspace.outbox("7") == "etb:app:globex:{org:7}:outbox"
+    assert settings.keyspace == keys.DEFAULT
 
 
 def test_named_webhook_key_falls_back_to_the_environment(

@@ -59,16 +59,16 @@ def test_resync_orgs_and_replay(sandbox: Sandbox, redis_url: str) -> None:
 
     proc = run(sandbox, redis_url, "resync", "1001")
     assert proc.returncode == 0
-    assert client.hget(keys.org_meta("1001", "bookings"), "resync") == b"1"
+    assert client.hget(keys.DEFAULT.org_meta("1001", "bookings"), "resync") == b"1"
     (result,) = Poller(rt.redis, rt.settings, rt.api).poll("1001")
     assert result.mode == "sweep"
-    assert client.hget(keys.org_meta("1001", "bookings"), "resync") is None
+    assert client.hget(keys.DEFAULT.org_meta("1001", "bookings"), "resync") is None
 
     proc = run(sandbox, redis_url, "orgs", ETBRIDGE_ORGS="1001,1002")
     assert proc.returncode == 0
     assert "1001" in proc.stdout and "1002" in proc.stdout
 
-    snapshots = client.xlen(keys.outbox("1001"))
+    snapshots = client.xlen(keys.DEFAULT.outbox("1001"))
     assert snapshots == 10
     proc = run(
         sandbox,
@@ -83,7 +83,7 @@ def test_resync_orgs_and_replay(sandbox: Sandbox, redis_url: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "replayed 10 event(s)" in proc.stdout
     replayed = stream_events(client, "replayed")
-    outbox = stream_events(client, keys.outbox("1001"))
+    outbox = stream_events(client, keys.DEFAULT.outbox("1001"))
     assert [e["id"] for e in replayed] == [e["id"] for e in outbox]
 
     proc = run(sandbox, redis_url, "replay", "--sink", "ftp://nope", "--since", "1h")
@@ -111,10 +111,10 @@ def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
 
     name = parse_sink("redis-stream:cli:events").name
-    client.hset(keys.sink_state(name), mapping={"disabled": "1", "disabled_reason": "410"})
+    client.hset(keys.DEFAULT.sink_state(name), mapping={"disabled": "1", "disabled_reason": "410"})
     proc = run(sandbox, redis_url, "sink", "enable", "redis-stream:cli:events")
     assert proc.returncode == 0, proc.stderr
-    assert client.hget(keys.sink_state(name), "disabled") is None
+    assert client.hget(keys.DEFAULT.sink_state(name), "disabled") is None
     proc = run(sandbox, redis_url, "sink", "enable", "gopher://x")
     assert proc.returncode == 2
 
@@ -122,10 +122,10 @@ def test_sink_enable(sandbox: Sandbox, redis_url: str) -> None:
 def test_state_finish_upgrade_marks_the_format_and_drops_the_old_digests(
     sandbox: Sandbox, redis_url: str, r: redis.Redis
 ) -> None:
-    r.hset(keys.ORGS, "1001", "{}")
-    r.hset(keys.fingerprints("1001", "bookings"), "1", "ab")
+    r.hset(keys.DEFAULT.orgs, "1001", "{}")
+    r.hset(keys.DEFAULT.fingerprints("1001", "bookings"), "1", "ab")
     proc = run(sandbox, redis_url, "state", "finish-upgrade", "--wait", "0")
     assert proc.returncode == 0, proc.stderr
     assert "1 pre-format-3 digest hashes removed" in proc.stdout
-    assert r.get(keys.STATE_FORMAT) == b"3"
-    assert not r.exists(keys.fingerprints("1001", "bookings"))
+    assert r.get(keys.DEFAULT.state_format) == b"3"
+    assert not r.exists(keys.DEFAULT.fingerprints("1001", "bookings"))

@@ -347,7 +347,7 @@ def _sequence(*answers: Answer) -> Callable[..., Answer]:
 
 
 def test_retry_after_wins_and_a_429_pauses_the_fleet(r: redis.Redis) -> None:
-    budget = RequestBudget(r, keys.digest("test-client"), 100, margin=0.0)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest("test-client"), 100, margin=0.0)
     ok = _json(200, {"data": []}, **{"X-Api-Request-Remaining": "50"})
     client, adapter = _canned_client(
         _sequence((429, {"Retry-After": "1"}, b""), ok), budget=budget, backoff_base=10.0
@@ -358,11 +358,11 @@ def test_retry_after_wins_and_a_429_pauses_the_fleet(r: redis.Redis) -> None:
     assert 0.9 <= time.monotonic() - started < 9
     assert len(adapter.requests) == 2
     # Both attempts drew from the budget.
-    assert r.zcard(keys.budget(budget.app_id)) == 2
+    assert r.zcard(keys.DEFAULT.budget(budget.app_id)) == 2
 
 
 def test_a_429_sets_the_fleet_pause_key(r: redis.Redis) -> None:
-    budget = RequestBudget(r, keys.digest("test-client"), 100)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest("test-client"), 100)
     client, _ = _canned_client(
         lambda _: (429, {"Retry-After": "30"}, b""), budget=budget, budget_wait=1.0
     )
@@ -370,7 +370,7 @@ def test_a_429_sets_the_fleet_pause_key(r: redis.Redis) -> None:
         client.get_document("1001", "/v2/bookings", {})
     # Too long to wait inside a worker: handed back with the wait.
     assert info.value.retry_after == 30.0
-    assert r.pttl(keys.budget_pause(budget.app_id)) > 25_000
+    assert r.pttl(keys.DEFAULT.budget_pause(budget.app_id)) > 25_000
     # The next call does not even reach the transport: the fleet is paused.
     with pytest.raises(RateLimited):
         client.get_document("1001", "/v2/bookings", {})
@@ -403,14 +403,14 @@ def test_fatal_errors_are_not_retried() -> None:
 
 
 def test_the_remaining_header_feeds_the_budget(r: redis.Redis) -> None:
-    budget = RequestBudget(r, keys.digest("test-client"), 10)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest("test-client"), 10)
     answer = _json(
         200, {"data": []}, **{"X-Api-Request-Remaining": "1", "X-Api-Request-Limit": "10"}
     )
     client, _ = _canned_client(lambda _: answer, budget=budget)
     client.get_document("1001", "/v2/bookings", {})
     # We granted 1, the API counted 9: the budget is charged up to 9.
-    assert r.zcard(keys.budget(budget.app_id)) == 9
+    assert r.zcard(keys.DEFAULT.budget(budget.app_id)) == 9
 
 
 class RetryOnce401(requests.auth.AuthBase):
@@ -433,7 +433,7 @@ class RetryOnce401(requests.auth.AuthBase):
 
 
 def test_requests_sent_by_the_auth_on_its_own_are_counted(r: redis.Redis) -> None:
-    budget = RequestBudget(r, keys.digest("test-client"), 10)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest("test-client"), 10)
 
     def answer(request: requests.PreparedRequest) -> Answer:
         if request.headers["Authorization"] == "Bearer old":
@@ -446,7 +446,7 @@ def test_requests_sent_by_the_auth_on_its_own_are_counted(r: redis.Redis) -> Non
     client = EventTempleClient(_settings(), auth=RetryOnce401(), budget=budget, session=session)
     assert client.get_document("1001", "/v2/bookings", {}) == {"data": []}
     assert len(adapter.requests) == 2
-    assert r.zcard(keys.budget(budget.app_id)) == 2
+    assert r.zcard(keys.DEFAULT.budget(budget.app_id)) == 2
 
 
 def test_transport_failures_become_transport_errors() -> None:
@@ -643,7 +643,7 @@ def test_typed_errors_from_the_sandbox(sb: Sandbox) -> None:
 def test_a_forced_429_pauses_the_budget_and_hands_back_the_wait(
     sb: Sandbox, r: redis.Redis
 ) -> None:
-    budget = RequestBudget(r, keys.digest(sb.client_id), 1000)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest(sb.client_id), 1000)
     sb.force_429(1, 7)
     with _client(sb, budget=budget, budget_wait=1.0) as client:
         with pytest.raises(RateLimited) as info:
@@ -656,7 +656,7 @@ def test_a_forced_429_pauses_the_budget_and_hands_back_the_wait(
 
 
 def test_a_short_retry_after_is_waited_out_in_the_client(sb: Sandbox, r: redis.Redis) -> None:
-    budget = RequestBudget(r, keys.digest(sb.client_id), 1000, margin=0.2)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest(sb.client_id), 1000, margin=0.2)
     sb.force_429(1, 1)
     with _client(sb, budget=budget, budget_wait=5.0) as client:
         assert client.get_document("1001", "/v2/bookings", {"page[size]": "1"})["data"]
@@ -667,7 +667,7 @@ def test_a_short_retry_after_is_waited_out_in_the_client(sb: Sandbox, r: redis.R
 def test_low_remaining_slows_the_fleet_before_the_api_says_no(sb: Sandbox, r: redis.Redis) -> None:
     # The API allows 10 a minute; our budget wrongly believes 100.
     sb.config(rate_limit=10)
-    budget = RequestBudget(r, keys.digest(sb.client_id), 100, burst=100)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest(sb.client_id), 100, burst=100)
     ok = 0
     with _client(sb, budget=budget, budget_wait=0.2) as client, pytest.raises(RateLimited):  # noqa: PT012 - counts the calls before the 429
         for _ in range(50):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from etbridge import keys
 from etbridge import state as state_mod
 from etbridge.errors import AccessLost
 from etbridge.runtime import Runtime
@@ -32,7 +33,7 @@ def test_lost_access_keeps_the_state_and_polling_resumes_from_the_watermark(
 ) -> None:
     p = poller(rt)
     p.poll(ORG)
-    state = OrgState(rt.redis, ORG, "bookings")
+    state = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings")
     watermark = state.meta()["watermark"]
     sandbox.glitch(ORG, forbidden=True)
     for mode in ("incremental", "sweep", "sweep"):
@@ -67,14 +68,14 @@ def test_an_org_gone_from_discovery_is_inaccessible_and_keeps_its_state(
     rt: Runtime, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     poller(rt).poll(ORG)
-    state_mod.register_org(rt.redis, ORG)
-    stored = OrgState(rt.redis, ORG, "bookings").count()
+    state_mod.register_org(rt.redis, keys.DEFAULT, ORG)
+    stored = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count()
     with caplog.at_level("WARNING", logger="etbridge.deletions"):
-        state_mod.mark_removed(rt.redis, ORG)
+        state_mod.mark_removed(rt.redis, keys.DEFAULT, ORG)
     assert any(f"org inaccessible org_id={ORG}" in r.getMessage() for r in caplog.records)
     doc = org_status(rt)
     assert doc["accessible"] is False and doc["removed"] is True
-    assert OrgState(rt.redis, ORG, "bookings").count() == stored
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count() == stored
     assert outbox_events(rt.redis, ORG) == []
-    state_mod.register_org(rt.redis, ORG)  # listed again
+    state_mod.register_org(rt.redis, keys.DEFAULT, ORG)  # listed again
     assert org_status(rt)["accessible"] is True

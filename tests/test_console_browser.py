@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from etbridge import holds, outbox
+from etbridge import holds, keys, outbox
 from etbridge.outbox import Relay
 from etbridge.poller import Poller
 from etbridge.settings import parse_sink
@@ -103,7 +103,9 @@ def test_click_through_every_page_and_redeliver(
             relay.close()
         (letter,) = outbox.dlq_list(r, rt.settings)
         # A sweep of 1002 that missed most of its bookings: held for an operator.
-        holds.write(r, "1002", "bookings", ["b1", "b2", "b3", "b4"], reason="ratio", stored=12)
+        holds.write(
+            r, keys.DEFAULT, "1002", "bookings", ["b1", "b2", "b3", "b4"], reason="ratio", stored=12
+        )
 
         env = environ(
             sandbox,
@@ -187,7 +189,8 @@ def test_click_through_every_page_and_redeliver(
             browser.find_element(By.CSS_SELECTOR, "button[name=confirm]").click()
             titled("Held deletions")
             assert "approved 4 held deletion(s)" in browser.find_element(By.TAG_NAME, "main").text
-            assert holds.read(r, "1002", "bookings").approved_ids == ("b1", "b2", "b3", "b4")  # type: ignore[union-attr]
+            hold = holds.read(r, keys.DEFAULT, "1002", "bookings")
+            assert hold is not None and hold.approved_ids == ("b1", "b2", "b3", "b4")
             for secret in (sandbox.client_secret, delivery.SECRET, rt.tokens.get()):
                 assert secret not in browser.page_source
         finally:

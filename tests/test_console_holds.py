@@ -42,19 +42,25 @@ def csrf_of(html: str) -> str:
 def test_held_deletions_lost_access_and_breakers(
     sandbox: Sandbox, redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
-    holds.write(r, "1003", "bookings", ["b1", "b2", "b3"], reason="ratio", stored=4)
-    holds.write(r, "1002", "bookings", ["b9"], reason="mass-disappearance", stored=5)
-    since = holds.read(r, "1003", "bookings").since  # type: ignore[union-attr]
+    holds.write(r, keys.DEFAULT, "1003", "bookings", ["b1", "b2", "b3"], reason="ratio", stored=4)
+    holds.write(r, keys.DEFAULT, "1002", "bookings", ["b9"], reason="mass-disappearance", stored=5)
+    since = holds.read(r, keys.DEFAULT, "1003", "bookings").since  # type: ignore[union-attr]
     holds.mark_inaccessible(
-        r, "1001", "bookings", f"HTTP 403 Forbidden for secret {sandbox.client_secret}"
+        r,
+        keys.DEFAULT,
+        "1001",
+        "bookings",
+        f"HTTP 403 Forbidden for secret {sandbox.client_secret}",
     )
     breaker, gone, flaky = (parse_sink(u) for u in (BREAKER, GONE, FLAKY))
-    sinkstate.disable(r, breaker, "every attempt failed for 3 days: ServerError HTTP 503")
-    sinkstate.disable(r, gone, "HTTP 410 Gone from the receiver")
-    sinkstate.note_failure(r, flaky, "ConnectionError", time.time())
+    sinkstate.disable(
+        r, keys.DEFAULT, breaker, "every attempt failed for 3 days: ServerError HTTP 503"
+    )
+    sinkstate.disable(r, keys.DEFAULT, gone, "HTTP 410 Gone from the receiver")
+    sinkstate.note_failure(r, keys.DEFAULT, flaky, "ConnectionError", time.time())
     for n in range(3):  # as the relay writes them (deadletters.add)
         r.xadd(
-            keys.dead_letters(breaker.name),
+            keys.DEFAULT.dead_letters(breaker.name),
             {
                 "event_id": f"e{n}",
                 "org_id": "1002",
@@ -101,11 +107,13 @@ def test_held_deletions_lost_access_and_breakers(
         assert "Approve the 3 held deletion(s) of org 1003" in confirm.text
         url = base + "deletions/1003/bookings/approve"
         assert browser.post(url, data={"confirm": "yes"}, timeout=10).status_code == 403
-        assert holds.read(r, "1003", "bookings").approved_ids == ()  # type: ignore[union-attr]
+        assert holds.read(r, keys.DEFAULT, "1003", "bookings").approved_ids == ()  # type: ignore[union-attr]
         done = browser.post(url, data={"csrf": csrf_of(confirm.text), "confirm": "yes"})
         assert "approved 3 held deletion(s)" in done.text
-        assert holds.read(r, "1003", "bookings").approved_ids == ("b1", "b2", "b3")  # type: ignore[union-attr]
-        assert r.hget(keys.org_meta("1003", "bookings"), "resync") == b"1"  # a sweep is asked for
+        assert holds.read(r, keys.DEFAULT, "1003", "bookings").approved_ids == ("b1", "b2", "b3")  # type: ignore[union-attr]
+        assert (
+            r.hget(keys.DEFAULT.org_meta("1003", "bookings"), "resync") == b"1"
+        )  # a sweep is asked for
         assert "yes, 3 at" in browser.get(base + "orgs/1003", timeout=10).text
 
         # Reject: the hold goes, the bookings stay.
@@ -114,7 +122,7 @@ def test_held_deletions_lost_access_and_breakers(
         assert "Reject the hold of 1 deletion(s)" in confirm.text
         done = browser.post(url, data={"csrf": csrf_of(confirm.text), "confirm": "yes"})
         assert "hold of 1 dropped" in done.text
-        assert holds.read(r, "1002", "bookings") is None
+        assert holds.read(r, keys.DEFAULT, "1002", "bookings") is None
         assert browser.get(url, timeout=10).status_code == 404
 
         sinks = browser.get(base + "sinks", timeout=10).text

@@ -459,11 +459,11 @@ def _state(client: redis.Redis, org_id: str) -> dict[str, Any]:
     (A failed poll records its error, and a sweep marks itself started before
     its first page; neither is a commit.)
     """
-    meta = client.hgetall(keys.org_meta(org_id, "bookings"))
+    meta = client.hgetall(keys.DEFAULT.org_meta(org_id, "bookings"))
     marks = (b"watermark", b"scan_max", b"sweep_cursor", b"baselined", b"attrs", b"absorbed")
     return {
-        "outbox": client.xlen(keys.outbox(org_id)),
-        "snap": client.hgetall(keys.snapshots(org_id, "bookings")),
+        "outbox": client.xlen(keys.DEFAULT.outbox(org_id)),
+        "snap": client.hgetall(keys.DEFAULT.snapshots(org_id, "bookings")),
         "marks": {name: meta.get(name) for name in marks},
     }
 
@@ -691,7 +691,7 @@ def test_a_huge_retry_after_from_the_token_endpoint_stops_token_requests_briefly
     with pytest.raises(RateLimited) as first:
         cache.get()
     assert first.value.retry_after == MAX_RETRY_AFTER
-    record = r.hgetall(keys.token_failure(cache.cache_id))
+    record = r.hgetall(keys.DEFAULT.token_failure(cache.cache_id))
     delay_ms = int(record[b"next_attempt_at_ms"]) - int(record[b"failed_at_ms"])
     assert 0 < delay_ms <= MAX_RETRY_AFTER * 1000
     # The remembered error says so too, and no second request goes out.
@@ -700,7 +700,7 @@ def test_a_huge_retry_after_from_the_token_endpoint_stops_token_requests_briefly
     assert remembered.value.retry_after is not None
     assert remembered.value.retry_after <= MAX_RETRY_AFTER
     assert adapter.answered == 1
-    r.delete(keys.token_failure(cache.cache_id))
+    r.delete(keys.DEFAULT.token_failure(cache.cache_id))
 
 
 def test_a_retry_after_longer_than_the_transient_backoff_is_still_honoured(
@@ -713,9 +713,9 @@ def test_a_retry_after_longer_than_the_transient_backoff_is_still_honoured(
     cache = TokenCache(r, settings, session=session, attempts=1)
     with pytest.raises(RateLimited):
         cache.get()
-    record = r.hgetall(keys.token_failure(cache.cache_id))
+    record = r.hgetall(keys.DEFAULT.token_failure(cache.cache_id))
     assert int(record[b"next_attempt_at_ms"]) - int(record[b"failed_at_ms"]) == 120_000
-    r.delete(keys.token_failure(cache.cache_id))
+    r.delete(keys.DEFAULT.token_failure(cache.cache_id))
 
 
 @settings(
@@ -730,7 +730,7 @@ def test_the_failure_script_puts_its_ceiling_after_the_retry_after_floor(
 ) -> None:
     """Even a caller that hands the script an unbounded floor gets at most the ceiling."""
     script = r.register_script(RECORD_FAILURE)
-    key = keys.token_failure("fuzz-ceiling")
+    key = keys.DEFAULT.token_failure("fuzz-ceiling")
     r.hset(key, mapping={"kind": "transient", "secret_fp": "fp", "attempts": attempts - 1})
     ceiling_ms, base_ms, cap_ms, now_ms = 900_000, 2_000, 60_000, 1_000_000
     fields: list[str | int] = [

@@ -197,7 +197,8 @@ def test_the_rendered_worker_and_beat_run_a_fleet(
             assert doc["status"] == "ok"
         wait_for(
             lambda: all(
-                r.hget(keys.org_meta(o, "bookings"), "baselined") == b"1" for o in ("1001", "1002")
+                r.hget(keys.DEFAULT.org_meta(o, "bookings"), "baselined") == b"1"
+                for o in ("1001", "1002")
             ),
             90,
             "both orgs baselined",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from etbridge import holds, status
+from etbridge import holds, keys, status
 from etbridge.runtime import Runtime
 from etbridge.state import OrgState
 from tests.support import deletionsafety
@@ -31,7 +31,7 @@ def test_an_empty_listing_is_held_and_cleared_when_the_bookings_return(
 ) -> None:
     p = poller(rt)
     p.poll(ORG)
-    stored = OrgState(rt.redis, ORG, "bookings").count()
+    stored = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count()
     sandbox.glitch(ORG, empty_listings=True)
     before = gets(sandbox)
     with caplog.at_level("WARNING", logger="etbridge.deletions"):
@@ -39,14 +39,14 @@ def test_an_empty_listing_is_held_and_cleared_when_the_bookings_return(
         p.poll(ORG, "sweep")
     assert gets(sandbox) == before  # held without spending the budget
     assert outbox_events(rt.redis, ORG) == []
-    assert OrgState(rt.redis, ORG, "bookings").count() == stored  # no state change
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count() == stored  # no state change
     alerts = [r for r in caplog.records if "deletions held" in r.getMessage()]
     assert len(alerts) == 1, "the warning is sent once per hold"
     assert org_status(rt)["deletions_held"] == stored
     assert f"deletions held: {stored}" in status.render(status.collect(rt.redis, rt.settings))
     sandbox.glitch(ORG, empty_listings=False)
     p.poll(ORG, "sweep")
-    assert holds.read(rt.redis, ORG, "bookings") is None
+    assert holds.read(rt.redis, keys.DEFAULT, ORG, "bookings") is None
     assert org_status(rt)["deletions_held"] == 0
     assert outbox_events(rt.redis, ORG) == []
 
@@ -56,7 +56,7 @@ def test_a_mass_deletion_waits_for_the_operator(
 ) -> None:
     p = poller(rt)
     p.poll(ORG)
-    stored = OrgState(rt.redis, ORG, "bookings").count()
+    stored = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count()
     deleted = {m["id"] for m in sandbox.mutate(20, org=ORG, kinds=["delete"])}
     p.poll(ORG, "sweep")
     assert "deleted" not in types(rt)
@@ -67,7 +67,9 @@ def test_a_mass_deletion_waits_for_the_operator(
     assert set(one.split("ids: ", 1)[1].split()) == deleted
     approve = cli(sandbox, redis_url, "deletions", "approve", ORG)
     assert approve.returncode == 0 and "20 held deletions approved" in approve.stdout
-    assert OrgState(rt.redis, ORG, "bookings").meta()["resync"] == "1"  # a sweep comes soon
+    assert (
+        OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").meta()["resync"] == "1"
+    )  # a sweep comes soon
     p.poll(ORG)  # the requested sweep
     events = outbox_events(rt.redis, ORG)
     assert {e["subject"] for e in events} == deleted
@@ -80,15 +82,15 @@ def test_a_mass_deletion_waits_for_the_operator(
 def test_a_rejected_hold_keeps_the_bookings(rt: Runtime, sandbox: Sandbox, redis_url: str) -> None:
     p = poller(rt)
     p.poll(ORG)
-    stored = OrgState(rt.redis, ORG, "bookings").count()
+    stored = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count()
     sandbox.glitch(ORG, drop_fraction=0.5)
     p.poll(ORG, "sweep")
-    held = holds.read(rt.redis, ORG, "bookings")
+    held = holds.read(rt.redis, keys.DEFAULT, ORG, "bookings")
     assert held is not None and held.reason == "guard" and held.count > 10
     reject = cli(sandbox, redis_url, "deletions", "reject", ORG)
     assert reject.returncode == 0 and "the bookings stay" in reject.stdout
-    assert holds.read(rt.redis, ORG, "bookings") is None
-    assert OrgState(rt.redis, ORG, "bookings").count() == stored
+    assert holds.read(rt.redis, keys.DEFAULT, ORG, "bookings") is None
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").count() == stored
     sandbox.glitch(ORG, drop_fraction=0)
     p.poll(ORG, "sweep")
     assert outbox_events(rt.redis, ORG) == []

@@ -112,11 +112,11 @@ def test_budget_stops_and_reschedules(r: redis.Redis, redis_url: str) -> None:
     sink_name = relay.settings.sinks[0].name
     result = relay.deliver("1001", sink_name, max_events=10)
     assert (result.outcome, result.delivered) == (BUDGET, 10)
-    assert r.zscore(outbox.DUE, outbox.due_member("1001", sink_name)) is not None
+    assert r.zscore(keys.DEFAULT.relay_due, outbox.due_member("1001", sink_name)) is not None
     assert relay.due() == [("1001", sink_name)]
     result = relay.deliver("1001", sink_name)
     assert (result.outcome, result.delivered) == (CAUGHT_UP, 20)
-    assert r.zscore(outbox.DUE, outbox.due_member("1001", sink_name)) is None
+    assert r.zscore(keys.DEFAULT.relay_due, outbox.due_member("1001", sink_name)) is None
 
 
 def test_filters_route_and_ack_what_they_drop(r: redis.Redis, redis_url: str) -> None:
@@ -138,7 +138,7 @@ def test_filters_route_and_ack_what_they_drop(r: redis.Redis, redis_url: str) ->
     assert [e["id"] for e in routed] == [org12[0]["id"], org12[2]["id"]]
     assert outbox.status(r, settings)["sinks"][settings.sinks[0].display]["pending"] == 0
     # Org 34 is not this sink's: no consumer group is even made for it.
-    groups = {g["name"].decode() for g in r.xinfo_groups(keys.outbox("34"))}
+    groups = {g["name"].decode() for g in r.xinfo_groups(keys.DEFAULT.outbox("34"))}
     assert outbox.group_name(settings.sinks[0].name) not in groups
 
 
@@ -157,7 +157,7 @@ def test_retry_holds_back_one_org_for_one_sink_only(
     )
     # Org 1002 went through, the stream sink got everything; org 1001 waits at its head.
     assert rx.delivered_ids() == [e["id"] for e in b]
-    state_key = outbox.partition_key("1001", settings.sinks[1].name)
+    state_key = keys.DEFAULT.relay_partition("1001", settings.sinks[1].name)
     drive(relay, lambda: r.hget(state_key, "attempts") == b"4")
     hook = outbox.status(r, settings)["sinks"][rx.url]
     assert hook["retrying"] == 1
@@ -166,8 +166,8 @@ def test_retry_holds_back_one_org_for_one_sink_only(
     assert outbox.status(r, settings)["sinks"][STREAM]["pending"] == 0
     # The receiver recovers; the retry (60 s away) is brought forward by hand.
     rx.reply_for(a[0]["id"], None)
-    r.hset(outbox.partition_key("1001", settings.sinks[1].name), "next_at", "0")
-    r.zadd(outbox.DUE, {outbox.due_member("1001", settings.sinks[1].name): 0})
+    r.hset(keys.DEFAULT.relay_partition("1001", settings.sinks[1].name), "next_at", "0")
+    r.zadd(keys.DEFAULT.relay_due, {outbox.due_member("1001", settings.sinks[1].name): 0})
     drive(relay, lambda: len(rx.delivered_ids()) == 10)
     assert by_org([x.envelope or {} for x in rx.delivered()]) == by_org(a + b)
     assert outbox.status(r, settings)["outbox"]["retrying"] == 0
@@ -234,8 +234,8 @@ def test_poison_entries_are_dead_lettered_at_once(r: redis.Redis, redis_url: str
     relay = Relay(r, settings)
     good = envelope("1001", "1")
     commit(r, "1001", [])
-    r.xadd(keys.outbox("1001"), {"event": b"{not json"})
-    r.xadd(keys.outbox("1001"), {"other": b"field"})
+    r.xadd(keys.DEFAULT.outbox("1001"), {"event": b"{not json"})
+    r.xadd(keys.DEFAULT.outbox("1001"), {"other": b"field"})
     commit(r, "1001", [good])
     result = relay.deliver("1001", settings.sinks[0].name)
     assert (result.outcome, result.delivered, result.dead_lettered) == (CAUGHT_UP, 1, 2)
@@ -292,18 +292,18 @@ def test_one_relay_per_partition(r: redis.Redis, redis_url: str) -> None:
     relay = Relay(r, settings)
     sink = settings.sinks[0].name
     commit_events(r, "1001", 3)
-    r.set(outbox.lock_key("1001", sink), "someone-else", px=5000)
+    r.set(keys.DEFAULT.relay_lock("1001", sink), "someone-else", px=5000)
     before = time.time()
     result = relay.deliver("1001", sink)
     assert result.outcome == BUSY
     assert r.xlen("etb-test:events") == 0
-    score = r.zscore(outbox.DUE, outbox.due_member("1001", sink))
+    score = r.zscore(keys.DEFAULT.relay_due, outbox.due_member("1001", sink))
     # Due when the lock expires, in case its holder died...
     assert score is not None and score >= before + 4
     # ...and a live holder finds the note to read once more before it lets go.
-    assert r.exists(outbox.lock_key("1001", sink) + ":again")
+    assert r.exists(keys.DEFAULT.relay_lock("1001", sink) + ":again")
     assert relay.deliver("1001", "no-such-sink").outcome == outbox.UNKNOWN
-    r.delete(outbox.lock_key("1001", sink))
+    r.delete(keys.DEFAULT.relay_lock("1001", sink))
     assert relay.deliver("1001", sink).delivered == 3
     # A holder about to let go sees the note a busy task left, and reads again.
     holder = outbox._Partition(relay, "1001", settings.sinks[0])
@@ -311,7 +311,7 @@ def test_one_relay_per_partition(r: redis.Redis, redis_url: str) -> None:
     assert relay.deliver("1001", sink).outcome == BUSY
     assert holder.finish() == 0  # look again, lock kept
     assert holder.finish() == 1  # nothing new: released
-    assert not r.exists(outbox.lock_key("1001", sink))
+    assert not r.exists(keys.DEFAULT.relay_lock("1001", sink))
 
 
 def test_entries_of_a_dead_relay_are_reclaimed_after_the_timeout(
@@ -324,7 +324,7 @@ def test_entries_of_a_dead_relay_are_reclaimed_after_the_timeout(
     relay.deliver("1001", sink)  # creates the group, delivers all
     more = commit_events(r, "1001", 4, start=5)
     # A relay that read three entries and died before sending them.
-    stream, group = keys.outbox("1001"), outbox.group_name(sink)
+    stream, group = keys.DEFAULT.outbox("1001"), outbox.group_name(sink)
     assert len(group_read(r, group, "dead-worker", stream, count=3)) == 3
     first = relay.deliver("1001", sink)
     assert first.outcome == WAITING  # they may still be in flight: not yet
@@ -358,10 +358,10 @@ def test_notify_due_and_sweep(r: redis.Redis, redis_url: str) -> None:
     assert relay.due(now=time.time() + 1) == []
     # A lost task: the partition comes back when its lease ends.
     assert relay.due(now=time.time() + outbox.ENQUEUE_LEASE + 1) == [("1001", a)]
-    r.delete(outbox.DUE)
+    r.delete(keys.DEFAULT.relay_due)
     # Committed without a notify (a poller that died): the sweep finds it, once.
     commit_events(r, "1002", 2)
-    r.delete(outbox.SWEEP)
+    r.delete(keys.DEFAULT.relay_sweep)
     found = set(relay.due())
     assert found == {("1001", a), ("1002", a), ("1002", b)}
     assert relay.due() == []
@@ -377,7 +377,7 @@ def test_trim_keeps_what_a_sink_has_not_acked(r: redis.Redis, redis_url: str) ->
     commit(r, "1001", [])
     for n in range(5):
         body = json.dumps(envelope("1001", "1", seq=n))
-        r.xadd(keys.outbox("1001"), {"event": body}, id=f"{old_ms}-{n}")
+        r.xadd(keys.DEFAULT.outbox("1001"), {"event": body}, id=f"{old_ms}-{n}")
     commit_events(r, "1001", 3, start=5)
     relay.deliver("1001", fast)
     assert outbox.trim(r, settings) == 0  # the slow sink has no group yet: keep all
@@ -385,7 +385,7 @@ def test_trim_keeps_what_a_sink_has_not_acked(r: redis.Redis, redis_url: str) ->
     assert outbox.trim(r, settings) == 2  # old and acked by both sinks
     relay.deliver("1001", slow)
     assert outbox.trim(r, settings) == 3  # the rest of the old ones; the recent 3 stay
-    assert r.xlen(keys.outbox("1001")) == 3
+    assert r.xlen(keys.DEFAULT.outbox("1001")) == 3
 
 
 def test_logs_and_status_keep_secrets(

@@ -24,7 +24,7 @@ ORGS = [str(1000 + n) for n in range(6)]
 
 
 def _tick(rt: Runtime) -> planner.Tick:
-    rt.redis.delete(keys.PLAN_LOCK)  # a new tick, however soon after the last
+    rt.redis.delete(keys.DEFAULT.plan_lock)  # a new tick, however soon after the last
     planner._cache = None  # the allocation of this Redis, not one cached by another test
     return planner.tick(rt, 1.0)
 
@@ -43,16 +43,18 @@ def test_a_warning_is_logged_once_for_its_setting_while_its_figure_moves(
 
     # The same setting with another figure (the estimates moved): status gets the
     # new figure, the log nothing more.
-    summary = planstore.summary(r)
+    summary = planstore.summary(r, keys.DEFAULT)
     summary["warnings"] = [line.replace("at the most", "or so") for line in summary["warnings"]]
-    planstore.record_summary(r, summary)
+    planstore.record_summary(r, keys.DEFAULT, summary)
     caplog.clear()
     assert _tick(rt).warnings == first.warnings
     assert not [m for m in caplog.messages if "ETBRIDGE_SWEEP_INTERVAL" in m]
-    assert planstore.summary(r)["warnings"] == first.warnings
+    assert planstore.summary(r, keys.DEFAULT)["warnings"] == first.warnings
 
     # Met again, then not: a new episode is logged again.
-    planstore.record_summary(r, {**planstore.summary(r), "warnings": []})
+    planstore.record_summary(
+        r, keys.DEFAULT, {**planstore.summary(r, keys.DEFAULT), "warnings": []}
+    )
     caplog.clear()
     _tick(rt)
     assert [m for m in caplog.messages if "ETBRIDGE_SWEEP_INTERVAL" in m] == [f"WARNING: {line}"]
@@ -67,18 +69,22 @@ def test_a_sweeps_confirmations_push_the_planners_sends_past_them(redis_url: str
 
         def confirming(n: int) -> None:
             asked.append(n)
-            planstore.reserve_sends(rt.redis, n, limit)
+            planstore.reserve_sends(rt.redis, keys.DEFAULT, n, limit)
 
         p = rt.poller(hooks=Hooks(on_confirming=confirming))
         p.poll("1001", "sweep")  # the baseline: nothing to confirm
         assert asked == []
-        assert planstore.send_cursor(rt.redis) == 0.0
+        assert planstore.send_cursor(rt.redis, keys.DEFAULT) == 0.0
         sb.mutate(3, org="1001", kinds=["delete"])
         before = time.time()
         (result,) = p.poll("1001", "sweep")
         assert result.deleted == 3 and asked == [3]
-        cursor = planstore.send_cursor(rt.redis)
+        cursor = planstore.send_cursor(rt.redis, keys.DEFAULT)
         assert before + 3 * pace <= cursor <= time.time() + 3 * pace
         # A cursor already ahead (the planner's timed sends) is pushed from where it is.
-        assert planstore.reserve_sends(rt.redis, 2, limit) == pytest.approx(cursor + 2 * pace)
-        assert 0 < rt.redis.pttl(keys.PLAN_CURSOR) <= (cursor + 2 * pace - before) * 1000 + 1
+        assert planstore.reserve_sends(rt.redis, keys.DEFAULT, 2, limit) == pytest.approx(
+            cursor + 2 * pace
+        )
+        assert (
+            0 < rt.redis.pttl(keys.DEFAULT.plan_cursor) <= (cursor + 2 * pace - before) * 1000 + 1
+        )

@@ -19,17 +19,17 @@ ORG, RES = "1001", "bookings"
 
 
 def _meta(r: redis.Redis) -> dict[str, str]:
-    return text_hash(r.hgetall(keys.org_meta(ORG, RES)))
+    return text_hash(r.hgetall(keys.DEFAULT.org_meta(ORG, RES)))
 
 
 def _plan(r: redis.Redis) -> dict[str, str]:
-    return text_hash(r.hgetall(keys.plan(ORG, RES)))
+    return text_hash(r.hgetall(keys.DEFAULT.plan(ORG, RES)))
 
 
 def test_a_failure_counts_shows_its_error_and_backs_the_unit_off(r: redis.Redis) -> None:
-    r.hset(keys.plan(ORG, RES), "queued_at", "1")
+    r.hset(keys.DEFAULT.plan(ORG, RES), "queued_at", "1")
     before = time.time()
-    delay = planstore.record_failure(r, ORG, RES, RetriableError("HTTP 503"))
+    delay = planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("HTTP 503"))
     assert delay == pytest.approx(planstore.FAILURE_BACKOFF[0], rel=0.5)
     meta, plan = _meta(r), _plan(r)
     assert meta["errors"] == "1" and meta["last_error"] == "RetriableError: HTTP 503"
@@ -41,25 +41,31 @@ def test_a_failure_counts_shows_its_error_and_backs_the_unit_off(r: redis.Redis)
 
 
 def test_failures_back_off_further_and_retry_after_wins_when_longer(r: redis.Redis) -> None:
-    first = planstore.record_failure(r, ORG, RES, RetriableError("a"))
-    second = planstore.record_failure(r, ORG, RES, RetriableError("b"))
+    first = planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("a"))
+    second = planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("b"))
     assert second > first
-    assert planstore.record_failure(r, ORG, RES, RetriableError("c"), retry_after=250.0) >= 250
+    assert (
+        planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("c"), retry_after=250.0)
+        >= 250
+    )
     assert _meta(r)["errors"] == "3" and _meta(r)["last_error"] == "RetriableError: c"
     assert _plan(r)["failures"] == "3"
 
 
 def test_a_lost_lease_counts_as_an_error_without_backing_the_org_off(r: redis.Redis) -> None:
-    assert planstore.record_failure(r, ORG, RES, LeaseLost("taken"), back_off=False) == 0.0
+    assert (
+        planstore.record_failure(r, keys.DEFAULT, ORG, RES, LeaseLost("taken"), back_off=False)
+        == 0.0
+    )
     assert _meta(r)["errors"] == "1" and _meta(r)["last_error"].startswith("LeaseLost")
     assert _plan(r) == {}
 
 
 def test_long_errors_are_clipped_and_a_success_resets_the_backoff(r: redis.Redis) -> None:
-    planstore.record_failure(r, ORG, RES, RuntimeError("x" * 2000))
+    planstore.record_failure(r, keys.DEFAULT, ORG, RES, RuntimeError("x" * 2000))
     assert len(_meta(r)["last_error"]) == 500
     planstore.record_success(
-        r, ORG, RES, mode="incremental", changes=0, deleted=0, pages=1, complete=True
+        r, keys.DEFAULT, ORG, RES, mode="incremental", changes=0, deleted=0, pages=1, complete=True
     )
     plan = _plan(r)
     assert plan["failures"] == "0" and plan["retry_at"] == "0"
@@ -69,7 +75,7 @@ def test_long_errors_are_clipped_and_a_success_resets_the_backoff(r: redis.Redis
 
 def test_status_shows_the_recorded_failure(r: redis.Redis, redis_url: str) -> None:
     settings = make_settings(redis_url, orgs=[ORG])
-    planstore.record_failure(r, ORG, RES, RetriableError("HTTP 502"))
+    planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("HTTP 502"))
     unit = status.collect(r, settings)["orgs"][ORG]
     assert unit["errors"] == 1 and unit["last_error"] == "RetriableError: HTTP 502"
     assert unit["next_retry"] is not None
@@ -84,63 +90,67 @@ def test_a_unit_listed_outside_the_planner_counts_its_next_deadlines_from_that_l
         "last_sweep_at": repr(swept),
         "last_poll_at": repr(swept + 1),
     }
-    r.hset(keys.org_meta(ORG, RES), mapping=meta)
-    (unit,) = planstore.gather(r, [ORG], [RES], time.time())
+    r.hset(keys.DEFAULT.org_meta(ORG, RES), mapping=meta)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], time.time())
     assert unit.last_sweep_due == pytest.approx(swept)
     assert unit.last_poll_due is None and unit.last_listed == pytest.approx(swept + 1)
     # The planner's own deadline wins once it has one.
-    r.hset(keys.plan(ORG, RES), mapping={"sweep_due": "123.5"})
-    (unit,) = planstore.gather(r, [ORG], [RES], time.time())
+    r.hset(keys.DEFAULT.plan(ORG, RES), mapping={"sweep_due": "123.5"})
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], time.time())
     assert unit.last_sweep_due == 123.5
 
 
 def test_the_start_rate_is_read_from_the_counter_that_started_polls_raise(r: redis.Redis) -> None:
-    assert planstore.started_rate(r, 100.0) is None  # a first reading has no rate
+    assert planstore.started_rate(r, keys.DEFAULT, 100.0) is None  # a first reading has no rate
     for _ in range(30):
-        planstore.mark_started(r, ORG, RES, None)
-    assert planstore.started_rate(r, 102.0) == pytest.approx(15.0)
+        planstore.mark_started(r, keys.DEFAULT, ORG, RES, None)
+    assert planstore.started_rate(r, keys.DEFAULT, 102.0) == pytest.approx(15.0)
     # A flushed counter starts the measure again rather than going negative.
-    r.delete(keys.PLAN_STARTED)
-    assert planstore.started_rate(r, 103.0) == pytest.approx(0.0)
+    r.delete(keys.DEFAULT.plan_started)
+    assert planstore.started_rate(r, keys.DEFAULT, 103.0) == pytest.approx(0.0)
 
 
 def test_a_started_poll_records_its_delay_and_its_pickup(r: redis.Redis) -> None:
     now = time.time()
-    planstore.mark_started(r, ORG, RES, now - 2.0, published=now - 0.5)
-    planstore.mark_started(r, ORG, RES, now - 1.0)  # a message from before publication was kept
-    planstore.mark_started(r, ORG, RES, now - 100.0, published=now - 99.0)  # before `since`
-    delays = planstore.delays(r, since=now - 10)
+    planstore.mark_started(r, keys.DEFAULT, ORG, RES, now - 2.0, published=now - 0.5)
+    planstore.mark_started(
+        r, keys.DEFAULT, ORG, RES, now - 1.0
+    )  # a message from before publication was kept
+    planstore.mark_started(
+        r, keys.DEFAULT, ORG, RES, now - 100.0, published=now - 99.0
+    )  # before `since`
+    delays = planstore.delays(r, keys.DEFAULT, since=now - 10)
     assert [round(d) for d in delays] == [2, 1]
-    (first, pickup), (_, none) = planstore.timings(r, since=now - 10)
+    (first, pickup), (_, none) = planstore.timings(r, keys.DEFAULT, since=now - 10)
     assert round(first) == 2 and none is None
     assert pickup is not None and 0.5 <= pickup < 1.5
 
 
 def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Redis) -> None:
-    (unit,) = planstore.gather(r, [ORG], [RES], 100.0)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], 100.0)
     assert not unit.baselined and unit.first_seen is None
-    planstore.note_seen(r, [unit], 100.0)
-    (unit,) = planstore.gather(r, [ORG], [RES], 105.0)
+    planstore.note_seen(r, keys.DEFAULT, [unit], 100.0)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], 105.0)
     assert unit.first_seen == 100.0
-    planstore.note_seen(r, [replace(unit, first_seen=None)], 105.0)  # a racing tick
-    (unit,) = planstore.gather(r, [ORG], [RES], 106.0)
+    planstore.note_seen(r, keys.DEFAULT, [replace(unit, first_seen=None)], 105.0)  # a racing tick
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], 106.0)
     assert unit.first_seen == 100.0
 
 
 def test_a_dispatch_stores_its_anchor_and_the_next_deadline_it_sets(r: redis.Redis) -> None:
     now = time.time()
     early = Decision(ORG, RES, "incremental", Reason.POLL, now + 2.0, now + 1.0, 1.5, 30.0)
-    planstore.mark_queued(r, [early], now)
-    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    planstore.mark_queued(r, keys.DEFAULT, [early], now)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     # Sent early: the deadline is the anchor, and the next is one interval on.
     assert unit.last_poll_due == pytest.approx(now + 2.0)
     assert unit.next_poll_due == pytest.approx(now + 32.0)
     late = Decision(ORG, RES, "sweep", Reason.SWEEP, now, now + 3.0, 0.0, 600.0)
-    planstore.mark_queued(r, [late], now)
-    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    planstore.mark_queued(r, keys.DEFAULT, [late], now)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.last_sweep_due == pytest.approx(now + 3.0)  # sent late: its send
     assert unit.next_sweep_due == pytest.approx(now + 603.0)
     # A poll handed back by a stopping worker is planned afresh.
-    planstore.forget_planned(r, ORG, RES)
-    (unit,) = planstore.gather(r, [ORG], [RES], now)
+    planstore.forget_planned(r, keys.DEFAULT, ORG, RES)
+    (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.next_poll_due is None and unit.next_sweep_due is None

@@ -41,7 +41,7 @@ def poller(rt: Runtime, **kw: Any) -> Poller:
 
 
 def stored_records(rt: Runtime, org: str = ORG) -> dict[str, dict[str, Any]]:
-    state = OrgState(rt.redis, org, "bookings")
+    state = OrgState(rt.redis, keys.DEFAULT, org, "bookings")
     return state.records(sorted(state.stored_ids()))
 
 
@@ -60,7 +60,7 @@ def test_baseline_is_silent_and_complete(rt: Runtime, sandbox: Sandbox) -> None:
     assert result.complete
     assert outbox_events(rt.redis, ORG) == []
     assert_in_sync(rt, sandbox)
-    meta = OrgState(rt.redis, ORG, "bookings").meta()
+    meta = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").meta()
     assert meta["baselined"] == "1"
     assert meta["watermark"].endswith("Z")
 
@@ -276,7 +276,7 @@ def test_schema_drift_is_one_event_not_a_flood(rt: Runtime, sandbox: Sandbox) ->
 def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> None:
     p = poller(rt)
     p.poll(ORG)
-    before = rt.redis.xlen(keys.outbox(ORG))
+    before = rt.redis.xlen(keys.DEFAULT.outbox(ORG))
     sandbox.mutate(5, org=ORG, kinds=["update"])
     sandbox.faults(truncated=1.0)
     try:
@@ -284,9 +284,9 @@ def test_malformed_page_is_not_half_committed(rt: Runtime, sandbox: Sandbox) -> 
             p.poll(ORG)
     finally:
         sandbox.faults(truncated=0.0)
-    assert rt.redis.xlen(keys.outbox(ORG)) == before
+    assert rt.redis.xlen(keys.DEFAULT.outbox(ORG)) == before
     p.poll(ORG)
-    assert rt.redis.xlen(keys.outbox(ORG)) > before
+    assert rt.redis.xlen(keys.DEFAULT.outbox(ORG)) > before
 
 
 def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
@@ -296,11 +296,11 @@ def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
     # baseline as the old code stored it, with the meta the same poll would leave.
     poller(rt).poll(ORG)
     truth = truth_records(sandbox)
-    rt.redis.delete(keys.snapshots(ORG, "bookings"))
+    rt.redis.delete(keys.DEFAULT.snapshots(ORG, "bookings"))
     legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
-    snap = keys.snapshots(ORG, "bookings")
+    snap = keys.DEFAULT.snapshots(ORG, "bookings")
     assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x02"}
-    assert rt.redis.hlen(keys.fingerprints(ORG, "bookings")) == len(truth)
+    assert rt.redis.hlen(keys.DEFAULT.fingerprints(ORG, "bookings")) == len(truth)
 
     p = poller(rt)
     (incremental,) = p.poll(ORG)
@@ -310,7 +310,7 @@ def test_state_stored_before_format_3_polls_silently_and_is_rewritten(
     assert outbox_events(rt.redis, ORG) == []  # no spurious updated (nor created) event
     # Every record rewritten in format 3 inside the page commits; the old digests gone.
     assert {v[:1] for v in rt.redis.hvals(snap)} == {b"\x03"}
-    assert not rt.redis.exists(keys.fingerprints(ORG, "bookings"))
+    assert not rt.redis.exists(keys.DEFAULT.fingerprints(ORG, "bookings"))
     assert_in_sync(rt, sandbox)
 
     # The rewritten state detects a real change as before.
@@ -332,13 +332,13 @@ def test_while_old_workers_may_run_every_write_keeps_their_digest_entry(
     # digest, which its own never matches, and then it fails on the format-3 value.
     poller(rt).poll(ORG)
     truth = truth_records(sandbox)
-    snap, fp = keys.snapshots(ORG, "bookings"), keys.fingerprints(ORG, "bookings")
+    snap, fp = keys.DEFAULT.snapshots(ORG, "bookings"), keys.DEFAULT.fingerprints(ORG, "bookings")
     rt.redis.delete(snap)
     legacy_state.write_old_state(rt.redis, ORG, "bookings", list(truth.values()))
-    rt.redis.delete(keys.STATE_FORMAT)
-    rt.redis.hset(keys.ORGS, ORG, "{}")
+    rt.redis.delete(keys.DEFAULT.state_format)
+    rt.redis.hset(keys.DEFAULT.orgs, ORG, "{}")
     stateformat.forget()
-    assert stateformat.compat(rt.redis)
+    assert stateformat.compat(rt.redis, keys.DEFAULT)
 
     p = poller(rt)
     p.poll(ORG)
@@ -352,8 +352,8 @@ def test_while_old_workers_may_run_every_write_keeps_their_digest_entry(
     assert_in_sync(rt, sandbox)
 
     # Every worker runs this version: the fp hashes go, and later writes keep none.
-    assert stateformat.finish_upgrade(rt.redis, [ORG], ["bookings"], settle=0) == 1
-    assert not stateformat.compat(rt.redis) and not rt.redis.exists(fp)
+    assert stateformat.finish_upgrade(rt.redis, keys.DEFAULT, [ORG], ["bookings"], settle=0) == 1
+    assert not stateformat.compat(rt.redis, keys.DEFAULT) and not rt.redis.exists(fp)
     sandbox.mutate(1, org=ORG, kinds=["update"])
     p.poll(ORG)
     assert not rt.redis.exists(fp)
@@ -361,10 +361,10 @@ def test_while_old_workers_may_run_every_write_keeps_their_digest_entry(
 
 
 def test_stale_lease_cannot_write(rt: Runtime, sandbox: Sandbox) -> None:
-    state = OrgState(rt.redis, ORG, "bookings")
+    state = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings")
     old = state.acquire_lease(0.05)
     assert old is not None
-    rt.redis.delete(keys.lease(ORG))  # as if it expired
+    rt.redis.delete(keys.DEFAULT.lease(ORG))  # as if it expired
     new = state.acquire_lease(30)
     assert new is not None and int(new.token) > int(old.token)
     with pytest.raises(LeaseLost):
@@ -377,12 +377,12 @@ def test_outbox_holds_redis_bytes(r: redis.Redis) -> None:
     # Guard for the key layout: every per-org key shares the org's hash tag.
     tag = keys.org_tag(ORG)
     for key in (
-        keys.snapshots(ORG, "bookings"),
-        keys.fingerprints(ORG, "bookings"),
-        keys.org_meta(ORG, "bookings"),
-        keys.sweep_seen(ORG, "bookings"),
-        keys.lease(ORG),
-        keys.outbox(ORG),
+        keys.DEFAULT.snapshots(ORG, "bookings"),
+        keys.DEFAULT.fingerprints(ORG, "bookings"),
+        keys.DEFAULT.org_meta(ORG, "bookings"),
+        keys.DEFAULT.sweep_seen(ORG, "bookings"),
+        keys.DEFAULT.lease(ORG),
+        keys.DEFAULT.outbox(ORG),
     ):
         assert tag in key
 
@@ -401,7 +401,7 @@ def test_long_sweep_resumes_from_its_cursor(rt: Runtime, sandbox: Sandbox) -> No
         if result.complete:
             break
         assert result.pages == 1 and result.deleted == 0
-        assert OrgState(rt2.redis, ORG, "bookings").meta()["sweep_cursor"]
+        assert OrgState(rt2.redis, keys.DEFAULT, ORG, "bookings").meta()["sweep_cursor"]
         assert polls <= n_pages + 1
     assert result.deleted == 1
     requests = sandbox.counters()["list_requests_by_org"].get(ORG, 0) - before
@@ -419,7 +419,7 @@ def test_rejected_filter_falls_back_to_sweeps(rt: Runtime, sandbox: Sandbox) -> 
         (result,) = p.poll(ORG)  # asked for incremental, falls back at once
         assert result.mode == "sweep"
         assert result.deleted == 1
-        meta = OrgState(rt.redis, ORG, "bookings").meta()
+        meta = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").meta()
         assert meta["filter_unsupported"] == "1"
         (again,) = p.poll(ORG)
         assert again.mode == "sweep"
@@ -436,7 +436,7 @@ def test_sweep_pages_are_sent_one_quota_at_a_time(rt: Runtime, sandbox: Sandbox)
     # Three pages, then the sweep yields with its cursor until the planner sends the next page.
     assert result.pages == 3
     assert not result.complete
-    meta = OrgState(rt2.redis, ORG, "bookings").meta()
+    meta = OrgState(rt2.redis, keys.DEFAULT, ORG, "bookings").meta()
     assert meta["sweep_active"] == "1" and meta["sweep_cursor"]
 
 

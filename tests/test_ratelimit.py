@@ -11,7 +11,7 @@ import redis
 
 from etbridge import keys, redisconn
 from etbridge.errors import RateLimited
-from etbridge.ratelimit import RequestBudget, low_water_mark, pace_key
+from etbridge.ratelimit import RequestBudget, low_water_mark
 from etbridge.replies import text
 from etbridge.settings import Settings
 
@@ -21,7 +21,7 @@ APP = keys.digest("test-client")
 def _budget(r: redis.Redis, limit: int = 5, **kwargs: Any) -> RequestBudget:
     """A budget without pacing (burst = limit) unless the test asks for it."""
     kwargs.setdefault("burst", limit)
-    return RequestBudget(r, APP, limit, **kwargs)
+    return RequestBudget(r, keys.DEFAULT, APP, limit, **kwargs)
 
 
 def test_grants_up_to_the_limit_then_says_how_long_to_wait(r: redis.Redis) -> None:
@@ -31,8 +31,8 @@ def test_grants_up_to_the_limit_then_says_how_long_to_wait(r: redis.Redis) -> No
     # The first grant leaves the window after 60 s + the 1 s margin.
     assert 55.0 < wait <= 61.0
     # A refusal takes nothing.
-    assert r.zcard(keys.budget(APP)) == 5
-    assert 0 < r.pttl(keys.budget(APP)) <= 62_000
+    assert r.zcard(keys.DEFAULT.budget(APP)) == 5
+    assert 0 < r.pttl(keys.DEFAULT.budget(APP)) <= 62_000
 
 
 def test_slot_frees_when_the_oldest_grant_leaves_the_sliding_window(r: redis.Redis) -> None:
@@ -43,7 +43,7 @@ def test_slot_frees_when_the_oldest_grant_leaves_the_sliding_window(r: redis.Red
     budget.acquire(max_wait=10.0)
     assert time.monotonic() - started > 0.5
     # The log never holds more than the limit: the expired grant was trimmed.
-    assert 1 <= r.zcard(keys.budget(APP)) <= 3
+    assert 1 <= r.zcard(keys.DEFAULT.budget(APP)) <= 3
 
 
 def test_acquire_hands_long_waits_back_as_rate_limited(r: redis.Redis) -> None:
@@ -62,7 +62,7 @@ def test_pause_stops_every_grant_and_only_ever_extends(r: redis.Redis) -> None:
     assert 4.0 < wait <= 5.5
     # A shorter pause reported later does not cut the longer one short.
     assert budget.pause(1) > 4.0
-    assert r.pttl(keys.budget_pause(APP)) > 4000
+    assert r.pttl(keys.DEFAULT.budget_pause(APP)) > 4000
     assert budget.pause(8) == pytest.approx(8.5, abs=0.05)
     status = budget.status()
     assert status["paused_until"] is not None and status["paused_until"].endswith("Z")
@@ -104,7 +104,7 @@ def test_observe_adds_nothing_when_our_log_already_covers_the_api_count(r: redis
         budget.acquire(max_wait=0)
     # Full use under our own budget: remaining 0 is normal, nothing to charge.
     assert budget.observe(0, 20) == 0
-    assert r.zcard(keys.budget(APP)) == 20
+    assert r.zcard(keys.DEFAULT.budget(APP)) == 20
 
 
 def test_observe_respects_a_lower_limit_of_the_api(r: redis.Redis) -> None:
@@ -122,7 +122,7 @@ def test_record_counts_requests_sent_without_a_slot_even_past_the_limit(r: redis
     budget.acquire(max_wait=0)
     budget.acquire(max_wait=0)
     budget.record(2)
-    assert r.zcard(keys.budget(APP)) == 4
+    assert r.zcard(keys.DEFAULT.budget(APP)) == 4
     assert budget.status()["used"] == 4
 
 
@@ -146,7 +146,11 @@ def test_budget_of_settings_keys_on_a_digest_of_the_client_id(r: redis.Redis) ->
     budget.pause(1)
     names = [text(k) for k in r.keys("*")]
     assert sorted(names) == sorted(
-        [keys.budget(budget.app_id), keys.budget_pause(budget.app_id), pace_key(budget.app_id)]
+        [
+            keys.DEFAULT.budget(budget.app_id),
+            keys.DEFAULT.budget_pause(budget.app_id),
+            keys.DEFAULT.budget_pace(budget.app_id),
+        ]
     )
     assert all("very-identifying-client" not in n for n in names)
     assert "very-identifying-client" not in repr(budget)
@@ -154,7 +158,7 @@ def test_budget_of_settings_keys_on_a_digest_of_the_client_id(r: redis.Redis) ->
 
 def test_grants_are_paced_with_a_small_burst(r: redis.Redis) -> None:
     # 10 per 1 s window: emission interval 0.1 s, 2 back to back.
-    budget = RequestBudget(r, APP, 10, window=1.0, margin=0.0, burst=2)
+    budget = RequestBudget(r, keys.DEFAULT, APP, 10, window=1.0, margin=0.0, burst=2)
     assert budget.try_acquire() == 0.0
     assert budget.try_acquire() == 0.0
     wait = budget.try_acquire()
@@ -164,19 +168,19 @@ def test_grants_are_paced_with_a_small_burst(r: redis.Redis) -> None:
         budget.acquire(max_wait=5.0)
     # Four more grants need at least three more intervals (a slow machine only adds).
     assert time.monotonic() - started >= 0.3
-    assert r.zcard(keys.budget(APP)) <= 10
+    assert r.zcard(keys.DEFAULT.budget(APP)) <= 10
 
 
 def test_default_pace_and_burst(r: redis.Redis) -> None:
-    budget = RequestBudget(r, APP, 100)
+    budget = RequestBudget(r, keys.DEFAULT, APP, 100)
     assert budget.burst == 2
     assert [budget.try_acquire() == 0.0 for _ in range(3)] == [True, True, False]
     # The third waits about one emission interval: 61 s / 100.
     assert 0.4 < budget.try_acquire() <= 0.61
-    assert RequestBudget(r, APP, 600).burst == 12
-    assert RequestBudget(r, APP, 1).burst == 1
+    assert RequestBudget(r, keys.DEFAULT, APP, 600).burst == 12
+    assert RequestBudget(r, keys.DEFAULT, APP, 1).burst == 1
     with pytest.raises(ValueError, match="burst must be within"):
-        RequestBudget(r, APP, 10, burst=11)
+        RequestBudget(r, keys.DEFAULT, APP, 10, burst=11)
     budget.reset()
     assert r.keys("*") == []
 
@@ -190,7 +194,7 @@ def test_low_water_mark() -> None:
 
 def _grab(url: str, attempts: int, barrier: Any, results: Any) -> None:
     client = redisconn.connect(url)
-    budget = RequestBudget(client, APP, 25, burst=25)
+    budget = RequestBudget(client, keys.DEFAULT, APP, 25, burst=25)
     barrier.wait(timeout=60)
     results.put(sum(budget.try_acquire() == 0.0 for _ in range(attempts)))
     client.close()
@@ -208,4 +212,4 @@ def test_processes_racing_for_slots_never_overdraw(redis_url: str, r: redis.Redi
         proc.join(timeout=30)
         assert proc.exitcode == 0
     assert sum(granted) == 25
-    assert r.zcard(keys.budget(APP)) == 25
+    assert r.zcard(keys.DEFAULT.budget(APP)) == 25

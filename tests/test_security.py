@@ -384,7 +384,7 @@ def test_a_fleet_runs_on_redis_over_tls(
             wait_for(lambda: len(read_sink(client)) >= 8, 60, "the baseline over TLS")
         except AssertionError:
             raise AssertionError(f.logs()) from None
-    assert client.exists(keys.outbox("1001"))
+    assert client.exists(keys.DEFAULT.outbox("1001"))
     client.close()
 
 
@@ -458,8 +458,8 @@ def test_redis_sentinel_over_tls_works_end_to_end(
         client.flushall()
         # No broker URL is derived for TLS to sentinels (README): this one names its own.
         _poll_and_deliver(sandbox, sentinel.url(), broker_url="memory://")
-        assert client.exists(keys.outbox("1001"))
-        assert list(client.scan_iter(match=f"{keys.PREFIX}:token:*"))  # the cached token
+        assert client.exists(keys.DEFAULT.outbox("1001"))
+        assert list(client.scan_iter(match=f"{keys.ROOT}:token:*"))  # the cached token
         client.close()
         # Another CA: the sentinel is refused (redis-py reports it as no master found,
         # the certificate error is in the sentinel's ConnectionError it lists).

@@ -13,12 +13,12 @@ from etbridge import keys, sender
 
 def test_due_sends_are_popped_once_in_time_order(r: redis.Redis) -> None:
     now = time.time()
-    sender.schedule(r, [(now + 5, {"org_id": "2"}), (now - 1, {"org_id": "1"})])
-    assert sender.pop_due(r, now) == [(now - 1, {"org_id": "1"})]
-    assert sender.pop_due(r, now) == []  # gone: a second beat gets nothing
-    assert sender.next_due(r) == now + 5
-    assert [p for _, p in sender.pop_due(r, now + 6)] == [{"org_id": "2"}]
-    assert r.zcard(keys.PLAN_SENDS) == 0
+    sender.schedule(r, keys.DEFAULT, [(now + 5, {"org_id": "2"}), (now - 1, {"org_id": "1"})])
+    assert sender.pop_due(r, keys.DEFAULT, now) == [(now - 1, {"org_id": "1"})]
+    assert sender.pop_due(r, keys.DEFAULT, now) == []  # gone: a second beat gets nothing
+    assert sender.next_due(r, keys.DEFAULT) == now + 5
+    assert [p for _, p in sender.pop_due(r, keys.DEFAULT, now + 6)] == [{"org_id": "2"}]
+    assert r.zcard(keys.DEFAULT.plan_sends) == 0
 
 
 def test_the_sender_publishes_at_the_send_time_and_drops_stale_sends(r: redis.Redis) -> None:
@@ -33,13 +33,14 @@ def test_the_sender_publishes_at_the_send_time_and_drops_stale_sends(r: redis.Re
     now = time.time()
     sender.schedule(
         r,
+        keys.DEFAULT,
         [
             (now - sender.STALE - 1, {"org_id": "stale"}),
             (now + 0.3, {"org_id": "soon"}),
             (now + 0.6, {"org_id": "late"}),
         ],
     )
-    thread = sender.Sender(r, publish)
+    thread = sender.Sender(r, keys.DEFAULT, publish)
     thread.start()
     try:
         assert done.wait(5), sent

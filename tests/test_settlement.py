@@ -4,6 +4,7 @@ candidates confirmed by GET, announced or corrected, sampled in a big org.
 
 from __future__ import annotations
 
+from etbridge import keys
 from etbridge.runtime import Runtime
 from etbridge.state import OrgState
 from tests.support import deletionsafety
@@ -34,7 +35,7 @@ def test_a_real_deletion_is_confirmed_then_announced(rt: Runtime, sandbox: Sandb
     assert result.deleted == 2
     assert gets(sandbox) - before == 2  # one confirmation per deletion
     assert types(rt) == {"deleted": 2}
-    assert OrgState(rt.redis, ORG, "bookings").stored_ids() == set(live_ids(sandbox))
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").stored_ids() == set(live_ids(sandbox))
 
 
 def test_a_listing_that_leaves_out_a_few_is_corrected_by_the_get(
@@ -78,4 +79,4 @@ def test_many_deletions_in_a_big_org_cost_one_sample(sandbox: Sandbox, redis_url
     sandbox.glitch(ORG, drop_fraction=0)
     p.poll(ORG, "sweep")
     assert org_status(rt)["deletions_pending"] == 0
-    assert OrgState(rt.redis, ORG, "bookings").stored_ids() == set(live_ids(sandbox))
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").stored_ids() == set(live_ids(sandbox))

@@ -34,7 +34,7 @@ def big_sandbox() -> Iterator[Sandbox]:
 
 
 def meta(r: redis.Redis) -> dict[str, str]:
-    return text_hash(r.hgetall(keys.org_meta(ORG, "bookings")))
+    return text_hash(r.hgetall(keys.DEFAULT.org_meta(ORG, "bookings")))
 
 
 def exit_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
@@ -49,7 +49,7 @@ def exit_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
 def sweeping_worker(f: Fleet, r: redis.Redis) -> None:
     """Wait until the first worker's baseline sweep has committed some pages."""
     wait_for(
-        lambda: r.exists(keys.lease(ORG)) and meta(r).get("sweep_cursor"),
+        lambda: r.exists(keys.DEFAULT.lease(ORG)) and meta(r).get("sweep_cursor"),
         90,
         "the baseline sweep under way",
     )
@@ -66,8 +66,8 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         sweeping_worker(f, r)
         second = f.worker(concurrency=1)
         wait_for(lambda: "ready" in second.output(), 60, "the second worker ready")
-        lease_before = r.get(keys.lease(ORG))
-        pages_before = int(r.hlen(keys.snapshots(ORG, "bookings")))
+        lease_before = r.get(keys.DEFAULT.lease(ORG))
+        pages_before = int(r.hlen(keys.DEFAULT.snapshots(ORG, "bookings")))
         assert 0 < pages_before < BOOKINGS, "the sweep is half-way when the SIGTERM comes"
 
         sent = time.monotonic()
@@ -83,7 +83,7 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         # The lease was released, not left to expire: the second worker holds it
         # well within one lease lifetime (20 s) of the SIGTERM.
         wait_for(
-            lambda: (v := r.get(keys.lease(ORG))) is not None and v != lease_before,
+            lambda: (v := r.get(keys.DEFAULT.lease(ORG))) is not None and v != lease_before,
             15,
             "the second worker's lease",
         )
@@ -94,7 +94,7 @@ def test_sigterm_during_a_sweep_stops_at_a_page_and_hands_over_at_once(
         big_sandbox.faults(slow=0.0)
         wait_for(lambda: meta(r).get("baselined") == "1", 120, "the baseline complete")
         truth = big_sandbox.truth()["orgs"][ORG]["bookings"]
-        stored = {text(k) for k in r.hkeys(keys.snapshots(ORG, "bookings"))}
+        stored = {text(k) for k in r.hkeys(keys.DEFAULT.snapshots(ORG, "bookings"))}
         assert stored == set(truth), "every booking stored once the sweep finished"
         resumed = [line for line in second.output().splitlines() if "poll done" in line]
         assert resumed, f.logs()

@@ -27,7 +27,7 @@ def booking(n: int, **attributes: Any) -> dict[str, Any]:
 
 
 def org(r: redis.Redis) -> OrgState:
-    return OrgState(r, ORG, "bookings")
+    return OrgState(r, keys.DEFAULT, ORG, "bookings")
 
 
 def everything(r: redis.Redis) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def everything(r: redis.Redis) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key in sorted(r.keys("*")):
-        if key == keys.snapshot_dict(ORG, "bookings").encode():
+        if key == keys.DEFAULT.snapshot_dict(ORG, "bookings").encode():
             continue
         kind = r.type(key)
         if kind == b"hash":
@@ -108,7 +108,7 @@ def test_unpacking_refuses_what_it_cannot_read() -> None:
 def test_the_org_dictionary_is_written_once(r: redis.Redis) -> None:
     first = org(r).dictionary([booking(1)])
     second = org(r).dictionary([booking(2, notes="another sample entirely")])
-    assert first and first == second == r.get(keys.snapshot_dict(ORG, "bookings"))
+    assert first and first == second == r.get(keys.DEFAULT.snapshot_dict(ORG, "bookings"))
 
 
 # --- leases -----------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_a_lease_is_exclusive_fenced_and_released(r: redis.Redis) -> None:
         org(r).extend_lease(one)
     # Releasing with a stale token leaves the newer holder's lease alone.
     org(r).release_lease(one)
-    assert r.get(keys.lease(ORG)) == two.token.encode()
+    assert r.get(keys.DEFAULT.lease(ORG)) == two.token.encode()
 
 
 # --- the commit -------------------------------------------------------------------
@@ -159,8 +159,8 @@ def test_a_commit_writes_snapshots_events_seen_and_meta_together(r: redis.Redis)
         "3": None,
     }
     assert org(r).records(["1", "2", "3"]) == {"1": records[0], "2": records[1]}
-    assert not r.exists(keys.fingerprints(ORG, "bookings"))  # format 3: one hash
-    assert [f[b"event"] for _id, f in stream(r, keys.outbox(ORG))] == [
+    assert not r.exists(keys.DEFAULT.fingerprints(ORG, "bookings"))  # format 3: one hash
+    assert [f[b"event"] for _id, f in stream(r, keys.DEFAULT.outbox(ORG))] == [
         b'{"id": "e1"}',
         b'{"id": "e2"}',
     ]
@@ -221,11 +221,11 @@ def test_a_commit_checks_the_digest_of_a_new_value_and_all_of_an_old_one(
     zdict = s.dictionary([])
     moved_old = legacy_state.old_blob(booking(2, status="lost"), zdict)
     for rid, value in (("1", moved_new), ("2", moved_old)):
-        r.hset(keys.snapshots(ORG, "bookings"), rid, value)
+        r.hset(keys.DEFAULT.snapshots(ORG, "bookings"), rid, value)
         plan = CommitPlan(checks={rid: state.check_value(read[rid])}, meta={"x": "1"})
         with pytest.raises(CommitConflict):
             s.commit(lease, plan)
-        r.hset(keys.snapshots(ORG, "bookings"), rid, read[rid])
+        r.hset(keys.DEFAULT.snapshots(ORG, "bookings"), rid, read[rid])
     assert everything(r) == before
     # Unmoved, the old value is rewritten in format 3 and its fp entry dropped, in one commit.
     plan = CommitPlan(
@@ -234,7 +234,7 @@ def test_a_commit_checks_the_digest_of_a_new_value_and_all_of_an_old_one(
     )
     assert s.commit(lease, plan) == 0
     assert state.stored_digest(s.read(["2"])["2"]) == digest.record_digest(booking(2))
-    assert not r.exists(keys.fingerprints(ORG, "bookings"))
+    assert not r.exists(keys.DEFAULT.fingerprints(ORG, "bookings"))
     assert s.records(["1", "2"]) == {"1": booking(1), "2": booking(2)}
 
 
@@ -251,23 +251,26 @@ def test_reset_sweep_forgets_what_the_sweep_saw(r: redis.Redis) -> None:
 
 
 def test_the_org_registry_keeps_the_first_discovery_and_marks_removals(r: redis.Redis) -> None:
-    state.register_org(r, "7", name="Seven")
-    first = state.known_orgs(r)["7"]["discovered_at"]
-    state.mark_removed(r, "7")
-    assert "removed_at" in state.known_orgs(r)["7"]
-    state.register_org(r, "7", name="Seven again")
-    again = state.known_orgs(r)["7"]
+    state.register_org(r, keys.DEFAULT, "7", name="Seven")
+    first = state.known_orgs(r, keys.DEFAULT)["7"]["discovered_at"]
+    state.mark_removed(r, keys.DEFAULT, "7")
+    assert "removed_at" in state.known_orgs(r, keys.DEFAULT)["7"]
+    state.register_org(r, keys.DEFAULT, "7", name="Seven again")
+    again = state.known_orgs(r, keys.DEFAULT)["7"]
     assert again["discovered_at"] == first and again["name"] == "Seven again"
     assert "removed_at" not in again
-    state.register_org(r, "8")
-    state.mark_removed(r, "8")
-    assert state.registered_org_ids(r) == {"7", "8"}  # vanished ones are registered too
+    state.register_org(r, keys.DEFAULT, "8")
+    state.mark_removed(r, keys.DEFAULT, "8")
+    assert state.registered_org_ids(r, keys.DEFAULT) == {
+        "7",
+        "8",
+    }  # vanished ones are registered too
 
 
 def test_iter_meta_reads_many_orgs_at_once(r: redis.Redis) -> None:
-    OrgState(r, "1", "bookings").set_meta(watermark="a")
-    OrgState(r, "2", "bookings").set_meta(watermark="b", errors="3")
-    assert state.iter_meta(r, ["1", "2", "3"], "bookings") == {
+    OrgState(r, keys.DEFAULT, "1", "bookings").set_meta(watermark="a")
+    OrgState(r, keys.DEFAULT, "2", "bookings").set_meta(watermark="b", errors="3")
+    assert state.iter_meta(r, keys.DEFAULT, ["1", "2", "3"], "bookings") == {
         "1": {"watermark": "a"},
         "2": {"watermark": "b", "errors": "3"},
         "3": {},

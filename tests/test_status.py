@@ -57,13 +57,13 @@ def test_an_empty_redis_is_a_status_with_nothing_in_it(r: redis.Redis, redis_url
 def test_orgs_budget_and_token_failure_are_shown(r: redis.Redis, redis_url: str) -> None:
     settings = make_settings(redis_url)
     now = time.time()
-    state.register_org(r, "1001", name="One")
-    state.register_org(r, "1002", name="Two")
-    state.mark_removed(r, "1002")
-    state.OrgState(r, "1001", "bookings").set_meta(
+    state.register_org(r, keys.DEFAULT, "1001", name="One")
+    state.register_org(r, keys.DEFAULT, "1002", name="Two")
+    state.mark_removed(r, keys.DEFAULT, "1002")
+    state.OrgState(r, keys.DEFAULT, "1001", "bookings").set_meta(
         last_poll_at=str(now - 30), last_sweep_at=str(now - 600), errors="2", last_error="boom"
     )
-    budget = RequestBudget(r, keys.digest(settings.client_id), settings.rate_limit)
+    budget = RequestBudget(r, keys.DEFAULT, keys.digest(settings.client_id), settings.rate_limit)
     budget.try_acquire()
     budget.pause(5)
     cache = TokenCache(r, settings)

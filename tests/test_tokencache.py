@@ -46,7 +46,7 @@ def test_cold_get_fetches_once_and_caches_with_a_ttl(
     assert cache.get() == token
     assert token_requests(sb) == 1
     assert cache.cache_id == keys.digest(sb.token_url, sb.client_id, "crm_read")
-    ttl = r.pttl(keys.token(cache.cache_id))
+    ttl = r.pttl(keys.DEFAULT.token(cache.cache_id))
     assert 0 < ttl <= 7200 * 1000
     status = cache.status()
     assert status["expires_at"] and status["fetched_at"]
@@ -111,7 +111,7 @@ def test_an_older_fetch_never_overwrites_a_newer_token(
 ) -> None:
     cache = TokenCache(r, make_settings(sb, redis_url))
     token = cache.get()
-    fetched_at = int(r.hget(keys.token(cache.cache_id), "fetched_at_ms") or 0)
+    fetched_at = int(r.hget(keys.DEFAULT.token(cache.cache_id), "fetched_at_ms") or 0)
     cache._store(TokenResponse("stale-token", 7200), fetched_at - 1000)
     assert cache.get() == token
 
@@ -121,10 +121,10 @@ def test_early_refresh_by_one_caller_while_the_token_is_valid(
 ) -> None:
     cache = TokenCache(r, make_settings(sb, redis_url))
     old = cache.get()
-    key = keys.token(cache.cache_id)
+    key = keys.DEFAULT.token(cache.cache_id)
     # 200 s left of 7200: inside the 300 s leeway, above the 150 s margin.
     r.pexpire(key, 200_000)
-    lock = keys.token_lock(cache.cache_id)
+    lock = keys.DEFAULT.token_lock(cache.cache_id)
     r.set(lock, "someone-else", px=60_000)
     # Another process is refreshing: nobody waits, the current token is used.
     started = time.monotonic()
@@ -144,11 +144,11 @@ def test_a_nearly_expired_token_is_not_handed_out(
 ) -> None:
     cache = TokenCache(r, make_settings(sb, redis_url), wait_timeout=0.5)
     old = cache.get()
-    r.pexpire(keys.token(cache.cache_id), 100_000)  # below the 150 s margin
-    r.set(keys.token_lock(cache.cache_id), "someone-else", px=60_000)
+    r.pexpire(keys.DEFAULT.token(cache.cache_id), 100_000)  # below the 150 s margin
+    r.set(keys.DEFAULT.token_lock(cache.cache_id), "someone-else", px=60_000)
     with pytest.raises(TransportError, match=r"within 0\.5s"):
         cache.get()
-    r.delete(keys.token_lock(cache.cache_id))
+    r.delete(keys.DEFAULT.token_lock(cache.cache_id))
     assert cache.get() != old
 
 
@@ -156,7 +156,7 @@ def test_a_dead_holders_lock_expires_and_a_waiter_takes_over(
     sb: Sandbox, r: redis.Redis, redis_url: str
 ) -> None:
     cache = TokenCache(r, make_settings(sb, redis_url), lock_ttl=1.0, wait_timeout=10)
-    r.set(keys.token_lock(cache.cache_id), "dead-holder", px=800)
+    r.set(keys.DEFAULT.token_lock(cache.cache_id), "dead-holder", px=800)
     started = time.monotonic()
     cache.get()
     assert 0.5 < time.monotonic() - started < 8
@@ -167,7 +167,7 @@ def test_fernet_encrypts_the_token_at_rest(sb: Sandbox, r: redis.Redis, redis_ur
     key = Fernet.generate_key().decode()
     cache = TokenCache(r, make_settings(sb, redis_url, token_encryption_key=key))
     token = cache.get()
-    raw = r.hgetall(keys.token(cache.cache_id))
+    raw = r.hgetall(keys.DEFAULT.token(cache.cache_id))
     assert raw[b"enc"] == b"fernet"
     assert all(token.encode() not in value for value in raw.values())
     assert Fernet(key.encode()).decrypt(raw[b"token"]).decode() == token
@@ -189,8 +189,8 @@ def test_without_a_key_the_token_is_stored_plain(
 ) -> None:
     cache = TokenCache(r, make_settings(sb, redis_url))
     token = cache.get()
-    assert r.hget(keys.token(cache.cache_id), "token") == token.encode()
-    assert r.hget(keys.token(cache.cache_id), "enc") == b""
+    assert r.hget(keys.DEFAULT.token(cache.cache_id), "token") == token.encode()
+    assert r.hget(keys.DEFAULT.token(cache.cache_id), "enc") == b""
 
 
 def test_a_process_with_another_key_replaces_the_token(

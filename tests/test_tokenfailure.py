@@ -51,7 +51,7 @@ def test_wrong_secret_is_one_clear_error_then_remembered(
     assert status["error"] == "invalid_client"
     assert "Client authentication failed" in (status["error_description"] or "")
     assert status["next_attempt_at"] is not None and status["expires_at"] is None
-    failure = r.hgetall(keys.token_failure(cache.cache_id))
+    failure = r.hgetall(keys.DEFAULT.token_failure(cache.cache_id))
     assert failure[b"attempts"] == b"1"
     texts = [str(first.value), repr(first.value), str(again.value), caplog.text, repr(status)]
     texts += [repr(v) for v in failure.values()]
@@ -71,7 +71,7 @@ def test_the_backoff_doubles_per_failed_attempt(
     cache = TokenCache(
         r, make_settings(sb, redis_url, client_secret="nope"), auth_backoff=0.2, auth_backoff_cap=2
     )
-    failure_key = keys.token_failure(cache.cache_id)
+    failure_key = keys.DEFAULT.token_failure(cache.cache_id)
     delays = []
     for attempts in range(1, 5):
         wait_for(lambda: int(r.hget(failure_key, "next_attempt_at_ms") or 0) <= now_ms(r))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from etbridge.outbox.deadletters import DeadLetter, dlq_lines, dlq_list, dlq_redeliver
 from etbridge.outbox.deadletters import expire as expire_dead_letters
 from etbridge.outbox.deadletters import purge as dlq_purge
-from etbridge.outbox.due import DUE, ENQUEUE_LEASE, SWEEP, SWEEP_EVERY, due_member
-from etbridge.outbox.locking import CLAIM_MARGIN, Partition, lock_key, partition_key
+from etbridge.outbox.due import ENQUEUE_LEASE, SWEEP_EVERY, due_member
+from etbridge.outbox.locking import CLAIM_MARGIN, Partition
 from etbridge.outbox.outcomes import DeliveryResult, Outcome
 from etbridge.outbox.relay import MAX_EVENTS, MAX_SECONDS, Relay
 from etbridge.outbox.replay import replay
@@ -43,7 +43,6 @@ __all__ = [
     "CAUGHT_UP",
     "CLAIM_MARGIN",
     "DISABLED",
-    "DUE",
     "ENQUEUE_LEASE",
     "FILTERED",
     "JITTER",
@@ -52,7 +51,6 @@ __all__ = [
     "MAX_SECONDS",
     "PACED",
     "RETRY",
-    "SWEEP",
     "SWEEP_EVERY",
     "UNKNOWN",
     "WAITING",
@@ -69,9 +67,7 @@ __all__ = [
     "enable_sink",
     "expire_dead_letters",
     "group_name",
-    "lock_key",
     "next_delay",
-    "partition_key",
     "replay",
     "resolve_sink",
     "retry_schedule",

@@ -96,6 +96,7 @@ class AttemptLog:
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
+        self.ks = settings.keyspace
         self.retention = settings.outbox_retention
         self._record = client.register_script(_RECORD)
 
@@ -129,7 +130,7 @@ class AttemptLog:
         args: list[str | int] = [expire_at, KEPT, first, others]
         for event in events:
             args += [event.event_id, event.entry_id]
-        self._record(keys=[keys.attempt_log(org_id, sink_name, day)], args=args)
+        self._record(keys=[self.ks.attempt_log(org_id, sink_name, day)], args=args)
 
 
 def read(
@@ -146,7 +147,7 @@ def read(
     pipe = client.pipeline(transaction=False)
     for name in names:
         for day in days:
-            pipe.hget(keys.attempt_log(org_id, name, day), event_id)
+            pipe.hget(settings.keyspace.attempt_log(org_id, name, day), event_id)
     answers = iter(pipe.execute())
     out: dict[str, list[Attempt]] = {}
     for name in names:
@@ -168,26 +169,28 @@ def find_event(
     The attempt log names the entry (one lookup); an event without attempts
     yet is searched for in the outboxes, newest first.
     """
-    orgs = [org_id] if org_id else known_orgs(client)
+    orgs = [org_id] if org_id else known_orgs(client, settings.keyspace)
     names = [s.name for s in settings.sinks]
     for org in orgs:
         for attempts in read(client, settings, org, event_id, names).values():
-            rows = client.xrange(keys.outbox(org), attempts[-1].entry, attempts[-1].entry)
+            rows = client.xrange(
+                settings.keyspace.outbox(org), attempts[-1].entry, attempts[-1].entry
+            )
             if rows:
                 entry, fields = rows[0]
                 return org, OutboxEvent(event_body(fields), text(entry))
     for org in orgs:
-        for event in newest_first(client, org):
+        for event in newest_first(client, settings.keyspace, org):
             if event.event_id == event_id:
                 return org, event
     return None
 
 
-def newest_first(client: redis.Redis, org_id: str) -> Iterator[OutboxEvent]:
+def newest_first(client: redis.Redis, ks: keys.Keyspace, org_id: str) -> Iterator[OutboxEvent]:
     """The org's retained outbox events, newest first (read in chunks)."""
     cursor = "+"
     while True:
-        rows = client.xrevrange(keys.outbox(org_id), cursor, "-", count=_SCAN_CHUNK)
+        rows = client.xrevrange(ks.outbox(org_id), cursor, "-", count=_SCAN_CHUNK)
         if not rows:
             return
         for entry, fields in rows:
@@ -198,11 +201,11 @@ def newest_first(client: redis.Redis, org_id: str) -> Iterator[OutboxEvent]:
 
 
 def booking_history(
-    client: redis.Redis, org_id: str, booking_id: str, limit: int = 100
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, booking_id: str, limit: int = 100
 ) -> list[dict[str, Any]]:
     """A booking's change events still in the outbox, newest first (at most ``limit``)."""
     out: list[dict[str, Any]] = []
-    for event in newest_first(client, org_id):
+    for event in newest_first(client, ks, org_id):
         try:
             envelope = event.envelope
         except FatalError:
@@ -248,10 +251,12 @@ def _change(name: str, change: Any) -> str:
     return name
 
 
-def history_lines(client: redis.Redis, org_id: str, booking_id: str, limit: int) -> list[str]:
+def history_lines(
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, booking_id: str, limit: int
+) -> list[str]:
     """``etbridge events list --org --booking``: one line per change event, newest first."""
     lines = []
-    for env in booking_history(client, org_id, booking_id, limit):
+    for env in booking_history(client, ks, org_id, booking_id, limit):
         data = env.get("data")
         changes = data.get("changes") if isinstance(data, dict) else None
         changes = changes if isinstance(changes, dict) else {}

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
-from etbridge import keys
 from etbridge.errors import EtbridgeError, FatalError
 from etbridge.outbox.attempts import AttemptLog
 from etbridge.outbox.sinkcache import SinkCache
@@ -95,7 +94,7 @@ def add(
         event_type = str(event.envelope.get("type", ""))
     except FatalError:
         event_type = ""
-    stream = keys.dead_letters(spec.name)
+    stream = settings.keyspace.dead_letters(spec.name)
     client.xadd(
         stream,
         {
@@ -109,12 +108,12 @@ def add(
             "event": event.body,
         },
     )
-    record_error(client, spec, error)
+    record_error(client, settings.keyspace, spec, error)
     if client.xlen(stream) > settings.dlq_maxlen:
         # Over the cap: the oldest go, loudly (an ERROR reaches Sentry; status counts them).
         dropped = int(client.xtrim(stream, maxlen=settings.dlq_maxlen, approximate=False))
         if dropped:
-            client.hincrby(keys.sink_state(spec.name), "dead_letters_dropped", dropped)
+            client.hincrby(settings.keyspace.sink_state(spec.name), "dead_letters_dropped", dropped)
             log.error(
                 "dead letters over ETBRIDGE_DLQ_MAXLEN dropped sink=%s count=%d cap=%d",
                 spec.display,
@@ -136,7 +135,7 @@ def dlq_list(client: redis.Redis, settings: Settings, sink: str | None = None) -
     specs = [resolve_sink(settings, sink)] if sink else list(settings.sinks)
     out: list[DeadLetter] = []
     for spec in specs:
-        for dlq_id, fields in client.xrange(keys.dead_letters(spec.name)) or []:
+        for dlq_id, fields in client.xrange(settings.keyspace.dead_letters(spec.name)) or []:
             out.append(_dead_letter_from(spec, text(dlq_id), fields or {}))
     return out
 
@@ -168,7 +167,7 @@ def dlq_redeliver(
     try:
         for letter_sink, letters in _group_by_sink(dlq_list(client, settings, sink)).items():
             spec = resolve_sink(settings, letter_sink)
-            if is_disabled(client, spec.name):
+            if is_disabled(client, settings.keyspace, spec.name):
                 log.warning("dlq redeliver skipped disabled sink=%s", spec.display)
                 continue
             target = targets.get(spec)
@@ -208,7 +207,7 @@ def dlq_redeliver(
                     seconds=time.monotonic() - started,
                     excerpt=target.last_excerpt,
                 )
-                client.xdel(keys.dead_letters(spec.name), letter.dlq_id)
+                client.xdel(settings.keyspace.dead_letters(spec.name), letter.dlq_id)
                 delivered += 1
                 log.info("dlq redelivered sink=%s event=%s", spec.display, letter.event_id)
     finally:
@@ -237,7 +236,7 @@ def purge(
     removed = 0
     wanted = None if ids is None else set(ids)
     for spec in settings.sinks:
-        stream = keys.dead_letters(spec.name)
+        stream = settings.keyspace.dead_letters(spec.name)
         if before is not None:
             if before.tzinfo is None:
                 before = before.replace(tzinfo=UTC)
@@ -262,7 +261,9 @@ def expire(client: redis.Redis, settings: Settings, *, now: float | None = None)
     cut = f"{int((now - settings.dlq_retention) * 1000)}-0"
     removed = 0
     for spec in settings.sinks:
-        count = int(client.xtrim(keys.dead_letters(spec.name), minid=cut, approximate=False))
+        count = int(
+            client.xtrim(settings.keyspace.dead_letters(spec.name), minid=cut, approximate=False)
+        )
         if count:
             log.warning(
                 "dead letters expired sink=%s count=%d (ETBRIDGE_DLQ_RETENTION)",

@@ -29,10 +29,6 @@ ENQUEUE_LEASE: Final = 30.0
 # Seconds between two sweeps of all orgs' groups (fleet-wide).
 SWEEP_EVERY: Final = 30.0
 
-DUE: Final = keys.RELAY_DUE
-RETRY: Final = keys.RELAY_RETRY
-SWEEP: Final = keys.RELAY_SWEEP
-
 
 def due_member(org_id: str, sink_name: str) -> str:
     """The due set's member of a partition."""
@@ -75,8 +71,10 @@ return out
 class DueSet:
     """The due set of one fleet, seen by one process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, ks: keys.Keyspace) -> None:
         self.redis = client
+        self.ks = ks
+        self.due, self.retry = ks.relay_due, ks.relay_retry
         self._take = client.register_script(_TAKE_DUE)
         self._notify = client.register_script(_NOTIFY)
 
@@ -84,13 +82,13 @@ class DueSet:
         """Lease the members that are absent or due; returns them as (org, sink) pairs."""
         if not members:
             return []
-        taken = self._notify(keys=[DUE], args=[now, now + ENQUEUE_LEASE, *members])
+        taken = self._notify(keys=[self.due], args=[now, now + ENQUEUE_LEASE, *members])
         return [split_member(text(m)) for m in taken]
 
     def take(self, now: float, limit: int) -> list[str]:
         """The members due by ``now`` (at most ``limit`` of each set), leased."""
         out: list[str] = []
-        for key in (DUE, RETRY):
+        for key in (self.due, self.retry):
             taken = self._take(keys=[key], args=[now, now + ENQUEUE_LEASE, limit])
             out += [text(m) for m in taken if text(m) not in out]
         return out
@@ -98,35 +96,37 @@ class DueSet:
     def schedule_retry(self, member: str, at: float | None) -> None:
         """``order=none``: the partition's earliest waiting retry (``None``: none waits)."""
         if at is None:
-            self.redis.zrem(RETRY, member)
+            self.redis.zrem(self.retry, member)
         else:
-            self.redis.zadd(RETRY, {member: at})
+            self.redis.zadd(self.retry, {member: at})
 
     def schedule(self, member: str, at: float) -> None:
-        self.redis.zadd(DUE, {member: at})
+        self.redis.zadd(self.due, {member: at})
 
     def schedule_no_later(self, member: str, at: float) -> None:
         """Due at ``at``, unless it is due sooner already."""
-        self.redis.zadd(DUE, {member: at}, lt=True)
+        self.redis.zadd(self.due, {member: at}, lt=True)
 
     def remove(self, *members: str, retries: bool = False) -> None:
         """Out of the due set (``retries``: out of the retry set too)."""
         if members:
-            self.redis.zrem(DUE, *members)
+            self.redis.zrem(self.due, *members)
             if retries:
-                self.redis.zrem(RETRY, *members)
+                self.redis.zrem(self.retry, *members)
 
     def sweep_turn(self, every: float) -> bool:
         """True for one caller in the fleet per ``every`` seconds."""
-        return every > 0 and bool(self.redis.set(SWEEP, "1", nx=True, px=int(every * 1000)))
+        return every > 0 and bool(
+            self.redis.set(self.ks.relay_sweep, "1", nx=True, px=int(every * 1000))
+        )
 
     def unscheduled(self, specs: Iterable[SinkSpec], now: float) -> list[tuple[str, str]]:
         """Partitions with pending events, no due entry and no relay at work (now leased)."""
-        orgs = known_orgs(self.redis)
+        orgs = known_orgs(self.redis, self.ks)
         specs = list(specs)
         if not orgs or not specs:
             return []
-        infos = group_infos(self.redis, orgs)
+        infos = group_infos(self.redis, self.ks, orgs)
         candidates: list[tuple[str, str]] = []
         for org_id in orgs:
             length, groups = infos[org_id]
@@ -146,9 +146,9 @@ class DueSet:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for org_id, sink_name in candidates:
-            pipe.zscore(DUE, due_member(org_id, sink_name))
-            pipe.zscore(RETRY, due_member(org_id, sink_name))
-            pipe.exists(keys.relay_lock(org_id, sink_name))
+            pipe.zscore(self.due, due_member(org_id, sink_name))
+            pipe.zscore(self.retry, due_member(org_id, sink_name))
+            pipe.exists(self.ks.relay_lock(org_id, sink_name))
         answers = pipe.execute()
         out: list[tuple[str, str]] = []
         for index, (org_id, sink_name) in enumerate(candidates):
@@ -156,6 +156,8 @@ class DueSet:
             if score is None and retry is None and not locked:
                 out.append((org_id, sink_name))
         if out:
-            self.redis.zadd(DUE, {due_member(o, s): now + ENQUEUE_LEASE for o, s in out}, nx=True)
+            self.redis.zadd(
+                self.due, {due_member(o, s): now + ENQUEUE_LEASE for o, s in out}, nx=True
+            )
             log.info("relay sweep found unscheduled partitions count=%d", len(out))
         return out

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Final
 
 import redis
 
-from etbridge import keys
 from etbridge.outbox.due import due_member
 from etbridge.outbox.streams import group_name
 from etbridge.settings import SinkSpec
@@ -28,9 +27,6 @@ if TYPE_CHECKING:
 CLAIM_MARGIN: Final = 30.0
 # Parked entries get this idle time: "not in flight, claim at once".
 PARK_IDLE_MS: Final = 365 * 86400 * 1000
-
-partition_key = keys.relay_partition
-lock_key = keys.relay_lock
 
 # KEYS[1] lock  KEYS[2] "again" note
 # ARGV[1] token  ARGV[2] ttl ms
@@ -148,10 +144,11 @@ class Partition:
         self.scripts = relay.locks
         self.org_id = org_id
         self.spec = spec
-        self.stream = keys.outbox(org_id)
+        ks = relay.ks
+        self.stream = ks.outbox(org_id)
         self.group = group_name(spec.name)
-        self.state_key = partition_key(org_id, spec.name)
-        self.lock = lock_key(org_id, spec.name)
+        self.state_key = ks.relay_partition(org_id, spec.name)
+        self.lock = ks.relay_lock(org_id, spec.name)
         self.again = f"{self.lock}:again"
         self.member = due_member(org_id, spec.name)
         self.token = uuid.uuid4().hex

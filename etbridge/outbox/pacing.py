@@ -42,7 +42,8 @@ def burst(spec: SinkSpec) -> int:
 class Pacer:
     """Takes events from each rated sink's pace."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, ks: keys.Keyspace) -> None:
+        self.ks = ks
         self._take = client.register_script(_TAKE)
 
     def take(self, spec: SinkSpec, count: int) -> float:
@@ -51,6 +52,6 @@ class Pacer:
             return 0.0
         interval = 1000.0 / spec.rate
         wait_ms = int(
-            self._take(keys=[keys.sink_pace(spec.name)], args=[interval, burst(spec), count])
+            self._take(keys=[self.ks.sink_pace(spec.name)], args=[interval, burst(spec), count])
         )
         return wait_ms / 1000.0

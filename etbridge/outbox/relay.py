@@ -78,6 +78,7 @@ class Relay:
     ) -> None:
         self.redis = redis_client
         self.settings = settings
+        self.ks = settings.keyspace
         self.broker_app = broker_app
         self.session = session
         self.claim_idle = settings.webhook_timeout + claim_margin
@@ -89,7 +90,7 @@ class Relay:
             redis_client, settings, broker_app=broker_app, session=session, sinks=sinks
         )
         self.locks = LockScripts(redis_client)
-        self.due_set = DueSet(redis_client)
+        self.due_set = DueSet(redis_client, self.ks)
         self.sender = Sender(redis_client, settings, self.due_set)
         self._groups: set[tuple[str, str]] = set()
 
@@ -138,7 +139,7 @@ class Relay:
         """
         now = time.time() if now is None else now
         taken = self.due_set.take(now, limit)
-        disabled = disabled_names(self.redis, self.specs)
+        disabled = disabled_names(self.redis, self.ks, self.specs)
         out: list[tuple[str, str]] = []
         stale: list[str] = []
         for member in taken:
@@ -192,7 +193,7 @@ class Relay:
             self.due_set.remove(member, retries=True)
             result.outcome = Outcome.FILTERED
             return result
-        if is_disabled(self.redis, spec.name):
+        if is_disabled(self.redis, self.ks, spec.name):
             self.due_set.remove(member, retries=True)
             result.outcome = Outcome.DISABLED
             return result
@@ -449,7 +450,7 @@ class Relay:
         return _SEND if spec.filter.is_empty or route(spec.filter, envelope) else _SKIP
 
     def _record(self, spec: SinkSpec, result: DeliveryResult, elapsed: float) -> None:
-        record_run(self.redis, spec, result.delivered, result.dead_lettered)
+        record_run(self.redis, self.ks, spec, result.delivered, result.dead_lettered)
         if result.delivered or result.skipped or result.dead_lettered or result.error:
             log.info(
                 "delivery org_id=%s sink=%s outcome=%s delivered=%d skipped=%d "

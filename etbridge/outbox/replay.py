@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from etbridge import keys
 from etbridge.errors import EtbridgeError, FatalError
 from etbridge.outbox.sinkcache import SinkCache
 from etbridge.outbox.streams import event_body, next_id, resolve_sink, text, wants_org
@@ -44,7 +43,7 @@ def replay(
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     start = f"{int(since.timestamp() * 1000)}-0"
-    known = {text(o) for o in client.hkeys(keys.ORGS)} | set(settings.orgs)
+    known = {text(o) for o in client.hkeys(settings.keyspace.orgs)} | set(settings.orgs)
     orgs = [org_id] if org_id else sorted(known)
     targets = SinkCache(client, settings, broker_app=broker_app, session=session)
     target = targets.get(spec)
@@ -55,7 +54,7 @@ def replay(
                 continue
             cursor = start
             while True:
-                rows = client.xrange(keys.outbox(org), cursor, "+", count=500)
+                rows = client.xrange(settings.keyspace.outbox(org), cursor, "+", count=500)
                 if not rows:
                     break
                 events = [OutboxEvent(event_body(f), text(i)) for i, f in rows]

@@ -6,9 +6,7 @@ from typing import Any
 
 import redis
 
-from etbridge import keys
 from etbridge.outbox.deadletters import WARN_FILL, fill
-from etbridge.outbox.locking import partition_key
 from etbridge.outbox.retrystate import RetryState
 from etbridge.outbox.streams import (
     group_infos,
@@ -32,15 +30,15 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     waits for a retry (``order=none``: the events that wait for their own).
     Sinks appear by display URL (password masked); times are RFC 3339 UTC.
     """
-    orgs = known_orgs(client)
-    infos = group_infos(client, orgs) if orgs else {}
+    orgs = known_orgs(client, settings.keyspace)
+    infos = group_infos(client, settings.keyspace, orgs) if orgs else {}
     specs = list(settings.sinks)
     pipe = client.pipeline(transaction=False)
     for spec in specs:
-        pipe.hgetall(keys.sink_state(spec.name))
-        pipe.xlen(keys.dead_letters(spec.name))
+        pipe.hgetall(settings.keyspace.sink_state(spec.name))
+        pipe.xlen(settings.keyspace.dead_letters(spec.name))
         for org_id in orgs:
-            pipe.hgetall(partition_key(org_id, spec.name))
+            pipe.hgetall(settings.keyspace.relay_partition(org_id, spec.name))
     answers = iter(pipe.execute())
     sinks: dict[str, dict[str, Any]] = {}
     totals = {"pending": 0, "retrying": 0, "dead_lettered": 0}
@@ -59,7 +57,9 @@ def status(client: redis.Redis, settings: Settings) -> dict[str, Any]:
             if info is None:
                 pending += length
             else:
-                pending += int(info.get("pending") or 0) + unread(client, org_id, info, length)
+                pending += int(info.get("pending") or 0) + unread(
+                    client, settings.keyspace, org_id, info, length
+                )
         entry = {
             "name": spec.name,
             "kind": spec.kind,

@@ -8,7 +8,6 @@ from typing import Final
 
 import redis
 
-from etbridge import keys
 from etbridge.outbox.sinkstate import disabled_names
 from etbridge.outbox.streams import (
     group_infos,
@@ -40,16 +39,16 @@ def trim(client: redis.Redis, settings: Settings, *, now: float | None = None) -
     """
     now = time.time() if now is None else now
     cutoff = f"{int((now - settings.outbox_retention) * 1000)}-0"
-    orgs = known_orgs(client)
+    orgs = known_orgs(client, settings.keyspace)
     if not orgs:
         return 0
     specs = list(settings.sinks)
-    disabled = disabled_names(client, [s.name for s in specs])
+    disabled = disabled_names(client, settings.keyspace, [s.name for s in specs])
     removed = 0
-    for org_id, (length, groups) in group_infos(client, orgs).items():
+    for org_id, (length, groups) in group_infos(client, settings.keyspace, orgs).items():
         if length == 0:
             continue
-        stream = keys.outbox(org_id)
+        stream = settings.keyspace.outbox(org_id)
         bound = cutoff
         for spec in specs:
             if spec.name in disabled or not wants_org(spec, org_id):

@@ -48,7 +48,7 @@ class Sender:
         self.redis = client
         self.settings = settings
         self.due_set = due_set
-        self.pacer = Pacer(client)
+        self.pacer = Pacer(client, settings.keyspace)
         self.attempts = AttemptLog(client, settings)
 
     def pace(self, part: Partition, count: int, ack: list[str], result: DeliveryResult) -> bool:
@@ -96,7 +96,7 @@ class Sender:
                 self._log_attempt(part, sink, chunk, attempt_no, started, exc)
                 raise
         except SinkGone as exc:
-            disable(self.redis, part.spec, str(exc))
+            disable(self.redis, self.settings.keyspace, part.spec, str(exc))
             part.settle(skip, {"next_at": ""} if state.strict else {})
             result.outcome = Outcome.DISABLED
             result.error = str(exc)
@@ -164,16 +164,23 @@ class Sender:
         )
         now = time.time()
         # Only failures a receiver's recovery can fix count for the breaker.
-        if isinstance(exc, RetriableError) and note_failure(self.redis, part.spec, error, now):
+        if isinstance(exc, RetriableError) and note_failure(
+            self.redis, self.settings.keyspace, part.spec, error, now
+        ):
             # Every attempt failed for disable_after: stop trying (the breaker).
             days = (part.spec.disable_after or 0) / 86400
-            disable(self.redis, part.spec, f"every attempt failed for {days:g} days: {error}")
+            disable(
+                self.redis,
+                self.settings.keyspace,
+                part.spec,
+                f"every attempt failed for {days:g} days: {error}",
+            )
             part.settle(skip, {})
             result.outcome = Outcome.DISABLED
             result.error = error
             return Outcome.DISABLED
         if not isinstance(exc, RetriableError):
-            record_error(self.redis, part.spec, error)
+            record_error(self.redis, self.settings.keyspace, part.spec, error)
         if delay is None:
             if not self.dead_letter(part, head, attempt_no, error, skip, result, state):
                 result.outcome = Outcome.LOST

@@ -71,19 +71,19 @@ def event_body(fields: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def known_orgs(client: redis.Redis) -> list[str]:
+def known_orgs(client: redis.Redis, ks: keys.Keyspace) -> list[str]:
     """Every org registered in ``etb:orgs``, sorted."""
-    return sorted(text(o) for o in client.hkeys(keys.ORGS))
+    return sorted(text(o) for o in client.hkeys(ks.orgs))
 
 
 def group_infos(
-    client: redis.Redis, orgs: Sequence[str]
+    client: redis.Redis, ks: keys.Keyspace, orgs: Sequence[str]
 ) -> dict[str, tuple[int, dict[str, dict[str, Any]]]]:
     """Per org: outbox length and its consumer groups (``XINFO GROUPS``) by name."""
     pipe = client.pipeline(transaction=False)
     for org_id in orgs:
-        pipe.xlen(keys.outbox(org_id))
-        pipe.xinfo_groups(keys.outbox(org_id))
+        pipe.xlen(ks.outbox(org_id))
+        pipe.xinfo_groups(ks.outbox(org_id))
     answers = pipe.execute(raise_on_error=False)
     out: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
     for index, org_id in enumerate(orgs):
@@ -96,11 +96,13 @@ def group_infos(
     return out
 
 
-def unread(client: redis.Redis, org_id: str, info: Mapping[str, Any], length: int) -> int:
+def unread(
+    client: redis.Redis, ks: keys.Keyspace, org_id: str, info: Mapping[str, Any], length: int
+) -> int:
     """Entries the group has not read yet (``lag``, counted when Redis cannot say)."""
     lag = info.get("lag")
     if lag is not None:
         return int(lag)
     last = text(info.get("last-delivered-id")) or "0-0"
-    rows = client.xrange(keys.outbox(org_id), f"({last}", "+", count=max(length, 1))
+    rows = client.xrange(ks.outbox(org_id), f"({last}", "+", count=max(length, 1))
     return len(rows or [])

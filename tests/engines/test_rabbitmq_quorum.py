@@ -43,9 +43,10 @@ COUNTDOWN = 12
 def _failed_attempts(run: FaultRun, sink_name: str) -> int:
     """The most failed attempts any org's partition at ``sink_name`` has recorded."""
     with contextlib.closing(run.client()) as client:
-        orgs = [replies.text(raw) for raw in client.hkeys(keys.ORGS)]
+        orgs = [replies.text(raw) for raw in client.hkeys(keys.DEFAULT.orgs)]
         counts = [
-            int(client.hget(keys.relay_partition(org, sink_name), "attempts") or 0) for org in orgs
+            int(client.hget(keys.DEFAULT.relay_partition(org, sink_name), "attempts") or 0)
+            for org in orgs
         ]
     return max(counts, default=0)
 

@@ -35,21 +35,21 @@ def _plan(n: int) -> CommitPlan:
 
 def test_wait_counts_replicas_and_refuses_an_unreplicated_commit(sentinels: SentinelSet) -> None:
     client = _client(sentinels.url)
-    state = OrgState(client, "7", "bookings", wait=(1, 2000))
+    state = OrgState(client, keys.DEFAULT, "7", "bookings", wait=(1, 2000))
     lease = state.acquire_lease(30)
     assert lease is not None
     assert state.commit(lease, _plan(1)) == 1
     # Two replicas asked for, one exists: the commit is applied but not acknowledged.
-    strict = OrgState(client, "7", "bookings", wait=(2, 200))
+    strict = OrgState(client, keys.DEFAULT, "7", "bookings", wait=(2, 200))
     with pytest.raises(CommitNotReplicated, match="1 of 2 replicas"):
         strict.commit(lease, _plan(2))
-    assert client.xlen(keys.outbox("7")) == 2
+    assert client.xlen(keys.DEFAULT.outbox("7")) == 2
 
 
 def test_state_budget_and_lease_follow_a_failover(sentinels: SentinelSet) -> None:
     client = _client(sentinels.url)
-    state = OrgState(client, "8", "bookings", wait=(1, 2000))
-    budget = RequestBudget(client, "app", 50)
+    state = OrgState(client, keys.DEFAULT, "8", "bookings", wait=(1, 2000))
+    budget = RequestBudget(client, keys.DEFAULT, "app", 50)
     lease = state.acquire_lease(60)
     assert lease is not None
     assert state.commit(lease, _plan(1)) == 1
@@ -66,7 +66,7 @@ def test_state_budget_and_lease_follow_a_failover(sentinels: SentinelSet) -> Non
 
     # The acknowledged commit survived; the same client finds the new master by itself.
     wait_for(commits, 30, "a commit on the new master")
-    assert [f[b"event"] for _id, f in stream(client, keys.outbox("8"))] == [
+    assert [f[b"event"] for _id, f in stream(client, keys.DEFAULT.outbox("8"))] == [
         b'{"id":"e1"}',
         b'{"id":"e2"}',
     ]

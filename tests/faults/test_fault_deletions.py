@@ -33,13 +33,13 @@ def _deletions(run: FaultRun, n: int) -> list[str]:
 
 def _meta(run: FaultRun) -> dict[bytes, bytes]:
     with contextlib.closing(run.client()) as client:
-        meta = cast(dict[bytes, bytes], client.hgetall(keys.org_meta(ORG, "bookings")))
+        meta = cast(dict[bytes, bytes], client.hgetall(keys.DEFAULT.org_meta(ORG, "bookings")))
         return meta
 
 
 def _hold(run: FaultRun) -> holds.Hold | None:
     with contextlib.closing(run.client()) as client:
-        return holds.read(client, ORG, "bookings")
+        return holds.read(client, keys.DEFAULT, ORG, "bookings")
 
 
 def _sweeps(run: FaultRun) -> float:

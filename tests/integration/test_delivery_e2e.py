@@ -21,7 +21,7 @@ import pytest
 import redis
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
-from etbridge import outbox
+from etbridge import keys, outbox
 from etbridge.outbox import Relay
 from tests.support import celery_sink_app
 from tests.support.delivery import (
@@ -174,7 +174,7 @@ def test_flaky_receiver_then_recovery_loses_nothing(
     committed = commit_many(r, ["1001", "1002", "1003"], 20)
     for org in ("1001", "1002", "1003"):
         Relay(r, make_settings(redis_url, [rx.url])).notify(org)
-    r.delete(outbox.DUE)  # let the processes' own ticks (and sweep) find the work
+    r.delete(keys.DEFAULT.relay_due)  # let the processes' own ticks (and sweep) find the work
     relays = RelayProcesses(
         redis_url, [rx.url], retry_schedule=schedule, webhook_timeout=1.0
     ).start(2)
@@ -245,7 +245,7 @@ def test_relay_killed_mid_delivery_is_reclaimed(
     )
     settings = make_settings(redis_url, [rx.url], webhook_timeout=webhook_timeout)
     Relay(r, settings).notify("1001")
-    r.zadd(outbox.DUE, {outbox.due_member("1001", settings.sinks[0].name): 0})
+    r.zadd(keys.DEFAULT.relay_due, {outbox.due_member("1001", settings.sinks[0].name): 0})
     relays.start(1)
     proc = relays.procs[0]
     assert rx.in_flight.wait(60), "the relay process never reached the receiver"
@@ -255,7 +255,7 @@ def test_relay_killed_mid_delivery_is_reclaimed(
     relays.stop()
     # Celery hands the task of a lost worker process back to the queue (acks_late,
     # reject_on_worker_lost): the partition is asked for again at once.
-    r.zadd(outbox.DUE, {outbox.due_member("1001", settings.sinks[0].name): 0})
+    r.zadd(keys.DEFAULT.relay_due, {outbox.due_member("1001", settings.sinks[0].name): 0})
     relay = Relay(r, settings, claim_margin=margin)
     drive(relay, lambda: set(rx.delivered_ids()) >= {e["id"] for e in committed}, timeout=60)
     ids = rx.delivered_ids()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _baselined(client: redis.Redis, org: str) -> bool:
-    return client.hget(keys.org_meta(org, "bookings"), "baselined") == b"1"
+    return client.hget(keys.DEFAULT.org_meta(org, "bookings"), "baselined") == b"1"
 
 
 def test_discovery_baselines_new_orgs_and_drops_vanished_ones(
@@ -46,11 +46,13 @@ def test_discovery_baselines_new_orgs_and_drops_vanished_ones(
             wait_for(lambda: _baselined(client, new), 60, f"org {new} discovered and baselined")
             sb.mutate(1, org=new, kinds=["create"])
             wait_for(
-                lambda: client.xlen(keys.outbox(new)) >= 1, 60, f"a change in org {new} detected"
+                lambda: client.xlen(keys.DEFAULT.outbox(new)) >= 1,
+                60,
+                f"a change in org {new} detected",
             )
             sb.remove_org("1002")
             wait_for(
-                lambda: "removed_at" in json.loads(client.hget(keys.ORGS, "1002") or b"{}"),
+                lambda: "removed_at" in json.loads(client.hget(keys.DEFAULT.orgs, "1002") or b"{}"),
                 60,
                 "org 1002 marked gone",
             )

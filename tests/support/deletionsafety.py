@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from etbridge import changes, status
+from etbridge import changes, keys, status
 from etbridge.poller import Poller
 from etbridge.runtime import Runtime
 from etbridge.state import OrgState
@@ -60,7 +60,7 @@ def cli(sandbox: Sandbox, redis_url: str, *args: str) -> subprocess.CompletedPro
 
 
 def stored_equals_truth(rt: Runtime, sandbox: Sandbox) -> bool:
-    state = OrgState(rt.redis, ORG, "bookings")
+    state = OrgState(rt.redis, keys.DEFAULT, ORG, "bookings")
     truth = sandbox.truth(ORG)["orgs"][ORG]["bookings"]
     return state.records(sorted(state.stored_ids())) == {
         i: changes.canonical(r) for i, r in truth.items()

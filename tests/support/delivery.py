@@ -72,9 +72,9 @@ def commit(client: redis.Redis, org_id: str, envelopes: Iterable[dict[str, Any]]
     on a cluster (tests/engines/); the org's own appends still go in order.
     """
     pipe = client.pipeline(transaction=False)
-    pipe.hset(keys.ORGS, org_id, json.dumps({"name": f"org {org_id}"}))
+    pipe.hset(keys.DEFAULT.orgs, org_id, json.dumps({"name": f"org {org_id}"}))
     for env in envelopes:
-        pipe.xadd(keys.outbox(org_id), {"event": json.dumps(env, separators=(",", ":"))})
+        pipe.xadd(keys.DEFAULT.outbox(org_id), {"event": json.dumps(env, separators=(",", ":"))})
     answers = pipe.execute()
     return [a.decode() if isinstance(a, bytes) else str(a) for a in answers[1:]]
 

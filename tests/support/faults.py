@@ -199,9 +199,9 @@ class FaultRun:
         """Event ids committed more than once to an org's outbox."""
         found: list[str] = []
         with contextlib.closing(self.client()) as client:
-            for raw in client.hkeys(keys.ORGS):
+            for raw in client.hkeys(keys.DEFAULT.orgs):
                 org_id = replies.text(raw)
-                ids = [env["id"] for env in stream_events(client, keys.outbox(org_id))]
+                ids = [env["id"] for env in stream_events(client, keys.DEFAULT.outbox(org_id))]
                 if len(set(ids)) != len(ids):
                     found.append(f"outbox of org {org_id}: an event committed twice")
         return found
@@ -209,7 +209,7 @@ class FaultRun:
     def dead_letters(self) -> int:
         with contextlib.closing(self.client()) as client:
             return sum(
-                int(client.xlen(keys.dead_letters(parse_sink(url).name)))
+                int(client.xlen(keys.DEFAULT.dead_letters(parse_sink(url).name)))
                 for url in self.env["ETBRIDGE_SINKS"].split(",")
             )
 
@@ -272,7 +272,7 @@ class FaultRun:
             WEBHOOK_SECRET.removeprefix("whsec_"),
         ]
         with contextlib.closing(self.client()) as client:
-            for key in client.scan_iter(match=f"{keys.PREFIX}:token:*"):
+            for key in client.scan_iter(match=f"{keys.ROOT}:token:*"):
                 if client.type(key) == b"hash" and (token := client.hget(key, "token")):
                     secrets.append(replies.text(token))
         for proc in self.fleet.procs:

@@ -67,11 +67,11 @@ def write_old_state(
     client: redis.Redis, org_id: str, resource: str, records: Sequence[Mapping[str, Any]]
 ) -> None:
     """Store canonical ``records`` as the old commit did: the org's dictionary, fp + snap."""
-    client.set(keys.snapshot_dict(org_id, resource), old_dictionary(records), nx=True)
-    zdict = client.get(keys.snapshot_dict(org_id, resource))
+    client.set(keys.DEFAULT.snapshot_dict(org_id, resource), old_dictionary(records), nx=True)
+    zdict = client.get(keys.DEFAULT.snapshot_dict(org_id, resource))
     assert isinstance(zdict, bytes)
     pipe = client.pipeline(transaction=False)
     for record in records:
-        pipe.hset(keys.fingerprints(org_id, resource), record["id"], old_digest(record))
-        pipe.hset(keys.snapshots(org_id, resource), record["id"], old_blob(record, zdict))
+        pipe.hset(keys.DEFAULT.fingerprints(org_id, resource), record["id"], old_digest(record))
+        pipe.hset(keys.DEFAULT.snapshots(org_id, resource), record["id"], old_blob(record, zdict))
     pipe.execute()

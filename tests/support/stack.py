@@ -37,7 +37,7 @@ def runtime_for(sandbox: Sandbox, redis_url: str, **overrides: Any) -> Runtime:
 
 def outbox_events(client: redis.Redis, org_id: str) -> list[dict[str, Any]]:
     """Every envelope in an org's outbox, in commit order."""
-    return stream_events(client, keys.outbox(org_id))
+    return stream_events(client, keys.DEFAULT.outbox(org_id))
 
 
 class FixedToken(requests.auth.AuthBase):
