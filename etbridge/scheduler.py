@@ -152,11 +152,12 @@ class PlanConfig:
     # Seconds ahead a tick sends: two ticks, so a tick that runs late or not at
     # all (a busy worker, a beat restart) delays no poll.
     lookahead: float = 2.0
-    # Kept back from the allocation: slack, without which every late poll would
-    # delay the ones after it for good (a queue at full load never drains), and
-    # room for requests outside the allocation (discovery, retries). Deletion
-    # confirmations are kept back by their expected rate (see limits).
-    reserve: float = 0.01
+    # Kept back from the allocation: room for requests outside it (discovery,
+    # a planned poll's one retry, an operator's check). Small, because a late
+    # poll delays no other for good (its next deadline counts from its late
+    # send) and every percent kept back lengthens the cycle by a percent.
+    # Deletion confirmations are kept back by their expected rate (see limits).
+    reserve: float = 0.005
     floor_cycles: float = 1.25
     # How far before its deadline a poll or sweep may be sent: this many paces
     # of the budget, or this share of its interval if that is more (see _early).
