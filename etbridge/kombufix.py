@@ -9,8 +9,8 @@ fault test, about one run in three). The guard makes it the connection error
 it is; the messages stay unacked and are restored, and the planner replans the
 org when its lease expires. tests/test_kombufix.py shows when it can go.
 kombu also builds a new ``redis.Redis`` for every pipeline (a delivery's
-unacked entry, its ack): ~0.25 ms of CPU each with redis-py 8, a fifth of a
-worker's main process per task; the channel now keeps one per pool.
+unacked entry, its ack): ~0.1 ms of CPU each with redis-py 8 (two per task) in a
+worker's main process; the channel now keeps one per pool.
 """
 
 from __future__ import annotations
