@@ -466,7 +466,7 @@ def test_a_poll_holds_the_lease_until_its_last_commit_releases_it(
 ) -> None:
     """The lease comes with the meta (one round trip) and goes with the last commit."""
     poller(rt).poll(ORG)  # the baseline
-    held: list[bytes | None] = []
+    held: list[Any] = []
     p = poller(rt, hooks=Hooks(on_started=lambda: held.append(rt.redis.get(keys.lease(ORG)))))
     sandbox.mutate(1, org=ORG, kinds=["update"])
     (result,) = p.poll(ORG)
