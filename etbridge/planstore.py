@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -231,9 +231,12 @@ def mark_started(
     resource: str,
     due: float | None,
     published: float | None = None,
-) -> None:
+) -> dict[str, str]:
     """The poll holds the lease now: the queued marker has done its job; note the delay
-    (from its deadline) and the pickup (from its message's publication)."""
+    (from its deadline) and the pickup (from its message's publication).
+
+    Returns the unit's plan as it is now, for :func:`record_success` (read in the same
+    round trip; the fields it reads are written by the lease's holder alone)."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(plan_key(org_id, resource), "queued_at")
     pipe.incr(keys.PLAN_STARTED)
@@ -244,7 +247,8 @@ def mark_started(
             entry += f" {now - published:.4f}"
         pipe.lpush(keys.PLAN_DELAYS, entry)
         pipe.ltrim(keys.PLAN_DELAYS, 0, DELAYS_KEPT - 1)
-    pipe.execute()
+    pipe.hgetall(plan_key(org_id, resource))
+    return text_hash(pipe.execute()[-1])
 
 
 def started_rate(client: redis.Redis, now: float) -> float | None:
@@ -276,7 +280,7 @@ def started_rate(client: redis.Redis, now: float) -> float | None:
     return rate
 
 
-def record_success(
+def record_success(  # noqa: PLR0913 - the outcome's parts, keyword-only, each named at the call
     client: redis.Redis,
     org_id: str,
     resource: str,
@@ -286,11 +290,13 @@ def record_success(
     deleted: int,
     pages: int,
     complete: bool,
+    plan: Mapping[str, str] | None = None,
 ) -> None:
-    """Feed one poll's outcome into the unit's estimates."""
+    """Feed one poll's outcome into the unit's estimates (``plan``: as
+    :func:`mark_started` read it under the poll's lease; read here without)."""
     now = time.time()
     key = plan_key(org_id, resource)
-    current = text_hash(client.hgetall(key))
+    current = text_hash(client.hgetall(key)) if plan is None else dict(plan)
     values: dict[Any, Any] = {"failures": "0", "retry_at": "0"}
     values.update(_estimate_fields("chg", _estimate(current, "chg").observe(changes, now)))
     if mode == "incremental":
