@@ -29,6 +29,7 @@ import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from _common import (
     tree_cpu_seconds,
     write_results,
 )
+from redis.connection import AbstractConnection
 
 from etbridge import keys
 from etbridge.redisserver import RedisServer
@@ -86,6 +88,9 @@ def _in_process(
                 ).get()
             samples.append(time.process_time() - started)
         out[layer] = _per_poll(samples)
+    out["task"]["redis_round_trips"] = _round_trips(
+        lambda org: tasks.poll_org.apply((org, "incremental"), {"due": time.time()}).get(), orgs
+    )
     if profile:
         prof = cProfile.Profile(time.process_time)
         prof.enable()
@@ -107,6 +112,25 @@ def _split(pid: int) -> tuple[float, float]:
     tree = process_tree(pid)
     children = sum(process_cpu_seconds(p) or 0.0 for p in tree if p != pid)
     return process_cpu_seconds(pid) or 0.0, children
+
+
+def _round_trips(poll: Callable[[str], object], orgs: list[str], polls: int = 50) -> float:
+    """Redis round trips per poll (a command or a pipeline: one send each), counted
+    in this process: unlike CPU time, a count the machine's load does not blur."""
+    sent = [0]
+    original: Any = AbstractConnection.send_packed_command
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sent[0] += 1
+        return original(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        for n in range(polls):
+            poll(orgs[n % len(orgs)])
+    finally:
+        AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+    return sent[0] / polls
 
 
 def _worker(sb: Sandbox, redis_url: str, orgs: list[str], polls: int, pool: str) -> dict[str, Any]:
@@ -203,6 +227,7 @@ def main() -> int:
             f"{(f'{p90:.2f}' if p90 is not None else '-'):>7}{split}"
         )
     print(f"events found: {layers['events_found']} (expected 0); target <= {TARGET_MS:g} ms")
+    print(f"Redis round trips per poll (task layer): {layers['task']['redis_round_trips']:g}")
     path = write_results("emptypoll", document, args.output)
     print(f"wrote {path}")
     return 0
