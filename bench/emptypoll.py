@@ -11,13 +11,14 @@ churn, three layers of the same poll side by side in one run:
   planner's bookkeeping, metrics and logs; Celery's tracing, no broker);
 - ``worker``: a real ``celery worker`` (concurrency 1, queue ``poll``) fed the
   polls as the planner sends them; its CPU (all its processes) less what it
-  spends idle over the same time, per poll: the figure the issue quotes;
-  ``--pool`` adds other pools side by side (``worker-threads``...).
+  spends idle over the same time, per poll: the figure the issue quotes, split
+  into the main process and the pool's children; ``--pool`` adds other pools
+  side by side (``worker-threads``...).
 
 CPU is this process's (``time.process_time``) for the first two and
-``/proc`` for the worker. ``--profile N`` prints the N hottest functions of
-the task layer (cProfile on CPU time, by own time; ``EMPTYPOLL_SORT=cumulative``
-sorts otherwise, ``EMPTYPOLL_CALLERS=NAME`` adds who calls NAME).
+``/proc`` for the worker; the task layer also counts its Redis round trips.
+``--profile N`` prints the N hottest functions of the task layer (cProfile,
+by own time; ``EMPTYPOLL_SORT=cumulative``, ``EMPTYPOLL_CALLERS=NAME``).
 """
 
 from __future__ import annotations
