@@ -221,7 +221,7 @@ def main() -> int:
             continue
         p50, p90 = row.get("p50_ms"), row.get("p90_ms")
         split = f"  {row['main_ms']:.2f}+{row['children_ms']:.2f}" if "main_ms" in row else ""
-        label = f"{name} ({row['pool']})" if "pool" in row else name
+        label = f"{name} ({row['pool']})" if name == "worker" else name
         print(
             f"{label:<16} {row['mean_ms']:>7.2f} "
             f"{(f'{p50:.2f}' if p50 is not None else '-'):>7} "
