@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -243,9 +243,12 @@ def mark_started(
     resource: str,
     due: float | None,
     published: float | None = None,
-) -> None:
+) -> dict[str, str]:
     """The poll holds the lease now: the queued marker has done its job; note the delay
-    (from its deadline) and the pickup (from its message's publication)."""
+    (from its deadline) and the pickup (from its message's publication).
+
+    Returns the unit's plan as it is now, for :func:`record_success` (read in the same
+    round trip; the fields it reads are written by the lease's holder alone)."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(ks.plan(org_id, resource), "queued_at")
     pipe.incr(ks.plan_started)
@@ -256,7 +259,8 @@ def mark_started(
             entry += f" {now - published:.4f}"
         pipe.lpush(ks.plan_delays, entry)
         pipe.ltrim(ks.plan_delays, 0, DELAYS_KEPT - 1)
-    pipe.execute()
+    pipe.hgetall(ks.plan(org_id, resource))
+    return text_hash(pipe.execute()[-1])
 
 
 def started_rate(client: redis.Redis, ks: keys.Keyspace, now: float) -> float | None:
@@ -288,7 +292,7 @@ def started_rate(client: redis.Redis, ks: keys.Keyspace, now: float) -> float | 
     return rate
 
 
-def record_success(  # noqa: PLR0913 - the outcome's figures, keyword-only
+def record_success(  # noqa: PLR0913 - the outcome's parts, keyword-only, each named at the call
     client: redis.Redis,
     ks: keys.Keyspace,
     org_id: str,
@@ -299,11 +303,13 @@ def record_success(  # noqa: PLR0913 - the outcome's figures, keyword-only
     deleted: int,
     pages: int,
     complete: bool,
+    plan: Mapping[str, str] | None = None,
 ) -> None:
-    """Feed one poll's outcome into the unit's estimates."""
+    """Feed one poll's outcome into the unit's estimates (``plan``: as
+    :func:`mark_started` read it under the poll's lease; read here without)."""
     now = time.time()
     key = ks.plan(org_id, resource)
-    current = text_hash(client.hgetall(key))
+    current = text_hash(client.hgetall(key)) if plan is None else dict(plan)
     values: dict[Any, Any] = {"failures": "0", "retry_at": "0"}
     values.update(_estimate_fields("chg", _estimate(current, "chg").observe(changes, now)))
     if mode == "incremental":

@@ -205,34 +205,53 @@ class Poller:
         """
         chosen = list(resources or self.settings.resources)
         first = OrgState(self.redis, self.ks, org_id, chosen[0], wait=self._wait)
-        lease = first.acquire_lease(self.lease_ttl)
-        if lease is None:
+        # The first resource's meta comes with the lease: one round trip for both.
+        acquired = first.acquire_lease_with_meta(self.lease_ttl)
+        if acquired is None:
             return [PollResult(org_id, res, mode, skipped="leased") for res in chosen]
+        lease, meta = acquired
         heartbeat = _heartbeat()
         held = heartbeat.hold(first, lease)
+        released = False
         try:
             if self.hooks.on_started is not None:
                 self.hooks.on_started()
-            return [
-                self._poll_resource(
-                    OrgState(self.redis, self.ks, org_id, res, wait=self._wait),
+            results = []
+            for n, res in enumerate(chosen):
+                state = (
+                    first if n == 0 else OrgState(self.redis, self.ks, org_id, res, wait=self._wait)
+                )
+                result, released = self._poll_resource(
+                    state,
                     lease,
                     mode,
                     max_pages,
+                    meta=meta if n == 0 else state.meta(),
+                    release=n == len(chosen) - 1,
                 )
-                for res in chosen
-            ]
+                results.append(result)
+            return results
         finally:
             heartbeat.drop(held)
-            first.release_lease(lease)
+            if not released:
+                first.release_lease(lease)
 
     # --- one resource --------------------------------------------------------------
 
     def _poll_resource(
-        self, state: OrgState, lease: Lease, mode: Mode, max_pages: int | None
-    ) -> PollResult:
+        self,
+        state: OrgState,
+        lease: Lease,
+        mode: Mode,
+        max_pages: int | None,
+        *,
+        meta: dict[str, str],
+        release: bool,
+    ) -> tuple[PollResult, bool]:
+        """Poll one resource with ``meta`` as read under the lease; True with the result
+        when ``release`` (the poll's last resource) let its final commit release the lease."""
         started = time.monotonic()
-        meta = state.meta()
+        released = False
         baseline = meta.get("baselined") != "1"
         if baseline or meta.get("filter_unsupported") == "1" or meta.get("resync") == "1":
             mode = "sweep"
@@ -240,7 +259,17 @@ class Poller:
         try:
             if mode == "incremental":
                 try:
-                    self._scan(state, lease, meta, result, baseline=False, sweep=False)
+                    # (An org coming back from lost access is marked accessible after
+                    # the scan, still under its lease.)
+                    released = self._scan(
+                        state,
+                        lease,
+                        meta,
+                        result,
+                        baseline=False,
+                        sweep=False,
+                        release=release and not meta.get("inaccessible_since"),
+                    )
                 except FilterRejected as exc:
                     log.warning(
                         "incremental filter rejected org_id=%s resource=%s: %s; polling by sweeps",
@@ -287,7 +316,7 @@ class Poller:
             result.deleted,
             result.ms,
         )
-        return result
+        return result, released
 
     def _scan(  # noqa: C901, PLR0912, PLR0915 - the page loop in order (docs/page-commit.md)
         self,
@@ -299,7 +328,10 @@ class Poller:
         baseline: bool,
         sweep: bool,
         max_pages: int | None = None,
-    ) -> None:
+        release: bool = False,
+    ) -> bool:
+        """Scan and commit; True when ``release`` let the final commit release the lease
+        (incremental scans only)."""
         resume: str | None = None
         since: datetime | None = None
         if sweep:
@@ -384,7 +416,7 @@ class Poller:
                 state.resource,
                 result.pages,
             )
-            return
+            return False
         final = {
             "last_poll_at": str(now.timestamp()),
             "last_poll_mode": result.mode,
@@ -395,9 +427,11 @@ class Poller:
             final["watermark"] = rfc3339(new_mark)
         if sweep:
             settlement.finish_sweep(self, state, lease, result, final, now)
+            release = False
         else:
-            state.commit(lease, CommitPlan(meta=final))
+            state.commit(lease, CommitPlan(meta=final, release=release))
         result.complete = True
+        return release
 
     def canonical_page(self, state: OrgState, data: Sequence[Any]) -> list[dict[str, Any]]:
         # Duplicate ids were refused by the paginator (client.parse_page) already.

@@ -121,7 +121,7 @@ def unpack_record(blob: bytes | str, zdict: bytes | None = None) -> dict[str, An
 
 # KEYS[1] lease  KEYS[2] fp (format 1-2 digests)  KEYS[3] snap  KEYS[4] meta  KEYS[5] seen
 # KEYS[6] outbox
-# ARGV[1] lease token   ARGV[2] lease ttl ms
+# ARGV[1] lease token   ARGV[2] lease ttl ms ("0": release the lease with this commit)
 # ARGV[3] "1": keep fp[id] = hex digest of each write, for workers before format 3
 #         (stateformat.py); "0": drop fp entries as their records are rewritten
 # ARGV[4] n checks, then n pairs (id, check_value() as read: "" for absent)
@@ -191,19 +191,27 @@ for _ = 1, n do
   end
   i = i + 2
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1])  -- the poll's last commit releases its lease
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return {1, events}
 """
 
-# KEYS[1] lease  KEYS[2] fence
+# KEYS[1] lease  KEYS[2] fence  (KEYS[3] meta: also read it, for the poll's first step)
 # ARGV[1] ttl ms
-# Returns the new fencing token, or false when another poll holds the lease.
+# Returns the new fencing token (with KEYS[3]: {token, HGETALL meta}), or false when
+# another poll holds the lease.
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+if #KEYS == 3 then
+  return {token, redis.call('HGETALL', KEYS[3])}
+end
 return token
 """
 
@@ -248,6 +256,8 @@ class CommitPlan:
     events: list[str] = field(default_factory=list)  # envelope JSON, in commit order
     seen: list[str] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    # The poll's last commit: release the lease in the same step (one round trip less).
+    release: bool = False
 
 
 class CommitConflict(Exception):
@@ -301,6 +311,17 @@ class OrgState:
         if token is None:
             return None
         return Lease(self.org_id, str(int(token)), ttl_ms)
+
+    def acquire_lease_with_meta(self, ttl: float) -> tuple[Lease, dict[str, str]] | None:
+        """:meth:`acquire_lease`, and :meth:`meta` as it is once the lease is held, in one
+        round trip (a poll's first two steps); ``None`` when another poll holds the lease."""
+        ttl_ms = max(1, int(ttl * 1000))
+        reply = self._acquire(keys=[self.k_lease, self.k_fence, self.k_meta], args=[ttl_ms])
+        if reply is None:
+            return None
+        token, flat = reply
+        meta = {text(flat[n]): text(flat[n + 1]) for n in range(0, len(flat), 2)}
+        return Lease(self.org_id, str(int(token)), ttl_ms), meta
 
     def extend_lease(self, lease: Lease) -> None:
         if not self._extend(keys=[self.k_lease], args=[lease.token, lease.ttl_ms]):
@@ -372,13 +393,15 @@ class OrgState:
         self.redis.delete(self.k_seen)
 
     def commit(self, lease: Lease, plan: CommitPlan) -> int:
-        """Apply the plan atomically; return the number of events appended.
+        """Apply the plan atomically (and release the lease with ``plan.release``); return
+        the number of events appended.
 
         Raises :class:`LeaseLost` when the lease is no longer ours and
         :class:`CommitConflict` when a checked stored value moved.
         """
         compat = "1" if stateformat.compat(self.redis, self.ks) else "0"
-        args: list[Any] = [lease.token, lease.ttl_ms, compat, len(plan.checks)]
+        ttl_ms = 0 if plan.release else lease.ttl_ms
+        args: list[Any] = [lease.token, ttl_ms, compat, len(plan.checks)]
         for rid, fp in plan.checks.items():
             args += [rid, fp]
         args.append(len(plan.writes))

@@ -101,11 +101,14 @@ def poll_org(
     rt = runtime.get(settings)
     res = resource or settings.resources[0]
     with logs.bind(org_id=org_id, task_id=self.request.id or ""):
+        plan: list[dict[str, str]] = []  # the unit's plan, read as the poll started
+
+        def started() -> None:
+            plan.append(planstore.mark_started(rt.redis, rt.keyspace, org_id, res, due, published))
+
         poller = rt.poller(
             hooks=Hooks(
-                on_started=lambda: planstore.mark_started(
-                    rt.redis, rt.keyspace, org_id, res, due, published
-                ),
+                on_started=started,
                 on_events=lambda org: _deliver_soon(rt, org),
                 on_confirming=lambda n: planstore.reserve_sends(
                     rt.redis, rt.keyspace, n, settings.rate_limit
@@ -169,6 +172,7 @@ def poll_org(
                 deleted=r.deleted,
                 pages=r.pages,
                 complete=r.complete,
+                plan=plan[0] if plan and r.resource == res else None,
             )
         return [r.summary() for r in results]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -47,3 +49,27 @@ def test_the_guard_makes_it_a_connection_error_that_close_ignores(redis_url: str
     conn = _collected_connection_with_an_unacked_message(redis_url)
     conn.close()  # maybe_close_channel ignores connection errors
     assert conn._closed
+
+
+def test_one_client_per_pool_until_the_pool_is_rebuilt(redis_url: str) -> None:
+    kombufix.install()
+    conn = Connection(redis_url, transport_options={"visibility_timeout": 3600})
+    try:
+        channel: Any = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.connection_pool is channel.pool
+        queue = Queue("kombufix-client", channel=channel)
+        queue.declare()
+        Producer(channel).publish({"n": 2}, routing_key="kombufix-client")
+        message = queue.get(no_ack=False)
+        assert message is not None and message.payload == {"n": 2}
+        message.ack()  # the unacked entry and the ack go through the one client
+        assert not channel.client.hlen(channel.unacked_key)
+        channel._disconnect_pools()  # a reconnect: a new pool, so a new client
+        with channel.conn_or_acquire() as third:
+            assert third is not first
+            assert third.connection_pool is channel.pool
+        assert channel.async_pool is not channel.pool  # kombu's own asynchronous client
+    finally:
+        conn.close()

@@ -154,3 +154,27 @@ def test_a_dispatch_stores_its_anchor_and_the_next_deadline_it_sets(r: redis.Red
     planstore.forget_planned(r, keys.DEFAULT, ORG, RES)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.next_poll_due is None and unit.next_sweep_due is None
+
+
+def test_the_plan_read_as_a_poll_starts_serves_its_success(r: redis.Redis) -> None:
+    """mark_started reads the unit's plan; record_success from it writes what it would
+    write from its own read (the fields it reads are written by the lease's holder)."""
+    planstore.record_failure(r, keys.DEFAULT, ORG, RES, RetriableError("a"))
+    planstore.record_success(
+        r, keys.DEFAULT, ORG, RES, mode="incremental", changes=3, deleted=0, pages=2, complete=True
+    )
+    r.hset(keys.DEFAULT.plan(ORG, RES), "queued_at", "1.0")
+    plan = planstore.mark_started(r, keys.DEFAULT, ORG, RES, None)
+    assert plan == _plan(r) and "queued_at" not in plan and plan["poll_pages"] == "1.3"
+    outcome = {"mode": "incremental", "changes": 1, "deleted": 0, "pages": 1, "complete": True}
+    with_plan: list[dict[str, float]] = []
+    without: list[dict[str, float]] = []
+    for read, out in ((plan, with_plan), (None, without)):
+        r.delete(keys.DEFAULT.plan(ORG, RES))
+        fields: dict[Any, Any] = dict(plan)
+        r.hset(keys.DEFAULT.plan(ORG, RES), mapping=fields)
+        planstore.record_success(r, keys.DEFAULT, ORG, RES, plan=read, **outcome)  # type: ignore[arg-type]
+        out.append({k: float(v) for k, v in _plan(r).items() if not k.endswith("_at")})
+    # (The rate estimates decay with the clock: the two runs are microseconds apart.)
+    assert with_plan[0] == pytest.approx(without[0], abs=0.05)
+    assert with_plan[0]["poll_pages"] == 1.21 and set(with_plan[0]) == set(without[0])

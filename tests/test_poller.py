@@ -15,6 +15,7 @@ from etbridge import changes, keys, stateformat
 from etbridge.errors import LeaseLost, RetriableError
 from etbridge.events import validate_envelope
 from etbridge.poller import Poller
+from etbridge.pollhooks import Hooks
 from etbridge.runtime import PLANNED_RETRIES, Runtime
 from etbridge.state import CommitPlan, OrgState
 from tests.support import legacy_state
@@ -458,3 +459,32 @@ def test_a_planned_poll_of_a_failing_resource_asks_twice_at_most(
         sandbox.faults(bookings_error_500=0.0)
     # Other callers (tools, the benchmark's drivers) keep the client's full schedule.
     assert rt.api.max_retries > PLANNED_RETRIES
+
+
+def test_a_poll_holds_the_lease_until_its_last_commit_releases_it(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    """The lease comes with the meta (one round trip) and goes with the last commit."""
+    poller(rt).poll(ORG)  # the baseline
+    held: list[Any] = []
+    p = poller(
+        rt, hooks=Hooks(on_started=lambda: held.append(rt.redis.get(keys.DEFAULT.lease(ORG))))
+    )
+    sandbox.mutate(1, org=ORG, kinds=["update"])
+    (result,) = p.poll(ORG)
+    assert result.mode == "incremental" and result.complete and result.events == 1
+    assert held and held[0] is not None  # held while the poll ran
+    assert not rt.redis.exists(keys.DEFAULT.lease(ORG))  # and free once it is done
+    assert (
+        OrgState(rt.redis, keys.DEFAULT, ORG, "bookings").meta()["last_poll_mode"] == "incremental"
+    )
+    # Two resources: the lease spans both, and the second's last commit frees it.
+    results = p.poll(ORG, resources=["bookings", "contacts"])
+    assert [(r.resource, r.complete) for r in results] == [("bookings", True), ("contacts", True)]
+    assert results[1].mode == "sweep"  # the contacts' baseline
+    assert not rt.redis.exists(keys.DEFAULT.lease(ORG))
+    assert OrgState(rt.redis, keys.DEFAULT, ORG, "contacts").meta()["baselined"] == "1"
+    (again,) = p.poll(ORG, resources=["contacts"])
+    assert again.mode == "incremental" and again.complete
+    assert not rt.redis.exists(keys.DEFAULT.lease(ORG))
+    assert len(held) == 3

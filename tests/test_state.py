@@ -129,6 +129,44 @@ def test_a_lease_is_exclusive_fenced_and_released(r: redis.Redis) -> None:
     assert r.get(keys.DEFAULT.lease(ORG)) == two.token.encode()
 
 
+def test_a_lease_can_come_with_the_meta_read_under_it(r: redis.Redis) -> None:
+    org(r).set_meta(watermark="2026-11-27T20:04:03Z", baselined="1")
+    acquired = org(r).acquire_lease_with_meta(10)
+    assert acquired is not None
+    lease, meta = acquired
+    assert meta == {"watermark": "2026-11-27T20:04:03Z", "baselined": "1"}
+    assert r.get(keys.DEFAULT.lease(ORG)) == lease.token.encode()
+    assert 0 < int(r.pttl(keys.DEFAULT.lease(ORG))) <= 10_000
+    # Held: neither way gets it, and the meta is not read for a poll that has no lease.
+    assert org(r).acquire_lease_with_meta(10) is None
+    assert org(r).acquire_lease(10) is None
+    org(r).release_lease(lease)
+    again = org(r).acquire_lease_with_meta(10)
+    assert again is not None and int(again[0].token) == int(lease.token) + 1
+    assert OrgState(r, keys.DEFAULT, "9999", "bookings").acquire_lease_with_meta(10) == (
+        state.Lease("9999", "1", 10_000),
+        {},
+    )
+
+
+def test_a_last_commit_can_release_the_lease(r: redis.Redis) -> None:
+    s = org(r)
+    lease = s.acquire_lease(10)
+    assert lease is not None
+    assert s.commit(lease, CommitPlan(meta={"last_poll_at": "1"})) == 0
+    assert r.exists(keys.DEFAULT.lease(ORG))  # an ordinary commit keeps (and extends) it
+    assert s.commit(lease, CommitPlan(meta={"last_poll_at": "2"}, release=True)) == 0
+    assert s.meta()["last_poll_at"] == "2"
+    assert not r.exists(keys.DEFAULT.lease(ORG))
+    # Released: the next poll gets it, and the released lease writes nothing more.
+    fresh = s.acquire_lease(10)
+    assert fresh is not None
+    with pytest.raises(LeaseLost):
+        s.commit(lease, CommitPlan(meta={"last_poll_at": "3"}, release=True))
+    assert r.get(keys.DEFAULT.lease(ORG)) == fresh.token.encode()
+    assert s.meta()["last_poll_at"] == "2"
+
+
 # --- the commit -------------------------------------------------------------------
 
 

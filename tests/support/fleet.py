@@ -92,7 +92,10 @@ class Fleet:
     def _celery(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "etbridge.worker", *args]
 
-    def worker(self, concurrency: int = 2, queues: str = "plan,poll,deliver") -> Proc:
+    def worker(
+        self, concurrency: int = 2, queues: str = "plan,poll,deliver", pool: str | None = None
+    ) -> Proc:
+        """A ``celery worker``; ``pool``: ``--pool`` (Celery's default, prefork, when None)."""
         self._n += 1
         name = f"worker{self._n}"
         proc = Proc(
@@ -109,6 +112,7 @@ class Fleet:
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                *(["--pool", pool] if pool else []),
             ),
             self.env,
             self.logdir,
