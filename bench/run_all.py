@@ -52,6 +52,7 @@ ORDER = (
     "delivery",
     "rate_budget",
     "deletions",
+    "emptypoll",
     "latency",
 )
 FULL_ARGS: dict[str, list[str]] = {
@@ -61,6 +62,7 @@ FULL_ARGS: dict[str, list[str]] = {
     "delivery": [],
     "rate_budget": ["--quick"],
     "deletions": [],
+    "emptypoll": ["--pool", "prefork,threads,solo"],
     "latency": [],
 }
 QUICK_ARGS: dict[str, list[str]] = {
@@ -70,6 +72,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "delivery": ["--quick"],
     "rate_budget": ["--limit", "300", "--windows", "1"],
     "deletions": ["--quick"],
+    "emptypoll": ["--polls", "100"],
     "latency": ["--quick"],
 }
 # Generous per-benchmark deadlines: a hung benchmark must not hold the report forever.
@@ -80,6 +83,7 @@ TIMEOUTS = {
     "delivery": 600,
     "rate_budget": 600,
     "deletions": 900,
+    "emptypoll": 600,
     "latency": 2400,
 }
 
@@ -355,6 +359,52 @@ def section_diff(d: dict[str, Any], headline: dict[str, Any]) -> list[str]:
                 ],
             ),
         ]
+    return lines
+
+
+def section_emptypoll(d: dict[str, Any], headline: dict[str, Any]) -> list[str]:
+    layers = d["layers"]
+    cfg = d["config"]
+    lines = [
+        "## CPU per incremental poll that finds nothing (`bench/emptypoll.py`, issue 12)",
+        "",
+        f"{cfg['orgs']} orgs {TIMES} {cfg['bookings_per_org']} bookings, baselined, no churn; "
+        f"{cfg['polls']} polls per layer. CPU per poll (ms): `poller` = `Poller.poll` alone; "
+        "`task` = the `poll_org` task body run eagerly (adds the planner's bookkeeping, "
+        "metrics, logs); `worker` = a real `celery worker` (concurrency 1) fed the polls as "
+        "the planner sends them, all its processes, less its idle CPU.",
+        "",
+    ]
+    rows = []
+    for name, layer in layers.items():
+        if not isinstance(layer, dict):
+            continue
+        split = ""
+        if "main_ms" in layer and layer.get("children_ms"):
+            split = f"main {fmt(layer['main_ms'], 2)} + children {fmt(layer['children_ms'], 2)}"
+        rows.append(
+            [
+                name,
+                str(layer.get("pool", NA)),
+                fmt(layer.get("mean_ms"), 2),
+                fmt(layer.get("p50_ms"), 2),
+                fmt(layer.get("redis_round_trips"), 0),
+                split or NA,
+            ]
+        )
+    lines += table(["layer", "pool", "mean ms", "p50 ms", "Redis round trips", "split"], rows)
+    worker = layers.get("worker", {})
+    met = worker.get("mean_ms") is not None and worker["mean_ms"] <= d["target_ms"]
+    lines += [
+        "",
+        f"Target: worker CPU per empty poll {LE} {d['target_ms']:g} ms (prefork, the default "
+        f"pool): {fmt(met)}.",
+    ]
+    headline["emptypoll"] = {
+        "worker_ms": worker.get("mean_ms"),
+        "task_ms": layers.get("task", {}).get("mean_ms"),
+        "target_met": met,
+    }
     return lines
 
 
@@ -974,6 +1024,14 @@ def collect_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         cpu = results["latency"].get("planning_cpu") or {}
         if cpu:
             out["latency"]["planning CPU <= 20 ms per tick"] = cpu["target_le_20ms_met"]
+    if results.get("emptypoll"):
+        ep = results["emptypoll"]
+        worker = ep.get("layers", {}).get("worker", {})
+        if worker.get("mean_ms") is not None:
+            out["emptypoll"] = {
+                f"worker CPU per empty poll <= {ep['target_ms']:g} ms": worker["mean_ms"]
+                <= ep["target_ms"]
+            }
     if results.get("token_fleet"):
         out["token_fleet"] = dict(results["token_fleet"].get("targets_met", {}))
     if results.get("rate_budget"):
@@ -999,9 +1057,11 @@ def write_report(runs: dict[str, Any], quick: bool) -> int:
         "rate_budget": lambda d: section_rate(d, headline, plots),
         "delivery": lambda d: section_delivery(d, headline),
         "sandbox_throughput": lambda d: section_sandbox(d, headline),
+        "emptypoll": lambda d: section_emptypoll(d, headline),
     }
     for name in (
         "latency",
+        "emptypoll",
         "deletions",
         "diff",
         "token_fleet",
