@@ -117,8 +117,10 @@ def test_one_fleet_serves_three_applications(redis_url: str, tmp_path: Path) -> 
     assert good_1002 & slow_1002
 
     # The bad application: a clear error, its token endpoint on its backoff, nothing else.
-    assert "invalid_client" in logs
-    assert "app=bad" in logs
+    refused = [line for line in logs.splitlines() if "invalid_client" in line]
+    assert refused, logs
+    assert all("app=bad" in line for line in refused), refused
+    assert any("level=error" in line for line in refused), refused
     assert WRONG not in logs
     per_app = counters["by_app"]
     assert (
