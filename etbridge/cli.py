@@ -71,7 +71,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    return _check(_settings(), orgs_from="ETBRIDGE_ORGS")
+    settings = _settings()
+    if settings.apps_file and not settings.client_id:
+        print(
+            "etbridge check: ETBRIDGE_APPS_FILE is set and ETBRIDGE_CLIENT_ID is not: "
+            "check an application with `etbridge apps check NAME`",
+            file=sys.stderr,
+        )
+        return 2
+    return _check(settings, orgs_from="ETBRIDGE_ORGS")
 
 
 def _check(settings: Settings, *, orgs_from: str) -> int:
@@ -184,11 +192,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings()
     client = _redis(settings)
-    doc = status.collect(client, settings)
+    doc = status.document(client, settings)
     print(
         json.dumps(doc, indent=None if args.json else 2, sort_keys=True)
         if args.json
-        else status.render(doc)
+        else status.render_document(doc)
     )
     return 0
 

@@ -27,6 +27,7 @@ from etbridge.changes import Change, SchemaChange, canonical_json, fingerprint
 from etbridge.timefmt import rfc3339
 
 __all__ = [
+    "APP_ATTRIBUTE",
     "OPS",
     "SCHEMA_CHANGED",
     "TYPE_PREFIX",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 SPECVERSION = "1.0"
+#: The CloudEvents extension attribute naming the application (apps file only).
+APP_ATTRIBUTE = "etapp"
 TYPE_PREFIX = "com.eventtemple."
 SCHEMA_CHANGED = "com.eventtemple.schema.changed"
 OPS = ("created", "updated", "deleted", "snapshot")
@@ -107,9 +110,24 @@ def event_type(resource: str, op: str) -> str:
     return f"{TYPE_PREFIX}{singular(resource)}.{op}"
 
 
-def source(org_id: str, resource: str) -> str:
-    """The CloudEvents ``source``: ``/orgs/<org_id>/<resource>``."""
+def source(org_id: str, resource: str, app: str | None = None) -> str:
+    """The CloudEvents ``source``: ``/orgs/<org_id>/<resource>``, or
+    ``/apps/<app>/orgs/<org_id>/<resource>`` for an application of the apps file."""
+    if app is not None:
+        return f"/apps/{app}/orgs/{org_id}/{resource}"
     return f"/orgs/{org_id}/{resource}"
+
+
+def _named(env: dict[str, Any], app: str | None) -> dict[str, Any]:
+    """The envelope with the ``etapp`` extension attribute after ``orgid`` (apps file only)."""
+    if app is None:
+        return env
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        out[key] = value
+        if key == "orgid":
+            out[APP_ATTRIBUTE] = app
+    return out
 
 
 # --- timestamps -----------------------------------------------------------------
@@ -212,6 +230,7 @@ def envelope(
     *,
     detected_at: datetime,
     ignore_fields: Collection[str],
+    app: str | None = None,
 ) -> dict[str, Any]:
     """The CloudEvents envelope of one change, exactly as CONTRACT.md shows.
 
@@ -219,15 +238,17 @@ def envelope(
     ``detected_at`` for a deletion or a record without a usable ``updated_at``.
     ``before``/``after`` are the canonical forms (JSON:API resource objects),
     shared, not copied: serialize the envelope rather than mutating it.
+    ``app`` (an application of the apps file) adds ``etapp`` and the
+    ``/apps/<app>/...`` source; the id does not depend on it.
     """
     if change.op == "deleted":
         time = detected_at
     else:
         time = parse_timestamp(_updated_at(change.after)) or detected_at
-    return {
+    env = {
         "specversion": SPECVERSION,
         "id": event_id(org_id, change, ignore_fields),
-        "source": source(org_id, change.resource),
+        "source": source(org_id, change.resource, app),
         "type": event_type(change.resource, change.op),
         "subject": change.id,
         "time": rfc3339(time),
@@ -243,16 +264,19 @@ def envelope(
             "detected_at": rfc3339(detected_at),
         },
     }
+    return _named(env, app)
 
 
-def schema_envelope(org_id: str, change: SchemaChange, *, detected_at: datetime) -> dict[str, Any]:
+def schema_envelope(
+    org_id: str, change: SchemaChange, *, detected_at: datetime, app: str | None = None
+) -> dict[str, Any]:
     """The ``com.eventtemple.schema.changed`` envelope: ``subject`` is the
     resource, ``time`` the detection time, ``data`` ``{org_id, resource,
-    added, removed}`` (both lists present, sorted)."""
-    return {
+    added, removed}`` (both lists present, sorted); ``app`` as in :func:`envelope`."""
+    env = {
         "specversion": SPECVERSION,
         "id": schema_event_id(org_id, change),
-        "source": source(org_id, change.resource),
+        "source": source(org_id, change.resource, app),
         "type": SCHEMA_CHANGED,
         "subject": change.resource,
         "time": rfc3339(detected_at),
@@ -265,6 +289,7 @@ def schema_envelope(org_id: str, change: SchemaChange, *, detected_at: datetime)
             "removed": sorted(change.removed),
         },
     }
+    return _named(env, app)
 
 
 def to_json(env: Mapping[str, Any]) -> str:
@@ -401,7 +426,11 @@ def validate_envelope(env: Mapping[str, Any]) -> None:
 
 def _check_attributes(env: Mapping[str, Any], problems: list[str]) -> None:
     """The CloudEvents attributes other than ``type`` and ``data``."""
-    _check_keys("attributes", set(env), _ENVELOPE_KEYS, problems)
+    app = env.get(APP_ATTRIBUTE)
+    wanted = _ENVELOPE_KEYS | {APP_ATTRIBUTE} if APP_ATTRIBUTE in env else _ENVELOPE_KEYS
+    _check_keys("attributes", set(env), wanted, problems)
+    if APP_ATTRIBUTE in env and not _is_text(app):
+        problems.append(f"{APP_ATTRIBUTE} is not a non-empty string")
     if env.get("specversion") != SPECVERSION:
         problems.append("specversion is not '1.0'")
     for name in ("id", "source", "subject", "orgid"):
@@ -423,8 +452,13 @@ def _check_data(env: Mapping[str, Any], problems: list[str]) -> None:
     org = env.get("orgid")
     if data.get("org_id") != org:
         problems.append("data.org_id is not orgid")
-    if env.get("source") != source(str(org), str(data.get("resource"))):
-        problems.append("source is not /orgs/<orgid>/<data.resource>")
+    app = env.get(APP_ATTRIBUTE)
+    if env.get("source") != source(str(org), str(data.get("resource")), app and str(app)):
+        problems.append(
+            "source is not /apps/<etapp>/orgs/<orgid>/<data.resource>"
+            if app
+            else "source is not /orgs/<orgid>/<data.resource>"
+        )
     etype = env.get("type")
     match = _TYPE_RE.fullmatch(etype) if isinstance(etype, str) else None
     if etype == SCHEMA_CHANGED:

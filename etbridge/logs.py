@@ -66,6 +66,10 @@ def add_settings_secrets(settings: Settings) -> None:
         for key in keys:
             add_secret(key)
             add_secret(key.removeprefix("whsec_"))
+    if settings.apps_file and settings.app is None:
+        # Each application of the file: its client secret and its sinks' keys.
+        for app in settings.apps():
+            add_settings_secrets(app.settings(settings))
 
 
 def scrub(text: str) -> str:

@@ -9,13 +9,16 @@ task in tasks.py only enqueues them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from etbridge import planstore, scheduler, state
+from etbridge import keys, planstore, scheduler, state
 from etbridge.allocation import Allocation
+from etbridge.fairshare import fair_shares
 from etbridge.runtime import Runtime
 from etbridge.settings import Settings
 
@@ -104,28 +107,117 @@ def _seconds(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.0f} s"
 
 
-_cache: tuple[float, tuple[object, ...], Allocation] | None = None
+# Per application (its keyspace): two applications may poll the same org ids.
+_cache: dict[keys.Keyspace, tuple[float, tuple[object, ...], Allocation]] = {}
 
 
 def _allocation(
-    units: list[scheduler.UnitView], limit: int, config: scheduler.PlanConfig, now: float
+    units: list[scheduler.UnitView],
+    limit: int,
+    config: scheduler.PlanConfig,
+    now: float,
+    ks: keys.Keyspace = keys.DEFAULT,
 ) -> Allocation:
     """The allocation, recomputed every ALLOCATION_TTL seconds or when the units change.
 
     The estimates move with a half-life of minutes, so a few seconds' old
     allocation costs nothing, and a tick with 10,000 units stays cheap.
     """
-    global _cache  # noqa: PLW0603 - one allocation cache per process, on purpose
     signature = (limit, config, tuple(u.key for u in units))
-    if _cache is not None and _cache[1] == signature and now - _cache[0] < ALLOCATION_TTL:
-        return _cache[2]
+    cached = _cache.get(ks)
+    if cached is not None and cached[1] == signature and now - cached[0] < ALLOCATION_TTL:
+        return cached[2]
     alloc = scheduler.plan_rates(units, limit, config)
-    _cache = (now, signature, alloc)
+    _cache[ks] = (now, signature, alloc)
     return alloc
+
+
+@dataclass
+class _Prepared:
+    """One application's tick up to its dispatch (see tick and tick_apps)."""
+
+    rt: Runtime
+    now: float
+    units: list[scheduler.UnitView]
+    alloc: Allocation
+    config: scheduler.PlanConfig
+    budget: scheduler.Budget  # slots None: bound by the caller
+    workers: scheduler.Workers
+    warnings: list[str]
+
+    def dispatch(self, slots: int | None) -> list[scheduler.Decision]:
+        budget = dataclasses.replace(self.budget, slots=slots)
+        return scheduler.dispatch(self.now, self.units, self.alloc, budget, self.config)
+
+    def commit(self, decisions: list[scheduler.Decision]) -> Tick:
+        rt = self.rt
+        planstore.mark_queued(
+            rt.redis,
+            rt.keyspace,
+            decisions,
+            self.now,
+            scheduler.next_send(decisions, self.units, rt.settings.rate_limit),
+        )
+        return Tick(decisions=decisions, warnings=self.warnings)
 
 
 def tick(rt: Runtime, tick_seconds: float) -> Tick:
     """Plan one tick (one caller per tick fleet-wide; a second beat's tick plans nothing)."""
+    prepared = _prepare(rt, tick_seconds)
+    if isinstance(prepared, Tick):
+        return prepared
+    return prepared.commit(
+        prepared.dispatch(scheduler.worker_slots(prepared.workers, prepared.config))
+    )
+
+
+def tick_apps(runtimes: Sequence[Runtime], tick_seconds: float) -> dict[str | None, Tick]:
+    """Plan one tick of every application, sharing the workers' slots fairly.
+
+    Each application plans as :func:`tick` does, with its own lock, budget and
+    allocation; the workers' bound is the fleet's (the start rates and waiting
+    polls of all applications), shared max-min fair by what each has due
+    (fairshare.py). One application's failure is logged and skips only it.
+    """
+    prepared: list[_Prepared] = []
+    out: dict[str | None, Tick] = {}
+    for rt in runtimes:
+        try:
+            one = _prepare(rt, tick_seconds)
+        except Exception as exc:
+            log.warning("plan of application %s failed: %s", rt.app, exc)
+            out[rt.app] = Tick(skipped=f"failed: {type(exc).__name__}")
+            continue
+        if isinstance(one, Tick):
+            out[rt.app] = one
+        else:
+            prepared.append(one)
+    if not prepared:
+        return out
+    fleet = scheduler.Workers(
+        started=sum(p.workers.started or 0.0 for p in prepared),
+        waiting=sum(p.workers.waiting for p in prepared),
+    )
+    slots = scheduler.worker_slots(fleet, prepared[0].config)
+    wanted = {p.rt.app or "": p.dispatch(None) for p in prepared}
+    shares = fair_shares(
+        slots, {app: len(d) for app, d in wanted.items()}, int(time.time() / tick_seconds)
+    )
+    for p in prepared:
+        name = p.rt.app or ""
+        decisions = wanted[name]
+        if shares[name] < len(decisions):
+            decisions = p.dispatch(shares[name])
+        try:
+            out[p.rt.app] = p.commit(decisions)
+        except Exception as exc:
+            log.warning("plan of application %s failed: %s", p.rt.app, exc)
+            out[p.rt.app] = Tick(skipped=f"failed: {type(exc).__name__}")
+    return out
+
+
+def _prepare(rt: Runtime, tick_seconds: float) -> _Prepared | Tick:
+    """A tick up to its dispatch; a :class:`Tick` when another beat planned this one."""
     if not planstore.take_tick(rt.redis, rt.keyspace, tick_seconds):
         return Tick(skipped="another beat planned this tick")
     settings = rt.settings
@@ -133,7 +225,7 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
     units = planstore.gather(rt.redis, rt.keyspace, org_ids(rt), settings.resources, now)
     planstore.note_seen(rt.redis, rt.keyspace, units, now)
     config = scheduler.PlanConfig.from_settings(settings, tick_seconds)
-    alloc = _allocation(units, settings.rate_limit, config, now)
+    alloc = _allocation(units, settings.rate_limit, config, now, rt.keyspace)
     found = warnings(alloc, settings)
     previous = planstore.summary(rt.redis, rt.keyspace)
     # Logged once a setting: the interval the budget gives moves with the
@@ -160,10 +252,12 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
         started=planstore.started_rate(rt.redis, rt.keyspace, now),
         waiting=sum(1 for u in units if u.queued),
     )
-    decisions = scheduler.dispatch(
+    return _Prepared(
+        rt,
         now,
         units,
         alloc,
+        config,
         scheduler.Budget(
             limit=settings.rate_limit,
             used=int(budget.get("used", 0)),
@@ -171,18 +265,10 @@ def tick(rt: Runtime, tick_seconds: float) -> Tick:
             freeing=int(budget.get("freeing", 0)),
             paused_for=float(budget.get("paused_for") or 0.0),
             next_send=cursor,
-            slots=scheduler.worker_slots(workers, config),
         ),
-        config,
+        workers,
+        found,
     )
-    planstore.mark_queued(
-        rt.redis,
-        rt.keyspace,
-        decisions,
-        now,
-        scheduler.next_send(decisions, units, settings.rate_limit),
-    )
-    return Tick(decisions=decisions, warnings=found)
 
 
 def sweep_pages(decision: scheduler.Decision, settings: Settings) -> int:

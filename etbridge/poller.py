@@ -449,7 +449,13 @@ class Poller:
 
     def envelope_json(self, org_id: str, change: changes.Change, detected_at: datetime) -> str:
         return events.to_json(
-            events.envelope(org_id, change, detected_at=detected_at, ignore_fields=self.ignore)
+            events.envelope(
+                org_id,
+                change,
+                detected_at=detected_at,
+                ignore_fields=self.ignore,
+                app=self.settings.app,
+            )
         )
 
     def commit_page(  # noqa: PLR0913 - the page's parts, each named at the call
@@ -512,7 +518,10 @@ class Poller:
                     plan.events.append(
                         events.to_json(
                             events.schema_envelope(
-                                state.org_id, diff.drift, detected_at=detected_at
+                                state.org_id,
+                                diff.drift,
+                                detected_at=detected_at,
+                                app=self.settings.app,
                             )
                         )
                     )

@@ -1,7 +1,10 @@
-"""The object graph of one process, built once from the settings.
+"""The object graph of one process, built once from the settings: one :class:`Runtime`
+per application the process serves.
 
-Celery's prefork children each build their own (sockets do not survive a
-fork), lazily, on their first task.
+Without ``ETBRIDGE_APPS_FILE`` that is the single application (``app`` None);
+with it, each ``[apps.<name>]`` (its own token cache, budget, API client and
+relay), and None names none. Celery's prefork children each build their own
+(sockets do not survive a fork), lazily, on first use.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 
+import redis
 import requests
 
 from etbridge import logs, metrics, redisconn
@@ -27,20 +31,31 @@ from etbridge.settings import Settings
 PLANNED_RETRIES = 1
 
 
+def connect_redis(settings: Settings) -> redis.Redis:
+    return redisconn.connect(
+        settings.redis_url,
+        socket_timeout=30,
+        socket_connect_timeout=10,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+class UnknownApplication(LookupError):
+    """A task names an application this process does not serve (removed from the file)."""
+
+
 class Runtime:
     """Redis client, HTTP session, shared token, fleet budget and API client of one process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
+        # The application's name (None: the single one of ETBRIDGE_CLIENT_ID).
+        self.app = settings.app
         # Every key this process's parts build (etb:app:<name>:… for an application).
         self.keyspace = settings.keyspace
-        self.redis = redisconn.connect(
-            settings.redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=10,
-            health_check_interval=30,
-            retry_on_timeout=True,
-        )
+        # The applications of one process share its Redis client (its connection pool).
+        self.redis = client if client is not None else connect_redis(settings)
         self.session = Session()
         # API calls and token requests share this session: one hook counts both,
         # and one registers every token it carries as a secret for logs and Sentry.
@@ -84,15 +99,55 @@ class Runtime:
 
 
 _lock = threading.Lock()
-_runtime: Runtime | None = None
+_runtimes: dict[str | None, Runtime] = {}
 _pid = 0
+_built_from: Settings | None = None
 
 
-def get(settings: Settings) -> Runtime:
-    """This process's runtime (rebuilt in a forked child)."""
-    global _runtime, _pid  # noqa: PLW0603 - one runtime per process, rebuilt after fork
+def served(settings: Settings) -> tuple[str | None, ...]:
+    """The applications this process serves: the file's names, else ``(None,)``."""
+    if not settings.apps_file:
+        return (None,)
+    return tuple(app.name for app in settings.apps())
+
+
+def get(settings: Settings, app: str | None = None) -> Runtime:
+    """This process's runtime of application ``app`` (rebuilt in a forked child).
+
+    ``app`` None is the single application; with the apps file it names none,
+    and neither does a name the file does not list: :class:`UnknownApplication`.
+    """
+    global _pid, _built_from  # one registry per process, rebuilt after fork
     with _lock:
-        if _runtime is None or _pid != os.getpid():
-            _runtime = Runtime(settings)
-            _pid = os.getpid()
-        return _runtime
+        if _pid != os.getpid() or _built_from is not settings:
+            _runtimes.clear()
+            _pid, _built_from = os.getpid(), settings
+        found = _runtimes.get(app)
+        if found is None:
+            found = Runtime(_app_settings(settings, app), _shared_redis())
+            _runtimes[app] = found
+        return found
+
+
+def every(settings: Settings) -> list[Runtime]:
+    """The runtimes of every application served, in the file's order."""
+    return [get(settings, app) for app in served(settings)]
+
+
+def _app_settings(settings: Settings, app: str | None) -> Settings:
+    if not settings.apps_file:
+        if app is not None:
+            raise UnknownApplication(f"application {app!r}: no ETBRIDGE_APPS_FILE is set")
+        return settings
+    for config in settings.apps():
+        if config.name == app:
+            return config.settings(settings)
+    if app is None:
+        raise UnknownApplication("a task without an application (ETBRIDGE_APPS_FILE is set)")
+    raise UnknownApplication(f"application {app!r} is not in ETBRIDGE_APPS_FILE")
+
+
+def _shared_redis() -> redis.Redis | None:
+    """The Redis client of a runtime built already in this process (None: the first)."""
+    first = next(iter(_runtimes.values()), None)
+    return first.redis if first is not None else None

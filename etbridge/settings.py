@@ -148,8 +148,10 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    client_id: str = Field(min_length=1)
-    client_secret: SecretStr
+    # Required without ETBRIDGE_APPS_FILE (checked in _cross_checks); the file's
+    # applications bring their own credentials.
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
     scope: str = "crm_read"
     api_url: str = "https://api.eventtemple.com"
     token_url: str = ""
@@ -269,6 +271,23 @@ class Settings(BaseSettings):
     _apps: tuple[AppConfig, ...] = PrivateAttr(default=())
     # The application these settings act for (AppConfig.settings); None: the single one.
     _app: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Settings:
+        """CLIENT_ID and CLIENT_SECRET: required without ETBRIDGE_APPS_FILE only."""
+        if self.apps_file:
+            return self
+        unset = [f for f in ("client_id", "client_secret") if f not in self.model_fields_set]
+        if unset:
+            # describe_validation_error puts ETBRIDGE_ before the first name.
+            raise ValueError(
+                "; ".join(
+                    f"{ENV_PREFIX}{f.upper()}: is required but not set" for f in unset
+                ).removeprefix(ENV_PREFIX)
+            )
+        if not self.client_id:
+            raise ValueError("CLIENT_ID: String should have at least 1 character")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -1,7 +1,9 @@
 """``etbridge status``: what the fleet is doing, read from Redis only.
 
 It never asks for a token and never calls the API, so it runs from any host
-with access to Redis, even while the credentials are wrong.
+with access to Redis, even while the credentials are wrong. With
+``ETBRIDGE_APPS_FILE`` the document has one section per application
+(:func:`document`); without it, it is :func:`collect`'s, as ever.
 """
 
 from __future__ import annotations
@@ -95,6 +97,25 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "planner": planner,
         "warnings": warnings,
     }
+
+
+def document(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """``etbridge status --json``: :func:`collect`, or ``{generated_at, apps: {name: …}}``
+    with the apps file, each application's section :func:`collect` of its settings."""
+    if not settings.apps_file:
+        return collect(client, settings)
+    apps = {app.name: collect(client, app.settings(settings)) for app in settings.apps()}
+    for section in apps.values():
+        section.pop("generated_at", None)
+    return {"generated_at": from_epoch(time.time()), "apps": apps}
+
+
+def render_document(doc: dict[str, Any]) -> str:
+    """:func:`render`, or one titled section per application (apps file)."""
+    if "apps" not in doc:
+        return render(doc)
+    sections = [f"== application {name} ==\n{render(app)}" for name, app in doc["apps"].items()]
+    return "\n\n".join(sections)
 
 
 def _round(value: float | None) -> float | None:

@@ -46,10 +46,31 @@ SEND_NOW = 0.05
 
 @app.task(name="etbridge.plan")
 def plan() -> dict[str, Any]:
-    rt = runtime.get(settings)
-    result = planner.tick(rt, PLAN_TICK)
-    if result.skipped:
-        return {"skipped": result.skipped}
+    if not settings.apps_file:
+        rt = runtime.get(settings)
+        result = planner.tick(rt, PLAN_TICK)
+        if result.skipped:
+            return {"skipped": result.skipped}
+        return _send(rt, result)
+    # Every application of the file: its own lock, budget and sends; the
+    # workers' slots shared fairly; one application's failure skips only it.
+    runtimes = {rt.app: rt for rt in runtime.every(settings)}
+    out: dict[str, Any] = {}
+    for name, result in planner.tick_apps(list(runtimes.values()), PLAN_TICK).items():
+        rt = runtimes[name]
+        if result.skipped:
+            out[str(name)] = {"skipped": result.skipped}
+            continue
+        try:
+            out[str(name)] = _send(rt, result)
+        except Exception as exc:
+            log.warning("plan of application %s failed: %s", name, exc)
+            out[str(name)] = {"skipped": f"failed: {type(exc).__name__}"}
+    return out
+
+
+def _send(rt: runtime.Runtime, result: planner.Tick) -> dict[str, Any]:
+    """Publish a tick's polls (or time them for beat's sender) and the due deliveries."""
     now = time.time()
     later = []
     for d in result.decisions:
@@ -58,8 +79,10 @@ def plan() -> dict[str, Any]:
             "mode": d.mode,
             "resource": d.resource,
             "due": d.due,
-            "max_pages": planner.sweep_pages(d, settings) if d.mode == "sweep" else None,
+            "max_pages": planner.sweep_pages(d, rt.settings) if d.mode == "sweep" else None,
         }
+        if rt.app is not None:
+            payload["app"] = rt.app
         if d.send_at - now <= SEND_NOW:
             publish_poll(payload)
         else:
@@ -69,27 +92,35 @@ def plan() -> dict[str, Any]:
     # Deliveries whose retry time has come, and partitions a lost task left behind.
     partitions = rt.relay.due(now)
     for org_id, sink_name in partitions:
-        deliver.apply_async((org_id, sink_name))
+        _deliver_later(rt, org_id, sink_name)
     return {"polls": len(result.decisions), "deliveries": len(partitions)}
 
 
 def publish_poll(payload: dict[str, Any]) -> None:
     """Send one planned poll (the plan task, or beat's sender at its send time)."""
     kwargs = {k: payload.get(k) for k in ("resource", "due", "max_pages")}
+    if payload.get("app") is not None:
+        kwargs["app"] = payload["app"]  # absent for the single application, as before
     # When it left for the broker: the poll's start then tells the workers' pickup
     # apart from the planner's lateness (planstore.timings).
     kwargs["published"] = time.time()
     poll_org.apply_async((payload["org_id"], payload["mode"]), kwargs, expires=POLL_EXPIRES)
 
 
+def _deliver_later(rt: runtime.Runtime, org_id: str, sink_name: str) -> None:
+    """Enqueue one (org, sink) delivery of the runtime's application."""
+    app_kwargs = {} if rt.app is None else {"app": rt.app}
+    deliver.apply_async((org_id, sink_name), app_kwargs)
+
+
 def _deliver_soon(rt: runtime.Runtime, org_id: str) -> None:
     """Right after a commit with events: enqueue the org's deliveries (no tick's wait)."""
     for part_org, sink_name in rt.relay.notify(org_id):
-        deliver.apply_async((part_org, sink_name))
+        _deliver_later(rt, part_org, sink_name)
 
 
 @app.task(name="etbridge.poll_org", bind=True)
-def poll_org(
+def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
     self: Task,
     org_id: str,
     mode: str = "incremental",
@@ -97,10 +128,13 @@ def poll_org(
     due: float | None = None,
     max_pages: int | None = None,
     published: float | None = None,
+    app: str | None = None,
 ) -> list[str]:
-    rt = runtime.get(settings)
+    rt = _runtime(app, "poll")
+    if rt is None:
+        return []
     res = resource or settings.resources[0]
-    with logs.bind(org_id=org_id, task_id=self.request.id or ""):
+    with logs.bind(app=app or "", org_id=org_id, task_id=self.request.id or ""):
         plan: list[dict[str, str]] = []  # the unit's plan, read as the poll started
 
         def started() -> None:
@@ -111,7 +145,7 @@ def poll_org(
                 on_started=started,
                 on_events=lambda org: _deliver_soon(rt, org),
                 on_confirming=lambda n: planstore.reserve_sends(
-                    rt.redis, rt.keyspace, n, settings.rate_limit
+                    rt.redis, rt.keyspace, n, rt.settings.rate_limit
                 ),
             ),
             planned=True,
@@ -178,19 +212,21 @@ def poll_org(
 
 
 @app.task(name="etbridge.deliver", bind=True)
-def deliver(self: Task, org_id: str, sink_name: str) -> dict[str, Any]:
-    rt = runtime.get(settings)
-    with logs.bind(org_id=org_id, task_id=self.request.id or ""):
+def deliver(self: Task, org_id: str, sink_name: str, app: str | None = None) -> dict[str, Any]:
+    rt = _runtime(app, "deliver")
+    if rt is None:
+        return {"outcome": "unknown_app"}
+    with logs.bind(app=app or "", org_id=org_id, task_id=self.request.id or ""):
         try:
             result = rt.relay.deliver(org_id, sink_name)
         except KeyError:
             # A sink removed from ETBRIDGE_SINKS since the task was queued.
             log.warning("deliver skipped: sink %s is not configured", sink_name)
             return {"outcome": "unknown_sink"}
-        metrics.record_delivery(result, settings)
+        metrics.record_delivery(result, rt.settings)
         if result.outcome == outbox.BUDGET:
             # A backlog: go on at once rather than wait for the next tick.
-            deliver.apply_async((org_id, sink_name))
+            _deliver_later(rt, org_id, sink_name)
         return {
             "outcome": result.outcome,
             "delivered": result.delivered,
@@ -201,8 +237,24 @@ def deliver(self: Task, org_id: str, sink_name: str) -> dict[str, Any]:
 @app.task(name="etbridge.trim")
 def trim() -> dict[str, Any]:
     """Drop outbox entries older than the retention that every sink acknowledged; expire DLQs."""
-    rt = runtime.get(settings)
-    removed = outbox.trim(rt.redis, settings)
-    expired = outbox.expire_dead_letters(rt.redis, settings)
+    removed = expired = 0
+    for name in runtime.served(settings):
+        try:
+            rt = runtime.get(settings, name)
+            removed += outbox.trim(rt.redis, rt.settings)
+            expired += outbox.expire_dead_letters(rt.redis, rt.settings)
+        except Exception as exc:
+            if name is None:
+                raise  # the single application, as before
+            log.warning("trim of application %s failed: %s", name, exc)  # skips only it
     log.info("outbox trimmed removed=%d dead_letters_expired=%d", removed, expired)
     return {"removed": removed, "dead_letters_expired": expired}
+
+
+def _runtime(app_name: str | None, what: str) -> runtime.Runtime | None:
+    """The runtime of a task's application; None (logged) for one this process does not serve."""
+    try:
+        return runtime.get(settings, app_name)
+    except runtime.UnknownApplication as exc:
+        log.warning("%s skipped: %s", what, exc)
+        return None

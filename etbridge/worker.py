@@ -101,11 +101,11 @@ app.conf.update(
 
 @signals.beat_init.connect
 def _start_sender(**_: Any) -> None:
-    """Beat publishes the planner's timed sends (etbridge/sender.py)."""
+    """Beat publishes the planner's timed sends (etbridge/sender.py), of every application."""
     from etbridge import runtime, sender, tasks
 
-    rt = runtime.get(settings)
-    sender.Sender(rt.redis, rt.keyspace, tasks.publish_poll).start()
+    for rt in runtime.every(settings):
+        sender.Sender(rt.redis, rt.keyspace, tasks.publish_poll).start()
 
 
 @signals.setup_logging.connect
@@ -114,10 +114,9 @@ def _setup_logging(**_: Any) -> None:
     logs.configure(settings.log_format, settings.log_level)
     logs.add_settings_secrets(settings)
     if settings.apps_file:
-        # Checked at start (etbridge apps check), not served yet: docs/applications.md.
-        logging.getLogger("etbridge.worker").warning(
-            "ETBRIDGE_APPS_FILE is checked but not served yet: this process polls only "
-            "the application of ETBRIDGE_CLIENT_ID (docs/applications.md)"
+        logging.getLogger("etbridge.worker").info(
+            "serving the applications of ETBRIDGE_APPS_FILE: %s",
+            ", ".join(app.name for app in settings.apps()),
         )
 
 

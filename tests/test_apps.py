@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from etbridge import keys
+from etbridge import keys, runtime
 from etbridge.apps import IMPLICIT_NAME
 from etbridge.settings import SettingsError, load_settings
 
@@ -199,3 +199,39 @@ def test_a_missing_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("ETBRIDGE_APPS_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(SettingsError, match=r"ETBRIDGE_APPS_FILE: cannot read .*missing\.toml"):
         load_settings()
+
+
+def test_with_the_file_client_id_and_secret_are_not_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("ETBRIDGE_CLIENT_ID")
+    monkeypatch.delenv("ETBRIDGE_CLIENT_SECRET")
+    with pytest.raises(SettingsError) as missing:
+        load_settings()
+    assert str(missing.value) == (
+        "configuration error: ETBRIDGE_CLIENT_ID: is required but not set; "
+        "ETBRIDGE_CLIENT_SECRET: is required but not set"
+    )
+    write_apps(monkeypatch, tmp_path, TWO_APPS)
+    settings = load_settings()
+    assert [app.name for app in settings.apps()] == ["acme", "globex"]
+
+
+def test_a_process_serves_every_application_of_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert runtime.served(load_settings()) == (None,)
+    write_apps(monkeypatch, tmp_path, TWO_APPS)
+    monkeypatch.setenv("ETBRIDGE_REDIS_URL", "redis://127.0.0.1:9/0")  # never connected here
+    settings = load_settings()
+    assert runtime.served(settings) == ("acme", "globex")
+    acme, globex = runtime.every(settings)
+    assert (acme.app, globex.app) == ("acme", "globex")
+    assert acme.keyspace == keys.Keyspace("acme")
+    assert acme.settings.rate_limit == 30
+    assert acme.budget is not globex.budget and acme.tokens is not globex.tokens
+    assert acme.redis is globex.redis  # one connection pool per process
+    assert runtime.get(settings, "acme") is acme  # built once per process
+    for unknown in (None, "initech"):
+        with pytest.raises(runtime.UnknownApplication):
+            runtime.get(settings, unknown)

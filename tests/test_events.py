@@ -446,3 +446,42 @@ def test_to_json_keeps_contract_order_and_is_compact() -> None:
         "data",
     ]
     assert "日本" in text and '", "' not in text
+
+
+def test_an_application_of_the_apps_file_is_named_by_etapp_and_source() -> None:
+    change = update(rec(), rec(status="definite", updated_at="2026-11-27T20:06:00Z"))
+    single = envelope(ORG, change, detected_at=DETECTED, ignore_fields=IGNORE)
+    named = envelope(ORG, change, detected_at=DETECTED, ignore_fields=IGNORE, app="acme")
+    assert "etapp" not in single
+    assert single["source"] == f"/orgs/{ORG}/bookings"
+    assert named["etapp"] == "acme"
+    assert named["source"] == f"/apps/acme/orgs/{ORG}/bookings"
+    # The id is the contract's hash: the same change, whichever application saw it.
+    assert named["id"] == single["id"]
+    assert list(named) == [*list(single)[:8], "etapp", "data"]
+    assert {k: v for k, v in named.items() if k not in ("etapp", "source")} == {
+        k: v for k, v in single.items() if k != "source"
+    }
+    validate_envelope(named)
+    validate_envelope(json.loads(events.to_json(named)))
+    schema = schema_envelope(
+        ORG, SchemaChange("bookings", ("vip",), ()), detected_at=DETECTED, app="acme"
+    )
+    assert schema["etapp"] == "acme"
+    assert schema["source"] == f"/apps/acme/orgs/{ORG}/bookings"
+    validate_envelope(schema)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ({"etapp": ""}, "etapp is not a non-empty string"),
+        ({"etapp": "globex"}, "source is not /apps/<etapp>/orgs/<orgid>/<data.resource>"),
+        ({"source": f"/orgs/{ORG}/bookings"}, "source is not /apps/<etapp>"),
+    ],
+)
+def test_validation_checks_etapp_against_the_source(edit: dict[str, Any], problem: str) -> None:
+    change = update(rec(), rec(status="definite", updated_at="2026-11-27T20:06:00Z"))
+    env = envelope(ORG, change, detected_at=DETECTED, ignore_fields=IGNORE, app="acme") | edit
+    with pytest.raises(ValueError, match=problem):
+        validate_envelope(env)

@@ -25,7 +25,7 @@ ORGS = [str(1000 + n) for n in range(6)]
 
 def _tick(rt: Runtime) -> planner.Tick:
     rt.redis.delete(keys.DEFAULT.plan_lock)  # a new tick, however soon after the last
-    planner._cache = None  # the allocation of this Redis, not one cached by another test
+    planner._cache.clear()  # the allocation of this Redis, not one cached by another test
     return planner.tick(rt, 1.0)
 
 

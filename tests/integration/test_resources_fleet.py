@@ -7,8 +7,6 @@ per org, and while ``/v2/contacts`` fails bookings keep being polled; contacts c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 import redis
 
 from etbridge.redisserver import free_port
+from tests.support.cli import etbridge_command
 from tests.support.fleet import fleet, fleet_env, read_sink, wait_for
 from tests.support.grader import grade
 from tests.support.sandbox import Sandbox
@@ -52,15 +51,7 @@ def _clean(client: redis.Redis, sb: Sandbox, *resources: str) -> bool:
 
 
 def _status(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "etbridge", "status", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.stdout
+    return etbridge_command(env, "status", *args).stdout
 
 
 def _status_doc(env: dict[str, str]) -> dict[str, Any]:

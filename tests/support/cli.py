@@ -22,9 +22,14 @@ def run_cli(
         ETBRIDGE_REDIS_URL=redis_url,
     )
     environ.update(env)
+    return etbridge_command(environ, *args)
+
+
+def etbridge_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m etbridge ARGS`` with exactly the environment ``env`` (60 s at most)."""
     return subprocess.run(
         [sys.executable, "-m", "etbridge", *args],
-        env=environ,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
