@@ -162,8 +162,8 @@ class PlanConfig:
     # How far before its deadline a poll or sweep may be sent: this many paces
     # of the budget, or this share of its interval if that is more (see _early).
     early_paces: float = 2.0
-    early_share: float = 0.2
-    early_max: float = 10.0  # seconds
+    early_share: float = 0.3
+    early_max: float = 15.0  # seconds
 
     @classmethod
     def from_settings(cls, settings: Settings, tick: float) -> PlanConfig:
