@@ -152,12 +152,14 @@ class PlanConfig:
     # Seconds ahead a tick sends: two ticks, so a tick that runs late or not at
     # all (a busy worker, a beat restart) delays no poll.
     lookahead: float = 2.0
-    # Kept back from the allocation: room for requests outside it (discovery,
-    # a planned poll's one retry, an operator's check). Small, because a late
-    # poll delays no other for good (its next deadline counts from its late
-    # send) and every percent kept back lengthens the cycle by a percent.
-    # Deletion confirmations are kept back by their expected rate (see limits).
-    reserve: float = 0.005
+    # Kept back from the allocation, as a share of the budget. None by default:
+    # deletion confirmations are kept back by their expected rate (see limits),
+    # the other requests outside the plan are rare (discovery, a planned poll's
+    # one retry, an operator's check), and when one comes the next planned send
+    # waits for the budget's slot and counts its next deadline from that late
+    # send, so nothing piles up; while every percent kept back lengthens the
+    # cycle by a percent (under uniform churn, round-robin's p99 by as much).
+    reserve: float = 0.0
     floor_cycles: float = 1.25
     # How far before its deadline a poll or sweep may be sent: this many paces
     # of the budget, or this share of its interval if that is more (see _early).
