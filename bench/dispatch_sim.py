@@ -81,9 +81,7 @@ def simulate(limit: int, orgs: int, shape: str, ticks: int, seed: int = 2) -> di
             if tick >= WARM_TICKS:
                 latencies += [d.send_at - t for t in found if t >= start + WARM_TICKS]
             seen = u.changes.observe(len(found), d.send_at)
-            units[d.org_id] = replace(
-                u, last_poll_due=d.anchor, next_poll_due=d.next_due, changes=seen
-            )
+            units[d.org_id] = replace(u, last_poll_due=d.anchor, changes=seen)
             del pending[d.org_id][: len(found)]
     late.sort()
     latencies.sort()

@@ -56,11 +56,12 @@ seconds), which saves a minute.
 Writes ``bench/results/latency.json`` with the raw latencies (for a CDF plot).
 Windows: 90 s of warm-up, then 120 s measured. The warm-up is the time the
 planner takes to learn a churn's shape: its estimates start from a prior
-(every org alike), and an allocation that shortens an org's interval takes
-effect from that org's next poll (docs/scheduling.md). Measured from 30 s,
-the first quarter of a 50-org 80/20 window was as slow as round-robin and the
-last half 0.72 x it; so the figures are the steady state of each shape, and
-the transient after a start (or a change of shape) is about one cycle T.
+(every org alike), and the allocation that has learnt a skew makes the busy
+orgs due together, a burst of late polls (docs/scheduling.md). Measured from
+30 s, the first quarter of a 50-org 80/20 window was as slow as round-robin
+and the last half 0.72 x it; so the figures are the steady state of each
+shape, and the transient after a start (or a change of shape) lasts one or
+two cycles T.
 
     python bench/latency.py            # O = 10 and 50, ~6 min
     python bench/latency.py --quick    # O = 10, ~1.5 min

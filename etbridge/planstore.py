@@ -85,8 +85,6 @@ _PLAN_FIELDS = (
     "poll_pages",
     "sweep_pages",
     "seen_at",
-    "poll_next",
-    "sweep_next",
 )
 
 
@@ -113,7 +111,7 @@ def gather(
         busy = leased or any(queued)
         for (res, meta, plan), unit_queued in zip(facts, queued, strict=True):
             _, retry_at, poll_due, sweep_due, chg_n, chg_t, chg_at, del_n, del_t, del_at = plan[:10]
-            poll_pages, sweep_pages, seen_at, poll_next, sweep_next = plan[10:]
+            poll_pages, sweep_pages, seen_at = plan[10:]
             last_listed, last_swept = _num(meta[4]), _num(meta[5])
             views.append(
                 scheduler.UnitView(
@@ -137,8 +135,6 @@ def gather(
                     poll_pages=max(1.0, poll_pages or 1.0),
                     sweep_pages=max(1.0, sweep_pages or 1.0),
                     first_seen=seen_at,
-                    next_poll_due=poll_next or None,
-                    next_sweep_due=sweep_next or None,
                 )
             )
     return views
@@ -174,16 +170,12 @@ def mark_queued(
     for d in decisions:
         values: dict[Any, Any] = {"queued_at": repr(now), "mode": d.mode}
         # The next deadline counts from the anchor (the deadline of a poll sent
-        # early, the send time of one sent late: Decision.anchor), and is set now
-        # too: a later allocation moves it later, never earlier (scheduler._next);
-        # 0 when it is counted afresh (after a baseline). A sweep's later pages
-        # keep the deadline of its first.
+        # early, the send time of one sent late: Decision.anchor). A sweep's later
+        # pages keep the deadline of its first.
         if d.mode == "incremental":
             values["poll_due"] = repr(d.anchor)
-            values["poll_next"] = repr(d.next_due or 0.0)
         elif d.reason != scheduler.Reason.SWEEP_PAGE:
             values["sweep_due"] = repr(d.anchor)
-            values["sweep_next"] = repr(d.next_due or 0.0)
         pipe.hset(ks.plan(d.org_id, d.resource), mapping=values)
     pipe.execute()
 
@@ -334,9 +326,7 @@ def record_success(  # noqa: PLR0913 - the outcome's parts, keyword-only, each n
 
 def forget_planned(client: redis.Redis, ks: keys.Keyspace, org_id: str, resource: str) -> None:
     """A poll handed back by a worker that is shutting down: plan it again at once."""
-    client.hdel(
-        ks.plan(org_id, resource), "poll_due", "sweep_due", "poll_next", "sweep_next", "queued_at"
-    )
+    client.hdel(ks.plan(org_id, resource), "poll_due", "sweep_due", "queued_at")
 
 
 def record_failure(

@@ -103,10 +103,6 @@ class UnitView:
     sweeps_only: bool = False  # the API rejects the incremental filter
     last_poll_due: float | None = None  # deadline of the last incremental poll dispatched
     last_sweep_due: float | None = None  # deadline of the last sweep's first page
-    # The next deadlines the last dispatch set (its anchor plus the interval then):
-    # a new allocation may move a deadline later, never earlier (see _next).
-    next_poll_due: float | None = None
-    next_sweep_due: float | None = None
     last_listed: float | None = None  # end of the unit's last complete listing (any caller)
     changes: RateEstimate = RateEstimate()
     deletions: RateEstimate = RateEstimate()
@@ -213,11 +209,6 @@ class Decision:
         spread their sends, and counting from them keeps them spread.
         """
         return self.send_at if self.send_at > self.due else self.due
-
-    @property
-    def next_due(self) -> float | None:
-        """The unit's next deadline as this decision sets it (None: counted afresh)."""
-        return self.anchor + self.gap if self.gap > 0 else None
 
 
 def shrunk_rates(estimates: Sequence[RateEstimate], prior: tuple[float, float]) -> list[float]:
@@ -336,13 +327,6 @@ def _next(
         gap = max(1.0 / poll, config.poll_interval)
         last = unit.last_poll_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        # A deadline the last dispatch set never moves earlier: a new allocation
-        # that shortens many intervals at once would make them all overdue at
-        # once, a burst the budget's pace then spreads into seconds of lateness.
-        # It takes effect from the next poll on.
-        committed = unit.next_poll_due
-        if committed is not None and due < committed:
-            due = committed
         # A unit not polled by the planner yet is due on its grid (units that start
         # together are spread), but it waited since its last listing: that orders it.
         order = due if last is not None or unit.last_listed is None else unit.last_listed + gap
@@ -360,9 +344,6 @@ def _next(
         gap = 1.0 / sweep
         last = unit.last_sweep_due
         due = _phase(unit, now, gap) if last is None else last + gap
-        committed = unit.next_sweep_due
-        if committed is not None and due < committed:
-            due = committed
         clamped = due if due >= now - gap else now - gap
         if best is None or clamped < best[0]:
             best = (clamped, "sweep", _SWEEP, due)

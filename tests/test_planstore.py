@@ -137,23 +137,20 @@ def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Re
     assert unit.first_seen == 100.0
 
 
-def test_a_dispatch_stores_its_anchor_and_the_next_deadline_it_sets(r: redis.Redis) -> None:
+def test_a_dispatch_stores_its_anchor(r: redis.Redis) -> None:
     now = time.time()
     early = Decision(ORG, RES, "incremental", Reason.POLL, now + 2.0, now + 1.0, 1.5, 30.0)
     planstore.mark_queued(r, keys.DEFAULT, [early], now)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
-    # Sent early: the deadline is the anchor, and the next is one interval on.
-    assert unit.last_poll_due == pytest.approx(now + 2.0)
-    assert unit.next_poll_due == pytest.approx(now + 32.0)
+    assert unit.last_poll_due == pytest.approx(now + 2.0)  # sent early: its deadline
     late = Decision(ORG, RES, "sweep", Reason.SWEEP, now, now + 3.0, 0.0, 600.0)
     planstore.mark_queued(r, keys.DEFAULT, [late], now)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.last_sweep_due == pytest.approx(now + 3.0)  # sent late: its send
-    assert unit.next_sweep_due == pytest.approx(now + 603.0)
     # A poll handed back by a stopping worker is planned afresh.
     planstore.forget_planned(r, keys.DEFAULT, ORG, RES)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
-    assert unit.next_poll_due is None and unit.next_sweep_due is None
+    assert unit.last_poll_due is None
 
 
 def test_the_plan_read_as_a_poll_starts_serves_its_success(r: redis.Redis) -> None:

@@ -369,27 +369,3 @@ def test_a_deadline_further_out_than_the_early_window_waits() -> None:
     # Due just beyond the lookahead plus the early window: not sent this tick.
     u = unit(1, last_poll_due=NOW + CFG.lookahead + early + 0.1 - gap)
     assert [d for d in run([u], Budget(100, 0)) if d.mode == "incremental"] == []
-
-
-def test_a_new_allocation_moves_a_deadline_later_but_never_earlier() -> None:
-    units = [unit(n) for n in range(10)]
-    alloc = scheduler.plan_rates(units, 100, CFG)
-    rates = alloc.rates[("1", "bookings")]
-    gap = rates.poll_every
-    # The last dispatch set the next deadline 20 s out (a longer interval then):
-    # the shorter interval now takes effect from the next poll, not at once.
-    u = unit(1, last_poll_due=NOW - 1.0, next_poll_due=NOW + 20.0)
-    step = scheduler._next(u, rates, NOW, CFG)
-    assert step is not None and step[0] == pytest.approx(NOW + 20.0)
-    # A deadline set earlier than the interval now gives moves later.
-    u = unit(1, last_poll_due=NOW - 1.0, next_poll_due=NOW)
-    step = scheduler._next(u, rates, NOW, CFG)
-    assert step is not None and step[0] == pytest.approx(NOW - 1.0 + gap)
-    # A decision sets the next deadline from its anchor and its interval.
-    (d,) = scheduler.dispatch(
-        NOW, [unit(1, last_poll_due=NOW - gap + 0.5)], alloc, Budget(100, 0), CFG
-    )
-    assert d.gap == pytest.approx(gap) and d.next_due == pytest.approx(d.anchor + gap)
-    # A baseline sets none: the next sweep is counted afresh.
-    (b,) = run([UnitView("9", "bookings")], Budget(100, 0))
-    assert b.reason is Reason.BASELINE and b.next_due is None
