@@ -66,7 +66,9 @@ class Runtime:
         self.session = Session()
         # API calls and token requests share this session: one hook counts both,
         # and one registers every token it carries as a secret for logs and Sentry.
-        self.session.hooks["response"].append(metrics.response_hook(settings.token_url))
+        self.session.hooks["response"].append(
+            metrics.response_hook(settings.token_url, settings.app)
+        )
         self.session.hooks["response"].append(logs.secret_hook)
         self.tokens = TokenCache(self.redis, settings, session=self.session)
         self.budget = RequestBudget.for_settings(settings, self.redis)

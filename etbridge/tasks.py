@@ -177,14 +177,14 @@ def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
         try:
             results = poller.poll(org_id, kind, resources=[res], max_pages=max_pages)
         except LeaseLost as exc:
-            metrics.record_poll_failure(mode, "lease_lost")
+            metrics.record_poll_failure(mode, "lease_lost", app)
             planstore.record_failure(
                 rt.redis, rt.keyspace, org_id, res, exc, back_off=False
             )  # another has it
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
-            metrics.record_poll_failure(mode, "retriable_error")
+            metrics.record_poll_failure(mode, "retriable_error", app)
             delay = planstore.record_failure(
                 rt.redis, rt.keyspace, org_id, res, exc, exc.retry_after
             )
@@ -192,26 +192,26 @@ def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
             return []
         except AccessLost as exc:
             # Not deletion: state kept, nothing emitted; try again on the failure backoff.
-            metrics.record_poll_failure(mode, "inaccessible")
+            metrics.record_poll_failure(mode, "inaccessible", app)
             delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
-            metrics.record_poll_failure(mode, "auth_error")
+            metrics.record_poll_failure(mode, "auth_error", app)
             delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc, 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except redis.exceptions.RedisError as exc:
             # Redis itself is away (a restart, a failover): nothing can be recorded;
             # the planner plans the org again once Redis answers and the lease is gone.
-            metrics.record_poll_failure(mode, "redis")
+            metrics.record_poll_failure(mode, "redis", app)
             log.warning("poll stopped: Redis unavailable: %s", exc)
             return []
         except Exception as exc:
-            metrics.record_poll_failure(mode, "error")
+            metrics.record_poll_failure(mode, "error", app)
             planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             raise
-        metrics.record_polls(results)
+        metrics.record_polls(results, app)
         if shutdown.requested():
             planstore.forget_planned(
                 rt.redis, rt.keyspace, org_id, res
