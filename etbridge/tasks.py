@@ -81,11 +81,10 @@ def _drain(rt: runtime.Runtime) -> dict[str, Any]:
     partitions = rt.relay.due(now)
     if not partitions:
         # Pending events nobody scheduled (a delivery lost with a worker) are found at once.
-        partitions = rt.relay.due_set.unscheduled(rt.relay.specs.values(), now)
+        partitions = rt.relay.leftover(now)
     for org_id, sink_name in partitions:
         _deliver_later(rt, org_id, sink_name)
-    waiting = rt.redis.zcard(rt.keyspace.relay_due) + rt.redis.zcard(rt.keyspace.relay_retry)
-    if not partitions and not waiting:
+    if not partitions and not rt.relay.waiting():
         log.info("removed application %s: its outbox is delivered, its relay stops", rt.app)
         runtime.forget(settings, str(rt.app))
         return {"removed": True, "deliveries": 0}
