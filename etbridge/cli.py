@@ -1,6 +1,6 @@
 """The ``etbridge`` command.
 
-Subcommands: ``demo``, ``sandbox``, ``check``, ``apps list | check NAME``, ``status``,
+Subcommands: ``demo``, ``sandbox``, ``check``, ``apps list | check NAME | reload``, ``status``,
 ``console``, ``orgs``,
 ``resync ORG_ID``, ``dlq list``, ``dlq redeliver (ID… | --all)``,
 ``replay --sink SINK_URL --since TIME [--org ORG_ID]``, ``sink enable SINK``,
@@ -154,6 +154,8 @@ def cmd_apps(args: argparse.Namespace) -> int:
             for line in _app_lines(app, settings):
                 print(line)
         return 0
+    if args.apps_command == "reload":
+        return _reload(settings, apps)
     found = [app for app in apps if app.name == args.name]
     if not found:
         known = ", ".join(app.name for app in apps)
@@ -162,6 +164,23 @@ def cmd_apps(args: argparse.Namespace) -> int:
     print(f"app       {args.name}")
     orgs_from = "ETBRIDGE_ORGS" if not settings.apps_file else f"app {args.name}'s orgs"
     return _check(found[0].settings(settings), orgs_from=orgs_from)
+
+
+def _reload(settings: Settings, apps: tuple[AppConfig, ...]) -> int:
+    """The file was read and checked with the settings (a mistake: exit 2 before this)."""
+    from etbridge import appsreload, runtime
+
+    if not settings.apps_file:
+        print("apps reload: ETBRIDGE_APPS_FILE is not set (nothing to reload)", file=sys.stderr)
+        return 2
+    generation = appsreload.bump(runtime.connect_redis(settings))
+    names = ", ".join(app.name for app in apps)
+    print(
+        f"reloaded {len(apps)} application(s) from ETBRIDGE_APPS_FILE: {names} "
+        f"(generation {generation}; workers and beat follow within "
+        f"{appsreload.CHECK_EVERY:g} s of their next task)"
+    )
+    return 0
 
 
 def _app_lines(app: AppConfig, settings: Settings) -> list[str]:
@@ -407,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     apps_sub.add_parser("list", help="each application: API, orgs, budget, sinks (no secrets)")
     apps_check = apps_sub.add_parser("check", help="as `etbridge check`, for one application")
     apps_check.add_argument("name")
+    apps_sub.add_parser(
+        "reload", help="check the file and have workers and beat read it again (no restart)"
+    )
     apps.set_defaults(func=cmd_apps)
 
     st = sub.add_parser("status", help="orgs, token, budget, outbox and sinks (reads Redis)")

@@ -3,13 +3,15 @@
 ``GET /healthz`` (liveness): the process, its main thread and its event loop
 are alive. ``GET /readyz`` (readiness): Redis and the broker answer, the
 shared token is usable (or its failure is a known ``invalid_client``), the
-heartbeat is recent and the process is not shutting down. Both answer JSON,
+heartbeat is recent and the process is not shutting down (with the apps file:
+each application's token, see docs/applications.md). Both answer JSON,
 200 or 503, with no secrets. The probes never ask for a token. Protocol and
 fields: docs/health.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -125,10 +127,34 @@ class Health:
 
         client = self._redis()
         try:
-            facts = TokenCache(client, self.settings).status()
+            if not self.settings.apps_file:
+                facts = TokenCache(client, self.settings).status()
+                return token_check(facts, time.time())
+            return self._check_app_tokens(client, TokenCache)
         finally:
             client.close()
-        return token_check(facts, time.time())
+
+    def _check_app_tokens(self, client: Any, cache: Any) -> dict[str, Any]:
+        """Each application's token (apps file): ready when every one is, or cannot be.
+
+        ``token_check`` per application; ``ok`` is all of them (a known
+        ``invalid_client`` counts as ready, as for the single application).
+        """
+        from etbridge import runtime
+
+        with contextlib.suppress(Exception):  # the applications of the last reload
+            runtime.refresh(self.settings)
+        now = time.time()
+        apps = {
+            app.name: token_check(cache(client, app.settings(self.settings)).status(), now)
+            for app in self.settings.apps()
+        }
+        failing = sorted(name for name, check in apps.items() if not check["ok"])
+        out: dict[str, Any] = {"apps": apps}
+        if failing:
+            # The one-check shape of the single application: _guarded adds ok=True.
+            raise _AppsNotReady(out, failing)
+        return out
 
     def _doc(self, checks: dict[str, dict[str, Any]]) -> tuple[bool, dict[str, Any]]:
         ok = all(c["ok"] for c in checks.values())
@@ -179,9 +205,20 @@ def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _AppsNotReady(Exception):
+    """Some application's token is not ready: the per-application doc goes with it."""
+
+    def __init__(self, doc: dict[str, Any], failing: list[str]) -> None:
+        super().__init__(", ".join(failing))
+        self.doc = doc
+        self.failing = failing
+
+
 def _guarded(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return {"ok": True, **check()}
+    except _AppsNotReady as exc:
+        return {"ok": False, "failing": exc.failing, **exc.doc}
     except Exception as exc:
         # The class and a scrubbed, short message: never a URL's password or a secret.
         return {"ok": False, "error": type(exc).__name__, "detail": logs.scrub(str(exc))[:200]}

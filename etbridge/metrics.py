@@ -104,6 +104,41 @@ ACCESS_LOST = Counter(
     ["reason"],
 )
 
+
+def _per_app(metric: Counter) -> Counter:
+    """The same counter with an ``app`` label first, for the applications of the apps file.
+
+    Not registered: it is served from prometheus-client's multiprocess files,
+    under the same name as ``metric``, so the single application's series keep
+    their labels exactly and an application's carry ``app="<name>"`` too.
+    """
+    name = metric._name.removesuffix("_total")
+    return Counter(name, metric._documentation, ["app", *metric._labelnames], registry=None)
+
+
+_APP_COUNTERS = {
+    c: _per_app(c)
+    for c in (
+        API_REQUESTS,
+        API_RATE_LIMITED,
+        TOKEN_REQUESTS,
+        POLLS,
+        POLL_PAGES,
+        CHANGES,
+        DELIVERIES,
+        EVENTS_DELIVERED,
+        EVENTS_DEAD_LETTERED,
+    )
+}
+
+
+def _of(metric: Counter, app: str | None, *labels: str) -> Any:
+    """``metric``'s child for ``labels``: the ``app``-labelled one for an application."""
+    if app is None:
+        return metric.labels(*labels)
+    return _APP_COUNTERS[metric].labels(app, *labels)
+
+
 RECORDED = (
     "etbridge_api_requests_total",
     "etbridge_api_rate_limited_total",
@@ -166,7 +201,7 @@ def _origin_path(url: str | None) -> tuple[str, str]:
     return parts.netloc.lower(), parts.path.rstrip("/") or "/"
 
 
-def response_hook(token_url: str) -> Callable[..., None]:
+def response_hook(token_url: str, app: str | None = None) -> Callable[..., None]:
     """A ``requests`` response hook counting API answers and token requests.
 
     The runtime's one session carries both, so the hook tells them apart by
@@ -174,52 +209,55 @@ def response_hook(token_url: str) -> Callable[..., None]:
     call. It also counts the 401 that :class:`~etbridge.auth.BearerAuth`
     retried (in ``response.history`` at this point; redirects are added to
     the history only after the hooks ran, and each fires the hook itself).
-    Never raises: metrics must not break a request.
+    Never raises: metrics must not break a request. ``app``: the application
+    (its counters carry an ``app`` label; None: the single one, no label).
     """
     token = _origin_path(token_url)
 
     def hook(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
         try:
             for resp in (*response.history, response):
-                record_response(resp.request.url, resp.status_code, token)
+                record_response(resp.request.url, resp.status_code, token, app)
         except Exception:
             log.debug("metrics hook failed", exc_info=True)
 
     return hook
 
 
-def record_response(url: str | None, status: int, token: tuple[str, str]) -> None:
+def record_response(
+    url: str | None, status: int, token: tuple[str, str], app: str | None = None
+) -> None:
     """Count one HTTP answer (see :func:`response_hook`)."""
     origin_path = _origin_path(url)
     if origin_path == token:
-        TOKEN_REQUESTS.labels(str(status)).inc()
+        _of(TOKEN_REQUESTS, app, str(status)).inc()
         return
     ep = endpoint(origin_path[1])
-    API_REQUESTS.labels(ep, str(status)).inc()
+    _of(API_REQUESTS, app, ep, str(status)).inc()
     if status == 429:
-        API_RATE_LIMITED.labels(ep).inc()
+        _of(API_RATE_LIMITED, app, ep).inc()
 
 
 # --- polls and deliveries ---------------------------------------------------------------
 
 
-def record_polls(results: Iterable[PollResult]) -> None:
-    """Count the results of one ``poll_org`` (one per resource)."""
+def record_polls(results: Iterable[PollResult], app: str | None = None) -> None:
+    """Count the results of one ``poll_org`` (one per resource) of application ``app``."""
     for r in results:
         if r.skipped:
-            POLLS.labels(r.mode, "skipped").inc()
+            _of(POLLS, app, r.mode, "skipped").inc()
             continue
-        POLLS.labels(r.mode, "ok").inc()
-        POLL_PAGES.labels(r.mode).inc(r.pages)
+        _of(POLLS, app, r.mode, "ok").inc()
+        _of(POLL_PAGES, app, r.mode).inc(r.pages)
         POLL_DURATION.labels(r.mode).observe(r.ms / 1000)
         for kind, count in r.counts.items():
             if count:
-                CHANGES.labels(kind).inc(count)
+                _of(CHANGES, app, kind).inc(count)
 
 
-def record_poll_failure(mode: str, outcome: str) -> None:
+def record_poll_failure(mode: str, outcome: str, app: str | None = None) -> None:
     """Count a poll that raised (``retriable_error``, ``auth_error``, ``lease_lost``, ``error``)."""
-    POLLS.labels("sweep" if mode == "sweep" else "incremental", outcome).inc()
+    _of(POLLS, app, "sweep" if mode == "sweep" else "incremental", outcome).inc()
 
 
 def record_deletions(counts: dict[str, int]) -> None:
@@ -236,11 +274,12 @@ def record_access_lost(reason: str) -> None:
 def record_delivery(result: DeliveryResult, settings: Settings) -> None:
     """Count one relay run and the events it delivered or dead-lettered."""
     kind = next((s.kind for s in settings.sinks if s.name == result.sink_name), "unknown")
-    DELIVERIES.labels(result.sink_name, kind, result.outcome).inc()
+    app = settings.app
+    _of(DELIVERIES, app, result.sink_name, kind, result.outcome).inc()
     if result.delivered:
-        EVENTS_DELIVERED.labels(result.sink_name, kind).inc(result.delivered)
+        _of(EVENTS_DELIVERED, app, result.sink_name, kind).inc(result.delivered)
     if result.dead_lettered:
-        EVENTS_DEAD_LETTERED.labels(result.sink_name, kind).inc(result.dead_lettered)
+        _of(EVENTS_DEAD_LETTERED, app, result.sink_name, kind).inc(result.dead_lettered)
 
 
 # --- fleet gauges at scrape time -----------------------------------------------------------
@@ -255,16 +294,59 @@ def _age(now: float, iso: str | None) -> float | None:
         return None
 
 
-def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
-    """The fleet gauges of one :func:`etbridge.status.collect` document (pure)."""
-    fam: dict[str, GaugeMetricFamily] = {}
+def gauges_from_status(
+    doc: dict[str, Any],
+    now: float,
+    app: str | None = None,
+    fam: dict[str, GaugeMetricFamily] | None = None,
+) -> list[Metric]:
+    """The fleet gauges of one :func:`etbridge.status.collect` document (pure).
 
-    def gauge(name: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    ``app``: an application's section (every gauge but ``etbridge_status_up``
+    gets an ``app`` label first), added to the families ``fam`` of the others.
+    """
+    fam = {} if fam is None else fam
+    first = ["app"] if app is not None else []
+
+    class _Gauge:
+        def __init__(self, family: GaugeMetricFamily) -> None:
+            self.family = family
+
+        def add_metric(self, values: list[str], value: float) -> None:
+            self.family.add_metric(([app] if app is not None else []) + values, value)
+
+    def gauge(name: str, labels: Iterable[str] = ()) -> _Gauge:
         if name not in fam:
-            fam[name] = GaugeMetricFamily(name, FLEET_GAUGES[name], labels=list(labels))
-        return fam[name]
+            fam[name] = GaugeMetricFamily(name, FLEET_GAUGES[name], labels=first + list(labels))
+        return _Gauge(fam[name])
 
-    gauge("etbridge_status_up").add_metric([], 1.0)
+    if "etbridge_status_up" not in fam:
+        up = GaugeMetricFamily("etbridge_status_up", FLEET_GAUGES["etbridge_status_up"])
+        up.add_metric([], 1.0)
+        fam["etbridge_status_up"] = up
+    _sink_gauges(doc, gauge)
+    _org_gauges(doc, now, gauge)
+    token = doc.get("token", {})
+    expires_in = _age(now, token.get("expires_at"))
+    gauge("etbridge_token_expires_in_seconds").add_metric(
+        [], -expires_in if expires_in is not None else -1.0
+    )
+    if token.get("error"):
+        gauge("etbridge_token_error", ["code"]).add_metric([str(token["error"])], 1.0)
+    budget = doc.get("rate_budget", {})
+    gauge("etbridge_rate_budget_limit").add_metric([], budget.get("limit") or 0)
+    gauge("etbridge_rate_budget_used").add_metric([], budget.get("used") or 0)
+    paused = _age(now, budget.get("paused_until"))
+    gauge("etbridge_rate_budget_paused_seconds").add_metric(
+        [], max(0.0, -paused) if paused is not None else 0.0
+    )
+    return list(fam.values())
+
+
+_GaugeOf = Callable[..., Any]
+
+
+def _sink_gauges(doc: dict[str, Any], gauge: _GaugeOf) -> None:
     sink_labels = ("sink", "kind")
     for sink in doc.get("sinks", {}).values():
         lv = [str(sink.get("name", "")), str(sink.get("kind", ""))]
@@ -277,6 +359,9 @@ def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
         gauge("etbridge_sink_disabled", sink_labels).add_metric(
             lv, 1.0 if sink.get("disabled") else 0.0
         )
+
+
+def _org_gauges(doc: dict[str, Any], now: float, gauge: _GaugeOf) -> None:
     unit_labels = ("org_id", "resource")
     for org_id, org in doc.get("orgs", {}).items():
         if org.get("removed"):
@@ -303,21 +388,6 @@ def gauges_from_status(doc: dict[str, Any], now: float) -> list[Metric]:
         gauge("etbridge_org_accessible", ["org_id"]).add_metric(
             [org_id], 0.0 if org.get("accessible") is False else 1.0
         )
-    token = doc.get("token", {})
-    expires_in = _age(now, token.get("expires_at"))
-    gauge("etbridge_token_expires_in_seconds").add_metric(
-        [], -expires_in if expires_in is not None else -1.0
-    )
-    if token.get("error"):
-        gauge("etbridge_token_error", ["code"]).add_metric([str(token["error"])], 1.0)
-    budget = doc.get("rate_budget", {})
-    gauge("etbridge_rate_budget_limit").add_metric([], budget.get("limit") or 0)
-    gauge("etbridge_rate_budget_used").add_metric([], budget.get("used") or 0)
-    paused = _age(now, budget.get("paused_until"))
-    gauge("etbridge_rate_budget_paused_seconds").add_metric(
-        [], max(0.0, -paused) if paused is not None else 0.0
-    )
-    return list(fam.values())
 
 
 class StatusCollector:
@@ -338,19 +408,32 @@ class StatusCollector:
         return self._client
 
     def collect(self) -> Iterator[Metric]:
-        from etbridge import status
+        from etbridge import runtime, status
 
         # One scrape at a time: a slow Redis must not pile up concurrent reads.
         with self._lock:
             try:
-                doc = status.collect(self._redis(), self.settings)
+                docs: dict[str | None, dict[str, Any]]
+                if not self.settings.apps_file:
+                    docs = {None: status.collect(self._redis(), self.settings)}
+                else:
+                    # Each application's own keys (and those a reload added).
+                    with contextlib.suppress(Exception):
+                        runtime.refresh(self.settings)
+                    docs = {
+                        app.name: status.collect(self._redis(), app.settings(self.settings))
+                        for app in self.settings.apps()
+                    }
             except Exception as exc:
                 log.warning("metrics: cannot read the fleet state: %s", type(exc).__name__)
                 up = GaugeMetricFamily("etbridge_status_up", FLEET_GAUGES["etbridge_status_up"])
                 up.add_metric([], 0.0)
                 yield up
                 return
-        yield from gauges_from_status(doc, time.time())
+        now, fam = time.time(), dict[str, GaugeMetricFamily]()
+        for name, doc in docs.items():
+            gauges_from_status(doc, now, name, fam)
+        yield from fam.values()
 
 
 # --- serving from the worker's main process ----------------------------------------------

@@ -8,7 +8,8 @@ broker connection; so the sends wait in a Redis sorted set instead, scored by
 send time, and a thread in each beat process publishes each one when it is
 due (an atomic pop: two beats never publish one send twice). A send whose
 beat was gone for longer than ``STALE`` is dropped: its unit is planned
-again by then.
+again by then. With the apps file, :class:`Senders` runs one sender per
+application and follows ``etbridge apps reload`` and SIGHUP (appsreload.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from typing import Any
 
 import redis
 
-from etbridge import keys
+from etbridge import appsreload, keys, runtime
+from etbridge.apps import AppsFileError
+from etbridge.settings import Settings
 
 log = logging.getLogger("etbridge.sender")
+reload_log = logging.getLogger("etbridge.apps")
 
 # The most a sender sleeps between two looks at the set (seconds).
 IDLE = 0.1
@@ -106,3 +110,51 @@ class Sender(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join(5)
+
+
+class Senders:
+    """Beat's sender threads, one per application served; follows reloads and SIGHUP."""
+
+    def __init__(self, settings: Settings, publish: Publish) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.threads: dict[str | None, Sender] = {}
+        self.hangup = threading.Event()
+        self.stopped = threading.Event()
+
+    def sync(self) -> None:
+        """Start the senders of new applications, stop those of removed ones."""
+        served = runtime.served(self.settings)
+        for name in [n for n in self.threads if n not in served]:
+            self.threads.pop(name).stop()
+            reload_log.info("sender stopped: application %s was removed", name)
+        for name in served:
+            if name not in self.threads:
+                rt = runtime.get(self.settings, name)
+                self.threads[name] = Sender(rt.redis, rt.keyspace, self.publish)
+                self.threads[name].start()
+
+    def step(self) -> None:
+        if self.hangup.is_set():
+            self.hangup.clear()
+            try:
+                apps = appsreload.reload(self.settings, runtime.shared_redis(self.settings))
+                reload_log.info("SIGHUP: ETBRIDGE_APPS_FILE checked, %d application(s)", len(apps))
+            except AppsFileError as exc:
+                reload_log.error("SIGHUP: ETBRIDGE_APPS_FILE refused, nothing changed: %s", exc)
+        runtime.refresh(self.settings, force=True)
+        self.sync()
+
+    def watch(self) -> None:
+        """Beat's thread: look at the generation every CHECK_EVERY seconds (or at SIGHUP)."""
+        self.sync()
+        if not self.settings.apps_file:
+            return  # the single application: nothing to reload
+        while not self.stopped.is_set():
+            self.hangup.wait(appsreload.CHECK_EVERY)
+            try:
+                self.step()
+            except redis.exceptions.RedisError as exc:
+                reload_log.warning("apps reload: Redis unavailable: %s", exc)
+            except Exception:
+                reload_log.exception("apps reload failed")

@@ -54,6 +54,7 @@ def plan() -> dict[str, Any]:
         return _send(rt, result)
     # Every application of the file: its own lock, budget and sends; the
     # workers' slots shared fairly; one application's failure skips only it.
+    _refresh()
     runtimes = {rt.app: rt for rt in runtime.every(settings)}
     out: dict[str, Any] = {}
     for name, result in planner.tick_apps(list(runtimes.values()), PLAN_TICK).items():
@@ -66,7 +67,28 @@ def plan() -> dict[str, Any]:
         except Exception as exc:
             log.warning("plan of application %s failed: %s", name, exc)
             out[str(name)] = {"skipped": f"failed: {type(exc).__name__}"}
+    for name in runtime.retired(settings):
+        try:
+            out[name] = _drain(runtime.get(settings, name, retired=True))
+        except Exception as exc:
+            log.warning("delivery of removed application %s failed: %s", name, exc)
     return out
+
+
+def _drain(rt: runtime.Runtime) -> dict[str, Any]:
+    """A removed application: no polls; its due deliveries go on until its outbox is drained."""
+    now = time.time()
+    partitions = rt.relay.due(now)
+    if not partitions:
+        # Pending events nobody scheduled (a delivery lost with a worker) are found at once.
+        partitions = rt.relay.leftover(now)
+    for org_id, sink_name in partitions:
+        _deliver_later(rt, org_id, sink_name)
+    if not partitions and not rt.relay.waiting():
+        log.info("removed application %s: its outbox is delivered, its relay stops", rt.app)
+        runtime.forget(settings, str(rt.app))
+        return {"removed": True, "deliveries": 0}
+    return {"removed": True, "deliveries": len(partitions)}
 
 
 def _send(rt: runtime.Runtime, result: planner.Tick) -> dict[str, Any]:
@@ -154,14 +176,14 @@ def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
         try:
             results = poller.poll(org_id, kind, resources=[res], max_pages=max_pages)
         except LeaseLost as exc:
-            metrics.record_poll_failure(mode, "lease_lost")
+            metrics.record_poll_failure(mode, "lease_lost", app)
             planstore.record_failure(
                 rt.redis, rt.keyspace, org_id, res, exc, back_off=False
             )  # another has it
             log.warning("poll stopped: %s", exc)
             return []
         except RetriableError as exc:
-            metrics.record_poll_failure(mode, "retriable_error")
+            metrics.record_poll_failure(mode, "retriable_error", app)
             delay = planstore.record_failure(
                 rt.redis, rt.keyspace, org_id, res, exc, exc.retry_after
             )
@@ -169,26 +191,26 @@ def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
             return []
         except AccessLost as exc:
             # Not deletion: state kept, nothing emitted; try again on the failure backoff.
-            metrics.record_poll_failure(mode, "inaccessible")
+            metrics.record_poll_failure(mode, "inaccessible", app)
             delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             log.warning("poll refused (org inaccessible), retrying in %.0fs: %s", delay, exc)
             return []
         except AuthenticationError as exc:
-            metrics.record_poll_failure(mode, "auth_error")
+            metrics.record_poll_failure(mode, "auth_error", app)
             delay = planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc, 60.0)
             log.error("poll failed (authentication), retrying in %.0fs: %s", delay, exc)
             return []
         except redis.exceptions.RedisError as exc:
             # Redis itself is away (a restart, a failover): nothing can be recorded;
             # the planner plans the org again once Redis answers and the lease is gone.
-            metrics.record_poll_failure(mode, "redis")
+            metrics.record_poll_failure(mode, "redis", app)
             log.warning("poll stopped: Redis unavailable: %s", exc)
             return []
         except Exception as exc:
-            metrics.record_poll_failure(mode, "error")
+            metrics.record_poll_failure(mode, "error", app)
             planstore.record_failure(rt.redis, rt.keyspace, org_id, res, exc)
             raise
-        metrics.record_polls(results)
+        metrics.record_polls(results, app)
         if shutdown.requested():
             planstore.forget_planned(
                 rt.redis, rt.keyspace, org_id, res
@@ -213,7 +235,7 @@ def poll_org(  # noqa: PLR0911 - one return per outcome of a poll
 
 @app.task(name="etbridge.deliver", bind=True)
 def deliver(self: Task, org_id: str, sink_name: str, app: str | None = None) -> dict[str, Any]:
-    rt = _runtime(app, "deliver")
+    rt = _runtime(app, "deliver", retired=True)
     if rt is None:
         return {"outcome": "unknown_app"}
     with logs.bind(app=app or "", org_id=org_id, task_id=self.request.id or ""):
@@ -238,6 +260,7 @@ def deliver(self: Task, org_id: str, sink_name: str, app: str | None = None) -> 
 def trim() -> dict[str, Any]:
     """Drop outbox entries older than the retention that every sink acknowledged; expire DLQs."""
     removed = expired = 0
+    _refresh()
     for name in runtime.served(settings):
         try:
             rt = runtime.get(settings, name)
@@ -251,10 +274,22 @@ def trim() -> dict[str, Any]:
     return {"removed": removed, "dead_letters_expired": expired}
 
 
-def _runtime(app_name: str | None, what: str) -> runtime.Runtime | None:
-    """The runtime of a task's application; None (logged) for one this process does not serve."""
+def _refresh() -> None:
+    """Follow ``etbridge apps reload`` (with the apps file; a look at Redis each second at most)."""
     try:
-        return runtime.get(settings, app_name)
+        runtime.refresh(settings)
+    except redis.exceptions.RedisError as exc:
+        log.warning("apps reload: Redis unavailable: %s", exc)
+
+
+def _runtime(app_name: str | None, what: str, *, retired: bool = False) -> runtime.Runtime | None:
+    """The runtime of a task's application; None (logged) for one this process does not serve.
+
+    ``retired``: also an application removed by a reload (its outbox is still delivered).
+    """
+    _refresh()
+    try:
+        return runtime.get(settings, app_name, retired=retired)
     except runtime.UnknownApplication as exc:
         log.warning("%s skipped: %s", what, exc)
         return None

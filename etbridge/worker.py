@@ -8,10 +8,13 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from typing import Any
 
 from celery import Celery, signals
@@ -101,11 +104,20 @@ app.conf.update(
 
 @signals.beat_init.connect
 def _start_sender(**_: Any) -> None:
-    """Beat publishes the planner's timed sends (etbridge/sender.py), of every application."""
-    from etbridge import runtime, sender, tasks
+    """Beat publishes the planner's timed sends (etbridge/sender.py), of every application.
 
-    for rt in runtime.every(settings):
-        sender.Sender(rt.redis, rt.keyspace, tasks.publish_poll).start()
+    With the apps file a thread follows ``etbridge apps reload`` and SIGHUP
+    (appsreload.py, sender.py): senders start and stop as applications come and go.
+    """
+    from etbridge import sender, tasks
+
+    senders = sender.Senders(settings, tasks.publish_poll)
+    if not settings.apps_file:
+        senders.sync()
+        return
+    with contextlib.suppress(ValueError):  # not the main thread: no SIGHUP, reload still works
+        signal.signal(signal.SIGHUP, lambda *_: senders.hangup.set())
+    threading.Thread(target=senders.watch, name="etbridge-apps", daemon=True).start()
 
 
 @signals.setup_logging.connect

@@ -1,4 +1,4 @@
-"""``etbridge apps list|check`` as subprocesses, against a sandbox serving three applications."""
+"""``etbridge apps list|check|reload`` as subprocesses, against a sandbox of three apps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from etbridge import appsreload
 from tests.support.cli import run_cli
 from tests.support.sandbox import Sandbox, SandboxApp
 
@@ -159,3 +161,24 @@ def test_a_bad_apps_file_is_one_line(sandbox: Sandbox, redis_url: str, apps_file
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith("etbridge: configuration error: ETBRIDGE_APPS_FILE: app 'globex': ")
         assert "rate_limit" in line
+
+
+def test_apps_reload_bumps_the_generation_of_a_good_file_only(
+    sandbox: Sandbox, redis_url: str, apps_file: Path
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    proc = run(sandbox, redis_url, "apps", "reload")
+    assert proc.returncode == 2
+    assert "ETBRIDGE_APPS_FILE is not set" in proc.stderr
+    proc = run(sandbox, redis_url, "apps", "reload", ETBRIDGE_APPS_FILE=str(apps_file))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(
+        "reloaded 3 application(s) from ETBRIDGE_APPS_FILE: acme, globex, initech "
+    )
+    assert appsreload.generation(client) == 1
+    apps_file.write_text(apps_file.read_text().replace("rate_limit = 50", "rate_limit = 0"))
+    proc = run(sandbox, redis_url, "apps", "reload", ETBRIDGE_APPS_FILE=str(apps_file))
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("etbridge: configuration error: ETBRIDGE_APPS_FILE: app 'globex': ")
+    assert appsreload.generation(client) == 1

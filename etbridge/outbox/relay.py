@@ -158,6 +158,20 @@ class Relay:
             out += [p for p in self.due_set.unscheduled(specs, now) if p not in seen]
         return out
 
+    def leftover(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Partitions with pending events nobody scheduled, now (not once a sweep).
+
+        For a removed application's relay, which drains what is left (tasks.py).
+        """
+        now = time.time() if now is None else now
+        disabled = disabled_names(self.redis, self.ks, self.specs)
+        specs = [s for s in self.specs.values() if s.name not in disabled]
+        return self.due_set.unscheduled(specs, now)
+
+    def waiting(self) -> int:
+        """Partitions in the due and retry sets (handed out, due, or waiting for a retry)."""
+        return int(self.redis.zcard(self.ks.relay_due)) + int(self.redis.zcard(self.ks.relay_retry))
+
     def _schedule(self, member: str, at: float) -> None:
         self.due_set.schedule(member, at)
 
