@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +143,19 @@ def hash_encodings(memory: dict[str, Any]) -> str:
     """The ``snap`` hash's encoding (and ``fp``'s, while state from before format 3 keeps one)."""
     enc = memory["encoding"]
     return enc["snap"] if enc["fp"] in ("None", "absent") else f"{enc['snap']}/{enc['fp']}"
+
+
+def finish(
+    document: dict[str, Any],
+    started: float,
+    report: Callable[[dict[str, Any]], None],
+    output: Path | None = None,
+) -> int:
+    """Stamp ``document`` (wall clock since ``started``, the machine), print it with
+    ``report`` and write it as ``bench/results/<benchmark>.json``; the exit status."""
+    document["wall_clock_s"] = round(time.monotonic() - started, 1)
+    document["machine"] = machine_facts()
+    report(document)
+    path = write_results(document["benchmark"], document, output)
+    print(f"wrote {path} ({document['wall_clock_s']:.0f}s)")
+    return 0

@@ -91,11 +91,10 @@ from typing import Any
 import redis
 from _common import (
     cpu_times,
-    machine_facts,
+    finish,
     percentile,
     process_cpu_seconds,
     tree_cpu_seconds,
-    write_results,
 )
 
 from etbridge import keys, planstore, scheduler
@@ -282,13 +281,16 @@ def stop_run(run: Run) -> None:
             run.process.kill()
 
 
-def committed_events(redis_url: str, orgs: Sequence[str]) -> dict[tuple[str, str], list[Any]]:
-    """(org, booking id) -> [(commit time, after.updated_at)] from the outboxes, in order."""
+def committed_events(
+    redis_url: str, orgs: Sequence[str], ks: keys.Keyspace = keys.DEFAULT
+) -> dict[tuple[str, str], list[Any]]:
+    """(org, booking id) -> [(commit time, after.updated_at)] from the outboxes (of the
+    application ``ks``), in order."""
     client = redis.Redis.from_url(redis_url)
     out: dict[tuple[str, str], list[Any]] = {}
     try:
         for org in orgs:
-            for entry_id, fields in stream(client, keys.DEFAULT.outbox(org)):
+            for entry_id, fields in stream(client, ks.outbox(org)):
                 env = json.loads(fields[b"event"])
                 data = env.get("data") or {}
                 after = data.get("after") or {}
@@ -491,7 +493,9 @@ def run_latency(  # noqa: C901, PLR0912, PLR0915 - a benchmark script: one run, 
             in_span = sum(v for k, v in per_second.items() if first <= int(k) < last)
             utilisation = in_span / (run.group.limit * max(1, last - first) / 60)
             delays, pickups = (
-                _delays(run.redis_url, measure_from) if run.policy == "planner" else ([], [])
+                dispatch_delays(run.redis_url, measure_from)
+                if run.policy == "planner"
+                else ([], [])
             )
             results.setdefault(run.group.name, {})[run.policy] = {
                 "measured_mutations": len(lat),
@@ -544,11 +548,13 @@ def _activity(redis_url: str, orgs: Sequence[str]) -> dict[str, float]:
         client.close()
 
 
-def _delays(redis_url: str, since: float) -> tuple[list[float], list[float]]:
+def dispatch_delays(
+    redis_url: str, since: float, ks: keys.Keyspace = keys.DEFAULT
+) -> tuple[list[float], list[float]]:
     """Dispatch delays (deadline to start) and pickups (publication to start)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        started = planstore.timings(client, keys.DEFAULT, since)
+        started = planstore.timings(client, ks, since)
         return [d for d, _ in started], [p for _, p in started if p is not None]
     finally:
         client.close()
@@ -1147,13 +1153,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "deletions": deletions,
         "planning_cpu": planning_cpu(),
         "scaling": scaling,
-        "wall_clock_s": round(time.monotonic() - started, 1),
-        "machine": machine_facts(),
     }
-    print_report(document)
-    path = write_results("latency", document, args.output)
-    print(f"wrote {path} ({document['wall_clock_s']:.0f}s)")
-    return 0
+    return finish(document, started, print_report, args.output)
 
 
 if __name__ == "__main__":
