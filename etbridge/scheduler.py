@@ -198,7 +198,6 @@ class Decision:
     due: float  # the deadline the allocation set
     send_at: float  # when to start it: spaced by the budget's pace, at most `early` before due
     early: float = 0.0  # how far before its deadline it may be sent
-    gap: float = 0.0  # the interval its deadline came from (0: none, as for a baseline)
 
     @property
     def anchor(self) -> float:
@@ -363,7 +362,7 @@ def dispatch(
     available = budget.limit - budget.used - budget.inflight + budget.freeing
     horizon = now + config.lookahead
     pace = BUDGET_WINDOW / budget.limit
-    due: list[tuple[float, float, float, float, int, UnitView, Mode, Reason]] = []
+    due: list[tuple[float, float, float, int, UnitView, Mode, Reason]] = []
     rates = allocation.rates
     # No send is more than this before its deadline (_early): the filter below.
     earliest = max(config.early_paces * pace, config.early_max)
@@ -388,17 +387,16 @@ def dispatch(
         step = _next(unit, r, now, config)
         if step is None:
             continue
-        gap = _gap(step[2], r, config)
-        early = _early(step[2], gap, config, pace)
+        early = _early(step[2], _gap(step[2], r, config), config, pace)
         if step[0] - early < horizon:
-            due.append((step[3], step[0], early, gap, n, unit, step[1], step[2]))
-    due.sort(key=lambda item: (item[0], item[4]))
+            due.append((step[3], step[0], early, n, unit, step[1], step[2]))
+    due.sort(key=lambda item: (item[0], item[3]))
     # Sends stay a pace apart across ticks too: the last tick may have sent ahead.
     cursor = max(now, budget.next_send)
     orgs: set[str] = set()
     out: list[Decision] = []
     slots = math.inf if budget.slots is None else budget.slots
-    for _order, deadline, early, gap, _n, unit, mode, reason in due:
+    for _order, deadline, early, _n, unit, mode, reason in due:
         if len(out) >= slots or cursor >= horizon:
             break  # the workers have as much waiting as they can start soon
         if unit.org_id in orgs:
@@ -409,9 +407,7 @@ def dispatch(
         send_at = max(deadline - early, cursor)
         if send_at >= horizon:
             continue  # not yet: a later deadline may be sent earlier
-        out.append(
-            Decision(unit.org_id, unit.resource, mode, reason, deadline, send_at, early, gap)
-        )
+        out.append(Decision(unit.org_id, unit.resource, mode, reason, deadline, send_at, early))
         orgs.add(unit.org_id)
         available -= cost
         cursor = send_at + pace * cost

@@ -139,11 +139,11 @@ def test_a_unit_without_a_baseline_is_noted_when_first_seen_and_kept(r: redis.Re
 
 def test_a_dispatch_stores_its_anchor(r: redis.Redis) -> None:
     now = time.time()
-    early = Decision(ORG, RES, "incremental", Reason.POLL, now + 2.0, now + 1.0, 1.5, 30.0)
+    early = Decision(ORG, RES, "incremental", Reason.POLL, now + 2.0, now + 1.0, 1.5)
     planstore.mark_queued(r, keys.DEFAULT, [early], now)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.last_poll_due == pytest.approx(now + 2.0)  # sent early: its deadline
-    late = Decision(ORG, RES, "sweep", Reason.SWEEP, now, now + 3.0, 0.0, 600.0)
+    late = Decision(ORG, RES, "sweep", Reason.SWEEP, now, now + 3.0, 0.0)
     planstore.mark_queued(r, keys.DEFAULT, [late], now)
     (unit,) = planstore.gather(r, keys.DEFAULT, [ORG], [RES], now)
     assert unit.last_sweep_due == pytest.approx(now + 3.0)  # sent late: its send
